@@ -1,0 +1,101 @@
+# rivetd — hand-written Makefile with -MMD dependency files.
+#
+#   make            build build/rivetd
+#   make run        set up (Debian packages) and run rivetd with the local setup in conf/
+#   make test       set up, build, run every test, then again under ASan+UBSan
+#   make bench      benchmarks (wrk), printing figures
+#   make SAN=1 BUILD=build/san ...   a sanitizer build
+
+CC      ?= cc
+BUILD   ?= build
+PKGS    := libuv libcurl libcjson hiredis
+LLHTTP_SRC := /usr/share/llhttp
+LLHTTP_INC := /usr/share/include/llhttp
+
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2 \
+           -Wno-unused-parameter
+CFLAGS  ?= -O2 -g
+ifeq ($(SAN),1)
+HARDEN  := -fstack-protector-strong -fPIE
+CFLAGS  := -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+LDSAN   := -fsanitize=address,undefined
+else
+HARDEN  := -D_FORTIFY_SOURCE=2 -fstack-protector-strong -fPIE
+endif
+ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) $(HARDEN) $(CFLAGS) -Iinclude -I$(LLHTTP_INC) $(PKG_CFLAGS)
+LDFLAGS += -pie -Wl,-z,relro,-z,now $(LDSAN)
+LIBS    := $(PKG_LIBS) -lmbedcrypto -lm
+
+SRCS     := $(wildcard src/*.c)
+OBJS     := $(SRCS:src/%.c=$(BUILD)/src/%.o)
+LIB_OBJS := $(filter-out $(BUILD)/src/main.o,$(OBJS))
+LLHTTP_OBJS := $(BUILD)/llhttp/llhttp.o $(BUILD)/llhttp/api.o $(BUILD)/llhttp/http.o
+LIBRIVET := $(BUILD)/librivet.a
+
+UNIT_SRCS  := $(wildcard test/unit/test_*.c)
+UNIT_BINS  := $(UNIT_SRCS:test/unit/%.c=$(BUILD)/test/unit/%)
+INTEG_SRCS := $(wildcard test/integration/test_*.c)
+INTEG_BINS := $(INTEG_SRCS:test/integration/%.c=$(BUILD)/test/integration/%)
+HARNESS_OBJS := $(patsubst test/integration/%.c,$(BUILD)/test/integration/%.o,$(filter-out $(INTEG_SRCS),$(wildcard test/integration/*.c)))
+
+.PHONY: all deps run test check unit integration san-test bench clean install uninstall
+
+all: $(BUILD)/rivetd
+
+deps:
+	@deps/install.sh
+
+$(BUILD)/rivetd: $(OBJS) $(LLHTTP_OBJS)
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(LIBRIVET): $(LIB_OBJS) $(LLHTTP_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/src/%.o: src/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -MMD -MP -c -o $@ $<
+
+# llhttp is compiled from Debian's node-llhttp sources; its generated code is not ours to lint.
+$(BUILD)/llhttp/%.o: $(LLHTTP_SRC)/%.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -O2 -g -fPIE $(HARDEN) $(filter -fsanitize% -fno-sanitize%,$(CFLAGS)) -I$(LLHTTP_INC) -w -c -o $@ $<
+
+$(BUILD)/test/unit/%: test/unit/%.c $(LIBRIVET)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -MMD -MP $(LDFLAGS) -o $@ $< $(LIBRIVET) $(LIBS) -lcmocka
+
+$(BUILD)/test/integration/%.o: test/integration/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -MMD -MP -c -o $@ $<
+
+$(BUILD)/test/integration/test_%: test/integration/test_%.c $(HARNESS_OBJS) $(LIBRIVET)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -MMD -MP $(LDFLAGS) -o $@ $< $(HARNESS_OBJS) $(LIBRIVET) $(LIBS) -lcmocka
+
+unit: $(UNIT_BINS)
+	@test/run-tests.sh unit $(BUILD) $(UNIT_BINS)
+
+integration: $(BUILD)/rivetd $(INTEG_BINS)
+	@test/run-tests.sh integration $(BUILD) $(INTEG_BINS)
+
+# check: this build's tests; test: set up, then check both plain and sanitized.
+check: unit integration
+
+test: deps
+	$(MAKE) check
+	$(MAKE) SAN=1 BUILD=build/san check
+
+bench: deps $(BUILD)/rivetd
+	@bench/run.sh $(BUILD)
+
+run: deps $(BUILD)/rivetd
+	@conf/run-local.sh $(BUILD)
+
+clean:
+	rm -rf build
+
+-include $(wildcard $(BUILD)/src/*.d $(BUILD)/test/*/*.d)
