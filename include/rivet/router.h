@@ -1,0 +1,25 @@
+/* Route table: (method, path) -> handler. Pure. */
+#ifndef RIVET_ROUTER_H
+#define RIVET_ROUTER_H
+
+#include <stddef.h>
+
+typedef struct rv_request_s rv_request_t;
+
+/* A handler owns the request until it answers it with one of the rv_respond* functions. */
+typedef void (*rv_handler_fn)(rv_request_t *req);
+
+typedef struct rv_route_s {
+    const char *method; /* "GET", "POST", "OPTIONS"; a GET route also answers HEAD */
+    const char *path;   /* exact path, no query */
+    rv_handler_fn fn;
+    const char *name;   /* label for logs and metrics */
+} rv_route_t;
+
+/* Find the route for method and path (path_len bytes, no query). Returns 0 with *out set;
+ * RV_ENOTFOUND when no route has that path; RV_EMETHOD when the path exists with other methods,
+ * which are then listed in allow ("GET, HEAD, OPTIONS"). */
+int rv_router_match(const rv_route_t *routes, size_t n, const char *method, const char *path,
+                    size_t path_len, const rv_route_t **out, char *allow, size_t allow_len);
+
+#endif

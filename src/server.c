@@ -1,0 +1,908 @@
+/* HTTP/1.1 server: one llhttp parser per connection on the libuv loop.
+ *
+ * A connection handles one request at a time. When llhttp completes a message it pauses; the
+ * bytes after it (pipelined requests) wait in the connection's pending buffer until the answer
+ * has been written, so answers go out in order and a client that does not read its answers can
+ * make the server hold at most one answer and one read's worth of input. The request object
+ * belongs to the handler until it answers; if the client disconnects first, the request is
+ * detached from the connection (req->conn = NULL) and the later answer is simply dropped. */
+#include "rivet/server.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <llhttp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "rivet/common.h"
+#include "rivet/json.h"
+#include "rivet/log.h"
+
+#define READ_BUF_SIZE 65536
+#define MAX_HEADERS 100
+#define PENDING_MAX (READ_BUF_SIZE * 2)
+#define LINGER_MS 2000
+
+enum conn_state {
+    CONN_IDLE,     /* waiting for the first byte of a request */
+    CONN_READING,  /* a request is being parsed */
+    CONN_HANDLING, /* the handler has the request */
+    CONN_WRITING,  /* the answer is being written */
+    CONN_LINGER,   /* answered with Connection: close; draining input until EOF */
+    CONN_CLOSING,
+};
+
+enum timer_kind { T_NONE, T_HEADER, T_BODY, T_IDLE, T_WRITE, T_LINGER };
+
+struct rv_conn_s {
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    uv_write_t wreq;
+    uv_shutdown_t sreq;
+    llhttp_t parser;
+    rv_server_t *srv;
+    rv_conn_t *prev, *next;
+    rv_request_t *req;
+    int state;
+    int timer_kind;
+    int handles; /* open handles; the connection is freed when both have closed */
+    int reading;
+    int advancing;
+    int error_status; /* set by a parser callback that rejects the request */
+    const char *error_detail;
+    int close_after;  /* the answer being written is the connection's last */
+    char *wbuf;       /* the answer being written */
+    char *pbuf;       /* unparsed input: pbuf[poff .. plen) */
+    size_t poff, plen;
+    char peer[64];
+};
+
+static char read_buf[READ_BUF_SIZE];
+static int read_buf_busy;
+static llhttp_settings_t settings;
+static uint64_t rid_seed;
+static uint32_t rid_counter;
+
+static void conn_close(rv_conn_t *c);
+static void conn_advance(rv_conn_t *c);
+static void conn_fail(rv_conn_t *c, int status, const char *detail);
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+/* ---- small helpers ------------------------------------------------------------------------ */
+
+const char *rv_http_reason(int status) {
+    switch (status) {
+    case 100: return "Continue";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 204: return "No Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 303: return "See Other";
+    case 304: return "Not Modified";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 411: return "Length Required";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 417: return "Expectation Failed";
+    case 422: return "Unprocessable Content";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 499: return "Client Closed Request";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    default: return "Unknown";
+    }
+}
+
+/* The Date header's value, formatted once per second. */
+static const char *http_date(void) {
+    static char buf[40];
+    static time_t last;
+    time_t now = time(NULL);
+    if (now != last) {
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        strftime(buf, sizeof buf, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        last = now;
+    }
+    return buf;
+}
+
+static uint64_t now_ns(void) { return uv_hrtime(); }
+
+/* A request id from the client is echoed only when it is short and plain. */
+static int request_id_sane(const char *s, size_t n) {
+    if (n == 0 || n > 64) return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_' || c == '.' || c == ':'))
+            return 0;
+    }
+    return 1;
+}
+
+static void request_id_generate(char *out, size_t outlen) {
+    if (rid_seed == 0 && rv_random(&rid_seed, sizeof rid_seed)) rid_seed = (uint64_t)getpid();
+    snprintf(out, outlen, "%016llx%08x", (unsigned long long)rid_seed, ++rid_counter);
+}
+
+static void timer_set(rv_conn_t *c, int kind, uint64_t ms);
+
+/* ---- requests ----------------------------------------------------------------------------- */
+
+static rv_request_t *request_new(rv_conn_t *c) {
+    rv_request_t *r = calloc(1, sizeof *r);
+    if (r == NULL) return NULL;
+    r->conn = c;
+    r->server = c->srv;
+    r->app = c->srv->opts.app;
+    r->query = "";
+    r->path = "";
+    r->method = "";
+    r->start_ms = uv_now(c->srv->loop);
+    r->t0_ns = now_ns();
+    r->keep_alive = 0;
+    memcpy(r->peer, c->peer, sizeof r->peer);
+    r->url.limit = c->srv->opts.max_url_bytes;
+    r->hbuf.limit = c->srv->opts.max_header_bytes;
+    r->bodybuf.limit = c->srv->opts.max_body_bytes;
+    return r;
+}
+
+static void request_free(rv_request_t *r) {
+    rv_buf_free(&r->url);
+    rv_buf_free(&r->hbuf);
+    rv_buf_free(&r->bodybuf);
+    free(r->hoff);
+    free(r->headers);
+    free(r);
+}
+
+const char *rv_request_header(const rv_request_t *r, const char *name, size_t *len) {
+    if (r->headers == NULL) return NULL; /* headers not complete: an early error answer */
+    for (size_t i = 0; i < r->nheaders; i++) {
+        if (rv_strieq(r->headers[i].name, r->headers[i].name_len, name)) {
+            if (len) *len = r->headers[i].value_len;
+            return r->headers[i].value;
+        }
+    }
+    return NULL;
+}
+
+size_t rv_request_header_count(const rv_request_t *r, const char *name) {
+    size_t n = 0;
+    if (r->headers == NULL) return 0;
+    for (size_t i = 0; i < r->nheaders; i++)
+        n += (size_t)rv_strieq(r->headers[i].name, r->headers[i].name_len, name);
+    return n;
+}
+
+static int hexval(int c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+int rv_request_query(const rv_request_t *r, const char *name, char *out, size_t outlen) {
+    size_t nl = strlen(name);
+    const char *p = r->query;
+    while (*p) {
+        const char *end = p + strcspn(p, "&");
+        const char *eq = memchr(p, '=', (size_t)(end - p));
+        const char *kend = eq ? eq : end;
+        if ((size_t)(kend - p) == nl && memcmp(p, name, nl) == 0) {
+            size_t k = 0;
+            for (const char *v = eq ? eq + 1 : end; v < end; v++) {
+                int ch = (unsigned char)*v;
+                if (ch == '+') {
+                    ch = ' ';
+                } else if (ch == '%' && end - v >= 3 && hexval(v[1]) >= 0 &&
+                           hexval(v[2]) >= 0) {
+                    ch = hexval(v[1]) * 16 + hexval(v[2]);
+                    v += 2;
+                }
+                if (ch == 0 || k + 1 >= outlen) return RV_ERANGE;
+                out[k++] = (char)ch;
+            }
+            out[k] = '\0';
+            return 0;
+        }
+        p = *end ? end + 1 : end;
+    }
+    return RV_ENOTFOUND;
+}
+
+int rv_request_gone(const rv_request_t *r) { return r->conn == NULL; }
+
+void rv_request_on_gone(rv_request_t *r, rv_request_gone_cb cb, void *data) {
+    r->gone_cb = cb;
+    r->gone_data = data;
+}
+
+/* ---- llhttp callbacks -------------------------------------------------------------------- */
+
+static int reject(rv_conn_t *c, int status, const char *detail) {
+    c->error_status = status;
+    c->error_detail = detail;
+    return HPE_USER;
+}
+
+static int on_message_begin(llhttp_t *p) {
+    rv_conn_t *c = p->data;
+    if (c->req == NULL && (c->req = request_new(c)) == NULL)
+        return reject(c, 503, "Server out of memory");
+    c->state = CONN_READING;
+    timer_set(c, T_HEADER, c->srv->opts.header_timeout_ms);
+    return 0;
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t len) {
+    rv_conn_t *c = p->data;
+    c->req->method = llhttp_method_name((llhttp_method_t)p->method);
+    int rc = rv_buf_append(&c->req->url, at, len);
+    if (rc == RV_ERANGE) return reject(c, 414, "Request URL too long");
+    if (rc) return reject(c, 503, "Server out of memory");
+    return 0;
+}
+
+/* Headers are gathered in one buffer as "name\0value\0" with four offsets per header. */
+static int header_piece(rv_conn_t *c, int is_value, const char *at, size_t len) {
+    rv_request_t *r = c->req;
+    int rc = 0;
+    if (r->url.len + r->hbuf.len + len > c->srv->opts.max_header_bytes)
+        return reject(c, 431, "Request headers too large");
+    if (!is_value && r->last_cb != 1) {
+        /* A new header begins: close the previous value. */
+        if (r->nheaders >= MAX_HEADERS) return reject(c, 431, "Too many request headers");
+        if (r->last_cb == 2) rc = rv_buf_append(&r->hbuf, "", 1);
+        if (r->nheaders == r->hcap) {
+            size_t cap = r->hcap ? r->hcap * 2 : 16;
+            size_t *h = realloc(r->hoff, cap * 4 * sizeof *h);
+            if (h == NULL) return reject(c, 503, "Server out of memory");
+            r->hoff = h;
+            r->hcap = cap;
+        }
+        r->hoff[r->nheaders * 4] = r->hbuf.len;
+        r->hoff[r->nheaders * 4 + 1] = 0;
+        r->hoff[r->nheaders * 4 + 2] = 0;
+        r->hoff[r->nheaders * 4 + 3] = 0;
+        r->nheaders++;
+        r->last_cb = 1;
+    } else if (is_value && r->last_cb == 1) {
+        rc = rv_buf_append(&r->hbuf, "", 1);
+        r->hoff[(r->nheaders - 1) * 4 + 2] = r->hbuf.len;
+        r->last_cb = 2;
+    }
+    if (rc == 0) rc = rv_buf_append(&r->hbuf, at, len);
+    if (rc == RV_ERANGE) return reject(c, 431, "Request headers too large");
+    if (rc) return reject(c, 503, "Server out of memory");
+    r->hoff[(r->nheaders - 1) * 4 + (is_value ? 3 : 1)] += len;
+    return 0;
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t len) {
+    return header_piece(p->data, 0, at, len);
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t len) {
+    return header_piece(p->data, 1, at, len);
+}
+
+static int on_headers_complete(llhttp_t *p) {
+    rv_conn_t *c = p->data;
+    rv_request_t *r = c->req;
+    if (rv_buf_append(&r->hbuf, "", 1)) return reject(c, 503, "Server out of memory");
+    /* A header with an empty value never saw on_header_value: its value offset is still 0. */
+    r->headers = calloc(r->nheaders ? r->nheaders : 1, sizeof *r->headers);
+    if (r->headers == NULL) return reject(c, 503, "Server out of memory");
+    for (size_t i = 0; i < r->nheaders; i++) {
+        size_t *o = &r->hoff[i * 4];
+        rv_header_t *h = &r->headers[i];
+        h->name = r->hbuf.data + o[0];
+        h->name_len = o[1];
+        h->value = o[2] ? r->hbuf.data + o[2] : "";
+        h->value_len = o[2] ? o[3] : 0;
+        if (o[2] == 0) r->hbuf.data[o[0] + o[1]] = '\0';
+        if (rv_strieq(h->name, h->name_len, "content-length")) r->saw_cl = 1;
+        if (rv_strieq(h->name, h->name_len, "transfer-encoding")) r->saw_te = 1;
+        if (rv_strieq(h->name, h->name_len, "expect")) {
+            if (!rv_strieq(h->value, h->value_len, "100-continue"))
+                return reject(c, 417, "Unsupported Expect header");
+            r->expect_continue = 1;
+        }
+    }
+    if (r->saw_cl && r->saw_te)
+        return reject(c, 400, "Content-Length and Transfer-Encoding together are not allowed");
+    if (p->upgrade) return reject(c, 400, "Protocol upgrades are not supported");
+    r->method = llhttp_method_name((llhttp_method_t)p->method);
+    r->head = p->method == HTTP_HEAD;
+    r->keep_alive = llhttp_should_keep_alive(p);
+    if (r->saw_cl && p->content_length > c->srv->opts.max_body_bytes)
+        return reject(c, 413, "Request body too large");
+    int has_body = (r->saw_cl && p->content_length > 0) || r->saw_te;
+    if (has_body) {
+        timer_set(c, T_BODY, c->srv->opts.body_timeout_ms);
+        if (r->expect_continue && r->bodybuf.len == 0) {
+            /* The client waits for this before sending the body it announced. */
+            static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+            uv_buf_t b = uv_buf_init((char *)cont, sizeof cont - 1);
+            uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+        }
+    }
+    return 0;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t len) {
+    rv_conn_t *c = p->data;
+    int rc = rv_buf_append(&c->req->bodybuf, at, len);
+    if (rc == RV_ERANGE) return reject(c, 413, "Request body too large");
+    if (rc) return reject(c, 503, "Server out of memory");
+    return 0;
+}
+
+static int on_message_complete(llhttp_t *p) {
+    rv_conn_t *c = p->data;
+    c->req->keep_alive = llhttp_should_keep_alive(p);
+    return HPE_PAUSED;
+}
+
+static void settings_init(void) {
+    static int done;
+    if (done) return;
+    llhttp_settings_init(&settings);
+    settings.on_message_begin = on_message_begin;
+    settings.on_url = on_url;
+    settings.on_header_field = on_header_field;
+    settings.on_header_value = on_header_value;
+    settings.on_headers_complete = on_headers_complete;
+    settings.on_body = on_body;
+    settings.on_message_complete = on_message_complete;
+    done = 1;
+}
+
+/* ---- answers ------------------------------------------------------------------------------ */
+
+static void access_log(rv_request_t *r, int status, size_t bytes, double ms) {
+    if (!rv_log_enabled(RV_LOG_INFO)) return;
+    rv_info("access %s %.*s %d %zu %.3fms rid=%s peer=%s%s", r->method[0] ? r->method : "-",
+            (int)(r->path_len > 256 ? 256 : r->path_len), r->path, status, bytes, ms,
+            r->request_id, r->peer, r->conn ? "" : " client-gone");
+}
+
+static void on_written(uv_write_t *w, int status);
+
+static void finish_write(rv_conn_t *c, int status) {
+    free(c->wbuf);
+    c->wbuf = NULL;
+    if (c->state == CONN_CLOSING) return;
+    if (status < 0) {
+        conn_close(c);
+        return;
+    }
+    if (c->close_after) {
+        /* Send FIN, then read and discard until the client closes, so that input still in
+         * flight does not turn into a reset that destroys the answer before it is read. */
+        c->state = CONN_LINGER;
+        if (c->pbuf) {
+            free(c->pbuf);
+            c->pbuf = NULL;
+            c->poff = c->plen = 0;
+        }
+        if (uv_shutdown(&c->sreq, (uv_stream_t *)&c->tcp, NULL) != 0) {
+            conn_close(c);
+            return;
+        }
+        if (!c->reading && uv_read_start((uv_stream_t *)&c->tcp, NULL, on_read) == 0)
+            c->reading = 1;
+        timer_set(c, T_LINGER, LINGER_MS);
+        return;
+    }
+    c->state = CONN_IDLE;
+    llhttp_resume(&c->parser);
+    conn_advance(c);
+}
+
+static void on_written(uv_write_t *w, int status) {
+    rv_conn_t *c = rv_container_of(w, rv_conn_t, wreq);
+    finish_write(c, status);
+}
+
+static void send_answer(rv_conn_t *c, char *data, size_t len) {
+    c->state = CONN_WRITING;
+    c->wbuf = data;
+    uv_buf_t b = uv_buf_init(data, (unsigned)len);
+    int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    if (n == (int)len) {
+        finish_write(c, 0);
+        return;
+    }
+    if (n > 0) {
+        b.base += n;
+        b.len -= (size_t)n;
+    } else if (n != UV_EAGAIN) {
+        finish_write(c, n);
+        return;
+    }
+    if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_written) != 0) {
+        finish_write(c, -1);
+        return;
+    }
+    timer_set(c, T_WRITE, c->srv->opts.idle_timeout_ms);
+}
+
+void rv_respond(rv_request_t *r, int status, const char *content_type, const char *body,
+                size_t body_len, const char *extra_headers) {
+    rv_conn_t *c = r->conn;
+    rv_server_t *s = r->server;
+    double ms = (double)(now_ns() - r->t0_ns) / 1e6;
+    if (r->route) s->inflight--;
+    s->requests++;
+    if (r->request_id[0] == '\0') request_id_generate(r->request_id, sizeof r->request_id);
+    if (c == NULL) {
+        /* The client has gone: nothing to write to. */
+        access_log(r, status, 0, ms);
+        if (s->opts.on_done) s->opts.on_done(r, status, 0, ms);
+        request_free(r);
+        return;
+    }
+    int close_after = !r->keep_alive || s->draining || c->error_status || status == 408;
+    rv_buf_t h = RV_BUF_INIT;
+    int rc = rv_buf_printf(&h,
+                           "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                           "Date: %s\r\nX-Request-Id: %s\r\n",
+                           status, rv_http_reason(status), content_type, body_len, http_date(),
+                           r->request_id);
+    if (rc == 0 && close_after) rc = rv_buf_puts(&h, "Connection: close\r\n");
+    if (rc == 0 && extra_headers) rc = rv_buf_puts(&h, extra_headers);
+    if (rc == 0 && s->opts.decorate) s->opts.decorate(r, status, &h);
+    if (rc == 0) rc = rv_buf_append(&h, "\r\n", 2);
+    if (rc == 0 && !r->head && body_len) rc = rv_buf_append(&h, body, body_len);
+    size_t bytes = r->head ? 0 : body_len;
+    access_log(r, status, bytes, ms);
+    if (s->opts.on_done) s->opts.on_done(r, status, bytes, ms);
+    c->req = NULL;
+    request_free(r);
+    if (rc) {
+        rv_buf_free(&h);
+        conn_close(c);
+        return;
+    }
+    c->close_after = close_after;
+    size_t len;
+    char *data = rv_buf_steal(&h, &len);
+    send_answer(c, data, len);
+}
+
+void rv_respond_json(rv_request_t *r, int status, const char *json, size_t len,
+                     const char *extra_headers) {
+    rv_respond(r, status, "application/json", json, len, extra_headers);
+}
+
+void rv_respond_error(rv_request_t *r, int status, const char *detail, const char *extra_headers) {
+    rv_buf_t b = RV_BUF_INIT;
+    if (rv_json_error(&b, detail)) {
+        rv_buf_free(&b);
+        rv_respond(r, 500, "application/json", "{\"detail\":\"Internal error\"}", 27, NULL);
+        return;
+    }
+    rv_respond(r, status, "application/json", b.data, b.len, extra_headers);
+    rv_buf_free(&b);
+}
+
+/* ---- dispatch ----------------------------------------------------------------------------- */
+
+static void dispatch(rv_conn_t *c) {
+    rv_request_t *r = c->req;
+    rv_server_t *s = c->srv;
+    timer_set(c, T_NONE, 0);
+    c->state = CONN_HANDLING;
+    if (rv_buf_append(&r->url, "", 0) || rv_buf_append(&r->bodybuf, "", 0)) {
+        conn_fail(c, 503, "Server out of memory");
+        return;
+    }
+    r->body = r->bodybuf.data;
+    r->body_len = r->bodybuf.len;
+    char *url = r->url.data;
+    if (url[0] != '/') {
+        conn_fail(c, 400, "Request target must be a path");
+        return;
+    }
+    char *q = strchr(url, '?');
+    if (q) {
+        *q = '\0';
+        r->query = q + 1;
+    }
+    r->path = url;
+    r->path_len = strlen(url);
+    size_t idlen;
+    const char *rid = rv_request_header(r, "x-request-id", &idlen);
+    if (rid && request_id_sane(rid, idlen)) {
+        memcpy(r->request_id, rid, idlen);
+        r->request_id[idlen] = '\0';
+    } else {
+        request_id_generate(r->request_id, sizeof r->request_id);
+    }
+    char allow[128];
+    const rv_route_t *route = NULL;
+    int rc = rv_router_match(s->opts.routes, s->opts.nroutes, r->method, r->path, r->path_len,
+                             &route, allow, sizeof allow);
+    if (rc == RV_ENOTFOUND) {
+        rv_respond_error(r, 404, "Not Found", NULL);
+        return;
+    }
+    if (rc == RV_EMETHOD) {
+        char hdr[160];
+        snprintf(hdr, sizeof hdr, "Allow: %s\r\n", allow);
+        rv_respond_error(r, 405, "Method Not Allowed", hdr);
+        return;
+    }
+    r->route = route;
+    s->inflight++;
+    route->fn(r);
+}
+
+/* Parse input from data; returns the number of bytes consumed. A completed request is
+ * dispatched; a malformed one is answered with an error. */
+static size_t conn_parse(rv_conn_t *c, const char *data, size_t len) {
+    llhttp_errno_t err = llhttp_execute(&c->parser, data, len);
+    if (err == HPE_OK) return len;
+    if (err == HPE_PAUSED) {
+        size_t used = (size_t)(llhttp_get_error_pos(&c->parser) - data);
+        dispatch(c);
+        return used;
+    }
+    if (c->error_status) {
+        conn_fail(c, c->error_status, c->error_detail);
+    } else {
+        rv_debug("http: %s: parse error %s (%s)", c->peer, llhttp_errno_name(err),
+                 llhttp_get_error_reason(&c->parser));
+        conn_fail(c, 400, "Malformed HTTP request");
+    }
+    return len;
+}
+
+/* Parse pending input while the connection is ready for a new request; start reading when
+ * there is none. Iterative, so answers given at once do not recurse through pipelined input. */
+static void conn_advance(rv_conn_t *c) {
+    if (c->advancing) return;
+    c->advancing = 1;
+    while (c->state == CONN_IDLE || c->state == CONN_READING) {
+        if (c->srv->draining && c->state == CONN_IDLE) {
+            conn_close(c);
+            break;
+        }
+        if (c->pbuf == NULL) {
+            if (!c->reading && uv_read_start((uv_stream_t *)&c->tcp, NULL, on_read) == 0)
+                c->reading = 1;
+            if (c->state == CONN_IDLE) timer_set(c, T_IDLE, c->srv->opts.idle_timeout_ms);
+            break;
+        }
+        char *buf = c->pbuf;
+        size_t off = c->poff, len = c->plen;
+        size_t used = conn_parse(c, buf + off, len - off);
+        if (c->pbuf != buf) break; /* closed meanwhile */
+        c->poff += used;
+        if (c->poff >= c->plen) {
+            free(c->pbuf);
+            c->pbuf = NULL;
+            c->poff = c->plen = 0;
+        }
+    }
+    c->advancing = 0;
+}
+
+/* Keep bytes the parser must not see yet (a request is being answered). */
+static int stash(rv_conn_t *c, const char *data, size_t len) {
+    size_t have = c->plen - c->poff;
+    if (have + len > PENDING_MAX) return RV_ERANGE;
+    char *p = malloc(have + len);
+    if (p == NULL) return RV_ENOMEM;
+    if (have) memcpy(p, c->pbuf + c->poff, have);
+    memcpy(p + have, data, len);
+    free(c->pbuf);
+    c->pbuf = p;
+    c->poff = 0;
+    c->plen = have + len;
+    return 0;
+}
+
+/* ---- connection I/O ----------------------------------------------------------------------- */
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+    /* One buffer for every connection: read callbacks consume or copy it before returning. */
+    if (read_buf_busy) {
+        buf->base = NULL;
+        buf->len = 0;
+        return;
+    }
+    read_buf_busy = 1;
+    buf->base = read_buf;
+    buf->len = sizeof read_buf;
+}
+
+static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
+    rv_conn_t *c = rv_container_of((uv_tcp_t *)st, rv_conn_t, tcp);
+    if (buf->base == read_buf) read_buf_busy = 0;
+    if (nread == 0 || c->state == CONN_CLOSING) return;
+    if (nread < 0) {
+        if (nread == UV_EOF && c->state == CONN_READING) {
+            /* A request cut short: llhttp_finish tells a complete message from a torn one. */
+            llhttp_finish(&c->parser);
+        }
+        conn_close(c);
+        return;
+    }
+    if (c->state == CONN_LINGER) return;
+    if (c->state == CONN_HANDLING || c->state == CONN_WRITING || c->pbuf) {
+        /* Pipelined input while a request is answered: hold it, within bounds. */
+        int rc = stash(c, buf->base, (size_t)nread);
+        if (rc) {
+            uv_read_stop(st);
+            c->reading = 0;
+            if (rc == RV_ENOMEM) conn_close(c);
+        }
+        return;
+    }
+    size_t used = conn_parse(c, buf->base, (size_t)nread);
+    if (used < (size_t)nread && c->state != CONN_CLOSING && c->state != CONN_LINGER) {
+        if (stash(c, buf->base + used, (size_t)nread - used)) {
+            conn_close(c);
+            return;
+        }
+        if (c->state == CONN_IDLE) conn_advance(c);
+    }
+}
+
+static void on_timer(uv_timer_t *t) {
+    rv_conn_t *c = rv_container_of(t, rv_conn_t, timer);
+    int kind = c->timer_kind;
+    c->timer_kind = T_NONE;
+    switch (kind) {
+    case T_HEADER:
+    case T_BODY:
+        rv_debug("http: %s: %s timeout", c->peer, kind == T_HEADER ? "header" : "body");
+        conn_fail(c, 408, "Request timeout");
+        break;
+    default:
+        conn_close(c);
+        break;
+    }
+}
+
+static void timer_set(rv_conn_t *c, int kind, uint64_t ms) {
+    if (kind == T_NONE) {
+        if (c->timer_kind != T_NONE) uv_timer_stop(&c->timer);
+    } else {
+        uv_timer_start(&c->timer, on_timer, ms, 0);
+    }
+    c->timer_kind = kind;
+}
+
+/* Answer a request that cannot go on (malformed, too large, too slow) and close. */
+static void conn_fail(rv_conn_t *c, int status, const char *detail) {
+    if (c->state == CONN_CLOSING || c->state == CONN_LINGER || c->state == CONN_WRITING) return;
+    if (c->state == CONN_HANDLING && c->req && c->req->route) {
+        /* The handler has the request; it will answer. */
+        return;
+    }
+    rv_request_t *r = c->req;
+    if (r == NULL && (r = c->req = request_new(c)) == NULL) {
+        conn_close(c);
+        return;
+    }
+    if (c->error_status == 0) c->error_status = status;
+    timer_set(c, T_NONE, 0);
+    if (c->reading) {
+        /* Keep reading during the answer only to notice the close; input is discarded. */
+        c->state = CONN_HANDLING;
+    }
+    r->keep_alive = 0;
+    if (r->path == NULL || r->path[0] == '\0') {
+        r->path = "-";
+        r->path_len = 1;
+    }
+    rv_respond_error(r, status, detail, NULL);
+}
+
+static void on_conn_closed(uv_handle_t *h) {
+    rv_conn_t *c = h->data;
+    if (--c->handles > 0) return;
+    rv_server_t *s = c->srv;
+    free(c);
+    if (s->draining && s->nconns == 0 && s->drained_cb) {
+        void (*cb)(rv_server_t *) = s->drained_cb;
+        s->drained_cb = NULL;
+        cb(s);
+    }
+}
+
+static void conn_close(rv_conn_t *c) {
+    if (c->state == CONN_CLOSING) return;
+    rv_server_t *s = c->srv;
+    int was = c->state;
+    c->state = CONN_CLOSING;
+    rv_request_t *r = c->req;
+    c->req = NULL;
+    if (r) {
+        if (was == CONN_HANDLING && r->route) {
+            /* The handler still owns the request: detach it and tell the handler. */
+            r->conn = NULL;
+            if (r->gone_cb) r->gone_cb(r, r->gone_data);
+        } else {
+            request_free(r);
+        }
+    }
+    free(c->pbuf);
+    c->pbuf = NULL;
+    if (c->prev) c->prev->next = c->next; else s->conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    s->nconns--;
+    uv_close((uv_handle_t *)&c->timer, on_conn_closed);
+    uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+}
+
+static void peer_name(uv_tcp_t *tcp, char *out, size_t outlen) {
+    struct sockaddr_storage ss;
+    int len = sizeof ss;
+    out[0] = '\0';
+    if (uv_tcp_getpeername(tcp, (struct sockaddr *)&ss, &len) != 0) {
+        snprintf(out, outlen, "unknown");
+        return;
+    }
+    if (ss.ss_family == AF_INET)
+        uv_ip4_name((struct sockaddr_in *)&ss, out, outlen);
+    else if (ss.ss_family == AF_INET6)
+        uv_ip6_name((struct sockaddr_in6 *)&ss, out, outlen);
+    else
+        snprintf(out, outlen, "local");
+}
+
+static void free_handle(uv_handle_t *h) { free(h); }
+
+/* Over the connection limit: say so in one write and close. The socket is not read. */
+static void refuse(rv_server_t *s) {
+    uv_tcp_t *t = malloc(sizeof *t);
+    if (t == NULL || uv_tcp_init(s->loop, t) != 0) {
+        free(t);
+        return;
+    }
+    if (uv_accept((uv_stream_t *)&s->listener, (uv_stream_t *)t) == 0) {
+        static const char msg[] =
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            "Content-Length: 35\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+            "{\"detail\":\"Too many connections\"}\n";
+        uv_buf_t b = uv_buf_init((char *)msg, sizeof msg - 1);
+        uv_try_write((uv_stream_t *)t, &b, 1);
+    }
+    uv_close((uv_handle_t *)t, free_handle);
+}
+
+static void on_connection(uv_stream_t *ls, int status) {
+    rv_server_t *s = ls->data;
+    if (status < 0) {
+        rv_warn("http: accept failed: %s", uv_strerror(status));
+        return;
+    }
+    if (s->nconns >= s->opts.max_connections) {
+        rv_warn("http: %s: connection limit (%u) reached, refusing", s->opts.name,
+                s->opts.max_connections);
+        refuse(s);
+        return;
+    }
+    rv_conn_t *c = calloc(1, sizeof *c);
+    if (c == NULL) return;
+    c->srv = s;
+    uv_tcp_init(s->loop, &c->tcp);
+    uv_timer_init(s->loop, &c->timer);
+    c->tcp.data = c;
+    c->timer.data = c;
+    c->handles = 2;
+    c->next = s->conns;
+    if (s->conns) s->conns->prev = c;
+    s->conns = c;
+    s->nconns++;
+    if (uv_accept(ls, (uv_stream_t *)&c->tcp) != 0) {
+        conn_close(c);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    peer_name(&c->tcp, c->peer, sizeof c->peer);
+    llhttp_init(&c->parser, HTTP_REQUEST, &settings);
+    c->parser.data = c;
+    c->state = CONN_IDLE;
+    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0) {
+        conn_close(c);
+        return;
+    }
+    c->reading = 1;
+    /* The first request must arrive within the header timeout. */
+    timer_set(c, T_HEADER, s->opts.header_timeout_ms);
+}
+
+/* ---- server ------------------------------------------------------------------------------- */
+
+int rv_server_init(rv_server_t *s, uv_loop_t *loop, const rv_server_opts_t *opts) {
+    memset(s, 0, sizeof *s);
+    settings_init();
+    s->loop = loop;
+    s->opts = *opts;
+    if (s->opts.max_url_bytes == 0) s->opts.max_url_bytes = 8192;
+    if (s->opts.name == NULL) s->opts.name = "http";
+    int rc = uv_tcp_init(loop, &s->listener);
+    if (rc) return rc;
+    s->listener.data = s;
+    return 0;
+}
+
+int rv_server_listen(rv_server_t *s, const struct sockaddr *addr, int reuseport) {
+    int rc;
+    if (reuseport) {
+        /* SO_REUSEPORT must be set before bind, so the socket is made here. */
+        int fd = socket(addr->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        int one = 1;
+        if (fd < 0) return uv_translate_sys_error(errno);
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+        if ((rc = uv_tcp_open(&s->listener, fd)) != 0) {
+            close(fd);
+            return rc;
+        }
+    }
+    if ((rc = uv_tcp_bind(&s->listener, addr, 0)) != 0) return rc;
+    if ((rc = uv_listen((uv_stream_t *)&s->listener, 1024, on_connection)) != 0) return rc;
+    s->listening = 1;
+    return 0;
+}
+
+int rv_server_listen_fd(rv_server_t *s, int fd) {
+    int rc = uv_tcp_open(&s->listener, fd);
+    if (rc) return rc;
+    if ((rc = uv_listen((uv_stream_t *)&s->listener, 1024, on_connection)) != 0) return rc;
+    s->listening = 1;
+    return 0;
+}
+
+static void stop_listening(rv_server_t *s) {
+    if (!uv_is_closing((uv_handle_t *)&s->listener)) uv_close((uv_handle_t *)&s->listener, NULL);
+    s->listening = 0;
+}
+
+void rv_server_drain(rv_server_t *s, void (*cb)(rv_server_t *s)) {
+    s->draining = 1;
+    s->drained_cb = cb;
+    stop_listening(s);
+    rv_conn_t *c = s->conns;
+    while (c) {
+        rv_conn_t *next = c->next;
+        if (c->state == CONN_IDLE) conn_close(c);
+        c = next;
+    }
+    if (s->nconns == 0 && s->drained_cb) {
+        s->drained_cb = NULL;
+        cb(s);
+    }
+}
+
+void rv_server_close(rv_server_t *s) {
+    s->draining = 1;
+    s->drained_cb = NULL;
+    stop_listening(s);
+    while (s->conns) conn_close(s->conns);
+}
