@@ -1,6 +1,7 @@
 /* Growable, optionally bounded byte buffer. */
 #include "rivet/buf.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +10,7 @@
 
 int rv_buf_reserve(rv_buf_t *b, size_t n) {
     if (b->limit && (n > b->limit || b->len > b->limit - n)) return RV_ERANGE;
+    if (n > SIZE_MAX / 2 - b->len) return RV_ERANGE; /* no size arithmetic may wrap */
     size_t need = b->len + n + 1;
     if (need <= b->cap) return 0;
     size_t cap = b->cap ? b->cap : 64;

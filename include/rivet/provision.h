@@ -13,7 +13,8 @@ typedef struct rv_prices_s {
 } rv_prices_t;
 
 typedef struct rv_prov_event_s {
-    const char *type;          /* provisioning type ("user.provision", ...); static; NULL if ignored */
+    const char *type;          /* provisioning type ("user.provision", ...); static; NULL when
+                                  ignored or refused */
     char event_id[256];        /* Stripe event id ("evt_...") */
     char stripe_type[128];     /* Stripe event type */
     int64_t created;           /* the Stripe event's created */
@@ -31,7 +32,10 @@ typedef struct rv_prov_event_s {
 
 /* Map a verified Stripe event. Returns 0 with *out filled (enqueue it), RV_EIGNORED (acknowledge,
  * do not enqueue: another type, or a checkout that is not a subscription; event_id and
- * stripe_type are still filled for the log), or RV_EPAYLOAD (not a Stripe event object).
+ * stripe_type are still filled for the log), RV_EPAYLOAD (not a Stripe event object: not a JSON
+ * object, no string "id"/"type", no integral non-negative "created", no object "data.object", an
+ * id or type that is empty, not printable ASCII or too long for its field, or any copied value
+ * too long for its field), or RV_ENOMEM. On any error type and data_json are NULL.
  * Release with rv_prov_event_free on every return. */
 int rv_provision_map(const char *json, size_t len, const rv_prices_t *prices, rv_prov_event_t *out);
 

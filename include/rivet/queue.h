@@ -4,6 +4,7 @@
 #ifndef RIVET_QUEUE_H
 #define RIVET_QUEUE_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
 
@@ -24,26 +25,44 @@ enum rv_enqueue_result {
     RV_ENQ_STALE = 3,     /* older than what was applied for the subscription: remembered, not appended */
 };
 
-/* err is 0 (result is valid, Redis confirmed), RV_EUNAVAIL (not connected, or the connection
- * failed) or RV_ETIMEDOUT (no answer within timeout_ms). stream_id is the entry id when ADDED. */
+/* err is 0 (result is valid, Redis confirmed), RV_EUNAVAIL (not connected, the connection
+ * failed, or Redis answered with an error) or RV_ETIMEDOUT (no answer within timeout_ms).
+ * stream_id is the entry id when ADDED, else NULL; it is valid only during the callback. */
 typedef void (*rv_enqueue_cb)(void *data, int err, int result, const char *stream_id);
 
-/* Create the queue and start connecting. Options are copied. Returns 0 or a negative code. */
+/* Create the queue and start connecting (from the loop, not inside this call). Options are
+ * copied. The host of a redis:// URL must be an IP address or "localhost" (127.0.0.1): hiredis
+ * resolves names synchronously, which would stall the loop, so names are refused (RV_EINVAL).
+ * Returns 0, RV_EINVAL (bad URL or options) or RV_ENOMEM. */
 int rv_queue_init(uv_loop_t *loop, const rv_queue_opts_t *opts, rv_queue_t **out);
 
 /* 1 when connected and the script is loaded. */
 int rv_queue_ready(const rv_queue_t *q);
 
-/* Number of reconnections since start. */
+/* Number of reconnections since start: connections that became ready after the first one. */
 uint64_t rv_queue_reconnects(const rv_queue_t *q);
 
+enum rv_queue_state {
+    RV_QUEUE_DISCONNECTED = 0, /* no connection; a reconnect may be scheduled */
+    RV_QUEUE_CONNECTING = 1,   /* connect(2) in progress */
+    RV_QUEUE_CONNECTED = 2,    /* connected; ready once AUTH, SELECT and SCRIPT LOAD succeeded */
+};
+
+/* The connection state (enum rv_queue_state), for metrics. */
+int rv_queue_state(const rv_queue_t *q);
+
+/* Enqueue commands sent and not yet answered, for metrics. */
+size_t rv_queue_pending(const rv_queue_t *q);
+
 /* Submit an event. When it returns 0 the callback is called exactly once, later, never from
- * inside this call. When it returns an error (RV_EUNAVAIL when not connected) it is never called.
+ * inside this call. When it returns an error (RV_EUNAVAIL when not connected or too many commands
+ * are waiting, RV_EINVAL when the event has no type, id or data, RV_ENOMEM) it is never called.
  * The event is copied. */
 int rv_queue_enqueue(rv_queue_t *q, const rv_prov_event_t *ev, rv_enqueue_cb cb, void *data);
 
-/* Disconnect, fail pending commands (their callbacks get RV_EUNAVAIL), release everything once
- * the loop has closed the handles; done (may be NULL) is called then. */
+/* Disconnect, fail pending commands (their callbacks get RV_EUNAVAIL, from the loop, not inside
+ * this call), release everything once the loop has closed the handles; done (may be NULL) is
+ * called then. q must not be used after this call. */
 void rv_queue_close(rv_queue_t *q, void (*done)(void *data), void *data);
 
 #endif

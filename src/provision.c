@@ -1,0 +1,358 @@
+/* Provisioning: turn a verified Stripe event into the provisioning event consumers read from the
+ * stream. Stripe's payloads differ across API versions, so every field is looked for in each
+ * place a version puts it. Pure: JSON in, struct and JSON text out. */
+#include "rivet/provision.h"
+
+#include <cJSON.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rivet/common.h"
+
+/* Bound on strings copied into data_json that have no field in the struct (ids, currency). */
+#define MAX_EXTRA_STR 255
+
+typedef enum { KIND_CHECKOUT, KIND_SUBSCRIPTION, KIND_INVOICE } kind_t;
+
+typedef struct route_s {
+    const char *stripe_type;
+    const char *type;
+    kind_t kind;
+    int ordered;
+    int sets_entitlement;
+} route_t;
+
+static const route_t routes[] = {
+    {"checkout.session.completed", "user.provision", KIND_CHECKOUT, 0, 1},
+    {"customer.subscription.created", "subscription.created", KIND_SUBSCRIPTION, 0, 1},
+    {"customer.subscription.updated", "subscription.updated", KIND_SUBSCRIPTION, 1, 1},
+    {"customer.subscription.deleted", "user.deprovision", KIND_SUBSCRIPTION, 0, 1},
+    {"invoice.payment_succeeded", "payment.succeeded", KIND_INVOICE, 0, 0},
+    {"invoice.payment_failed", "payment.failed", KIND_INVOICE, 0, 0},
+};
+
+/* Values that go only into data_json; a has_* flag of 0 or a NULL string means absent. */
+typedef struct extra_s {
+    int has_period_end;
+    int64_t period_end;
+    int cancel_at_period_end; /* -1 when absent */
+    int has_amount_total, has_amount_paid, has_amount_due, has_attempt_count;
+    int64_t amount_total, amount_paid, amount_due, attempt_count;
+    const char *currency;
+    const char *invoice_id;
+    const char *checkout_session_id;
+} extra_t;
+
+static const cJSON *get(const cJSON *o, const char *key) {
+    if (!cJSON_IsObject(o)) return NULL;
+    return cJSON_GetObjectItemCaseSensitive(o, key);
+}
+
+/* A non-empty string member, or NULL. */
+static const char *get_str(const cJSON *o, const char *key) {
+    const cJSON *v = get(o, key);
+    if (!cJSON_IsString(v) || v->valuestring == NULL || v->valuestring[0] == '\0') return NULL;
+    return v->valuestring;
+}
+
+/* An expandable reference: Stripe sends either the id as a string or the expanded object. */
+static const char *get_ref(const cJSON *o, const char *key) {
+    const cJSON *v = get(o, key);
+    if (cJSON_IsObject(v)) return get_str(v, "id");
+    return get_str(o, key);
+}
+
+/* The first element of a Stripe list object ({"object":"list","data":[...]}), if an object. */
+static const cJSON *first_of(const cJSON *list) {
+    const cJSON *data = get(list, "data");
+    if (!cJSON_IsArray(data)) return NULL;
+    const cJSON *first = cJSON_GetArrayItem(data, 0);
+    return cJSON_IsObject(first) ? first : NULL;
+}
+
+/* An integral JSON number that a double holds exactly; 0 when present and valid. */
+static int get_int(const cJSON *o, const char *key, int64_t *out) {
+    const cJSON *v = get(o, key);
+    if (!cJSON_IsNumber(v)) return -1;
+    double d = v->valuedouble;
+    if (!isfinite(d) || d != floor(d) || fabs(d) > 9007199254740992.0) return -1;
+    *out = (int64_t)d;
+    return 0;
+}
+
+/* Copy src into a fixed field; a value that does not fit is refused, never truncated. */
+static int copy_str(char *dst, size_t size, const char *src) {
+    if (src == NULL) {
+        dst[0] = '\0';
+        return 0;
+    }
+    size_t n = strlen(src);
+    if (n >= size) return RV_EPAYLOAD;
+    memcpy(dst, src, n + 1);
+    return 0;
+}
+
+/* Ids and types end up in logs and Redis keys: only printable ASCII without blanks. */
+static int is_token(const char *s) {
+    if (s[0] == '\0') return 0;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p < 0x21 || *p > 0x7e) return 0;
+    }
+    return 1;
+}
+
+static int bounded(const char *s) {
+    return s == NULL || strlen(s) <= MAX_EXTRA_STR;
+}
+
+static int price_is(const char *configured, const char *price) {
+    return configured != NULL && configured[0] != '\0' && strcmp(configured, price) == 0;
+}
+
+static const char *tier_of_price(const rv_prices_t *prices, const char *price) {
+    if (prices != NULL) {
+        if (price_is(prices->basic, price)) return "basic";
+        if (price_is(prices->pro, price)) return "pro";
+        if (price_is(prices->enterprise, price)) return "enterprise";
+    }
+    return "unknown";
+}
+
+/* metadata.tier of o, only when it names one of the three plans. */
+static const char *metadata_tier(const cJSON *o) {
+    const char *t = get_str(get(o, "metadata"), "tier");
+    if (t == NULL) return NULL;
+    if (strcmp(t, "basic") == 0 || strcmp(t, "pro") == 0 || strcmp(t, "enterprise") == 0) {
+        return t;
+    }
+    return NULL;
+}
+
+/* The price of a subscription item or an invoice line: "price" (older and current subscription
+ * items, older invoice lines), "pricing.price_details.price" (newer invoice lines), then the
+ * legacy "plan". */
+static const char *price_of_line(const cJSON *line) {
+    const char *p = get_ref(line, "price");
+    if (p == NULL) p = get_ref(get(get(line, "pricing"), "price_details"), "price");
+    if (p == NULL) p = get_ref(line, "plan");
+    return p;
+}
+
+/* The customer id, and the expanded customer's email as a last resort for the email. */
+static const char *customer_email_expanded(const cJSON *o) {
+    const cJSON *c = get(o, "customer");
+    return cJSON_IsObject(c) ? get_str(c, "email") : NULL;
+}
+
+static int read_checkout(const cJSON *o, rv_prov_event_t *out, extra_t *x, const char **tier) {
+    const char *email = get_str(o, "customer_email");
+    if (email == NULL) email = get_str(get(o, "customer_details"), "email");
+    if (email == NULL) email = customer_email_expanded(o);
+    if (copy_str(out->email, sizeof out->email, email) != 0) return RV_EPAYLOAD;
+    if (copy_str(out->subscription_id, sizeof out->subscription_id, get_ref(o, "subscription"))) {
+        return RV_EPAYLOAD;
+    }
+    /* A completed session carries no line items unless expanded, so the tier comes from the
+     * metadata the checkout endpoint wrote. */
+    *tier = metadata_tier(o);
+    if (copy_str(out->status, sizeof out->status, get_str(o, "payment_status"))) {
+        return RV_EPAYLOAD;
+    }
+    x->has_amount_total = get_int(o, "amount_total", &x->amount_total) == 0;
+    x->currency = get_str(o, "currency");
+    x->checkout_session_id = get_str(o, "id");
+    return 0;
+}
+
+static int read_subscription(const cJSON *o, const rv_prices_t *prices, rv_prov_event_t *out,
+                             extra_t *x, const char **tier) {
+    if (copy_str(out->subscription_id, sizeof out->subscription_id, get_str(o, "id"))) {
+        return RV_EPAYLOAD;
+    }
+    if (copy_str(out->email, sizeof out->email, customer_email_expanded(o))) return RV_EPAYLOAD;
+
+    /* The price is what the customer pays for, so it wins over metadata, which a plan change
+     * in the dashboard leaves stale. */
+    const cJSON *item = first_of(get(o, "items"));
+    const char *price = price_of_line(item);
+    *tier = price != NULL ? tier_of_price(prices, price) : metadata_tier(o);
+
+    if (copy_str(out->status, sizeof out->status, get_str(o, "status"))) return RV_EPAYLOAD;
+    /* Newer API versions moved the billing period from the subscription to its items. */
+    x->has_period_end = get_int(o, "current_period_end", &x->period_end) == 0;
+    if (!x->has_period_end) {
+        x->has_period_end = get_int(item, "current_period_end", &x->period_end) == 0;
+    }
+    const cJSON *cap = get(o, "cancel_at_period_end");
+    x->cancel_at_period_end = cJSON_IsBool(cap) ? cJSON_IsTrue(cap) : -1;
+    x->currency = get_str(o, "currency");
+    return 0;
+}
+
+static int read_invoice(const cJSON *o, const rv_prices_t *prices, rv_prov_event_t *out,
+                        extra_t *x, const char **tier) {
+    const char *email = get_str(o, "customer_email");
+    if (email == NULL) email = customer_email_expanded(o);
+    if (copy_str(out->email, sizeof out->email, email) != 0) return RV_EPAYLOAD;
+
+    /* Older versions: invoice.subscription; newer: invoice.parent.subscription_details. */
+    const cJSON *details = get(get(o, "parent"), "subscription_details");
+    const char *sub = get_ref(o, "subscription");
+    if (sub == NULL) sub = get_ref(details, "subscription");
+    if (copy_str(out->subscription_id, sizeof out->subscription_id, sub)) return RV_EPAYLOAD;
+
+    const char *price = price_of_line(first_of(get(o, "lines")));
+    if (price != NULL) {
+        *tier = tier_of_price(prices, price);
+    } else {
+        *tier = metadata_tier(details);
+        if (*tier == NULL) *tier = metadata_tier(get(o, "subscription_details"));
+    }
+
+    if (copy_str(out->status, sizeof out->status, get_str(o, "status"))) return RV_EPAYLOAD;
+    x->has_amount_paid = get_int(o, "amount_paid", &x->amount_paid) == 0;
+    x->has_amount_due = get_int(o, "amount_due", &x->amount_due) == 0;
+    x->has_attempt_count = get_int(o, "attempt_count", &x->attempt_count) == 0;
+    x->currency = get_str(o, "currency");
+    x->invoice_id = get_str(o, "id");
+    return 0;
+}
+
+/* Helpers that add a member and remember whether any allocation failed. */
+static void add_str(cJSON *o, const char *k, const char *v, int *fail) {
+    if (cJSON_AddStringToObject(o, k, v) == NULL) *fail = 1;
+}
+
+static void add_num(cJSON *o, const char *k, int64_t v, int *fail) {
+    if (cJSON_AddNumberToObject(o, k, (double)v) == NULL) *fail = 1;
+}
+
+static void add_bool(cJSON *o, const char *k, int v, int *fail) {
+    if (cJSON_AddBoolToObject(o, k, v) == NULL) *fail = 1;
+}
+
+/* Write the stream entry's "data" object; absent values are left out, never written as null. */
+static char *build_data(const rv_prov_event_t *ev, const extra_t *x) {
+    cJSON *d = cJSON_CreateObject();
+    if (d == NULL) return NULL;
+    int fail = 0;
+    add_num(d, "v", 1, &fail);
+    add_str(d, "type", ev->type, &fail);
+    add_str(d, "stripe_event_id", ev->event_id, &fail);
+    add_str(d, "stripe_event_type", ev->stripe_type, &fail);
+    add_num(d, "created", ev->created, &fail);
+    add_bool(d, "livemode", ev->livemode, &fail);
+    add_str(d, "customer_id", ev->customer_id, &fail);
+    if (ev->email[0]) add_str(d, "email", ev->email, &fail);
+    if (ev->subscription_id[0]) add_str(d, "subscription_id", ev->subscription_id, &fail);
+    if (ev->tier[0]) add_str(d, "tier", ev->tier, &fail);
+    if (ev->status[0]) add_str(d, "status", ev->status, &fail);
+    if (x->has_period_end) add_num(d, "current_period_end", x->period_end, &fail);
+    if (x->cancel_at_period_end >= 0) {
+        add_bool(d, "cancel_at_period_end", x->cancel_at_period_end, &fail);
+    }
+    if (x->has_amount_total) add_num(d, "amount_total", x->amount_total, &fail);
+    if (x->has_amount_paid) add_num(d, "amount_paid", x->amount_paid, &fail);
+    if (x->has_amount_due) add_num(d, "amount_due", x->amount_due, &fail);
+    if (x->currency) add_str(d, "currency", x->currency, &fail);
+    if (x->invoice_id) add_str(d, "invoice_id", x->invoice_id, &fail);
+    if (x->checkout_session_id) add_str(d, "checkout_session_id", x->checkout_session_id, &fail);
+    if (x->has_attempt_count) add_num(d, "attempt_count", x->attempt_count, &fail);
+    char *text = fail ? NULL : cJSON_PrintUnformatted(d);
+    cJSON_Delete(d);
+    return text;
+}
+
+/* Everything after the envelope has been checked: find the route and read the object. */
+static int map_object(const cJSON *obj, const rv_prices_t *prices, rv_prov_event_t *out) {
+    const route_t *r = NULL;
+    for (size_t i = 0; i < RV_ARRAY_LEN(routes); i++) {
+        if (strcmp(routes[i].stripe_type, out->stripe_type) == 0) {
+            r = &routes[i];
+            break;
+        }
+    }
+    if (r == NULL) return RV_EIGNORED;
+    /* Only subscription checkouts provision a user; one-off payments are not this product's. */
+    if (r->kind == KIND_CHECKOUT) {
+        const char *mode = get_str(obj, "mode");
+        if (mode == NULL || strcmp(mode, "subscription") != 0) return RV_EIGNORED;
+    }
+
+    if (copy_str(out->customer_id, sizeof out->customer_id, get_ref(obj, "customer"))) {
+        return RV_EPAYLOAD;
+    }
+    extra_t x;
+    memset(&x, 0, sizeof x);
+    x.cancel_at_period_end = -1;
+    const char *tier = NULL;
+    int rc;
+    switch (r->kind) {
+    case KIND_CHECKOUT: rc = read_checkout(obj, out, &x, &tier); break;
+    case KIND_SUBSCRIPTION: rc = read_subscription(obj, prices, out, &x, &tier); break;
+    default: rc = read_invoice(obj, prices, out, &x, &tier); break;
+    }
+    if (rc != 0) return rc;
+    if (copy_str(out->tier, sizeof out->tier, tier) != 0) return RV_EPAYLOAD;
+    if (!bounded(x.currency) || !bounded(x.invoice_id) || !bounded(x.checkout_session_id)) {
+        return RV_EPAYLOAD;
+    }
+
+    out->type = r->type;
+    out->ordered = r->ordered;
+    out->sets_entitlement = r->sets_entitlement;
+    out->data_json = build_data(out, &x);
+    if (out->data_json == NULL) {
+        out->type = NULL;
+        return RV_ENOMEM;
+    }
+    return 0;
+}
+
+int rv_provision_map(const char *json, size_t len, const rv_prices_t *prices,
+                     rv_prov_event_t *out) {
+    memset(out, 0, sizeof *out);
+    if (json == NULL || len == 0) return RV_EPAYLOAD;
+    cJSON *root = cJSON_ParseWithLength(json, len);
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return RV_EPAYLOAD;
+    }
+
+    int rc = RV_EPAYLOAD;
+    const cJSON *id = get(root, "id");
+    const cJSON *type = get(root, "type");
+    const cJSON *data = get(root, "data");
+    const cJSON *obj = get(data, "object");
+    int64_t created;
+    if (!cJSON_IsString(id) || !cJSON_IsString(type) || !cJSON_IsObject(obj)) goto done;
+    if (get_int(root, "created", &created) != 0 || created < 0) goto done;
+    if (!is_token(id->valuestring) || !is_token(type->valuestring)) goto done;
+    if (copy_str(out->event_id, sizeof out->event_id, id->valuestring) != 0) goto done;
+    if (copy_str(out->stripe_type, sizeof out->stripe_type, type->valuestring) != 0) goto done;
+    out->created = created;
+    out->livemode = cJSON_IsTrue(get(root, "livemode"));
+
+    rc = map_object(obj, prices, out);
+
+done:
+    if (rc != 0) {
+        /* Only the identity of the event survives a refusal, for the log. */
+        out->type = NULL;
+        out->customer_id[0] = out->subscription_id[0] = out->email[0] = '\0';
+        out->tier[0] = out->status[0] = '\0';
+        out->ordered = out->sets_entitlement = 0;
+        free(out->data_json);
+        out->data_json = NULL;
+    }
+    cJSON_Delete(root);
+    return rc;
+}
+
+void rv_prov_event_free(rv_prov_event_t *ev) {
+    if (ev == NULL) return;
+    free(ev->data_json);
+    ev->data_json = NULL;
+    ev->type = NULL;
+}

@@ -1,0 +1,730 @@
+/* The provisioning queue: one hiredis async connection on the daemon's libuv loop, and the Lua
+ * script that turns a mapped Stripe event into at most one stream entry.
+ *
+ * Connection life: DISCONNECTED -> (reconnect timer) -> CONNECTING -> CONNECTED -> AUTH, SELECT,
+ * CONFIG GET (durability check), SCRIPT LOAD -> ready. Any failure (connect error, lost
+ * connection, AUTH refused, a command without an answer in time) drops the connection and
+ * schedules the next attempt with exponential backoff and jitter. hiredis frees its context by
+ * itself after a failed connect and after a disconnect, and calls every pending callback with a
+ * NULL reply when a context is freed; the context's data pointer is cleared before any free so
+ * that late callbacks see a detached context and return early. The context is never freed from
+ * inside the connect callback (hiredis 0.14 keeps using it when that callback returns), only from
+ * timers and reply callbacks, where hiredis defers the free itself.
+ *
+ * Timeouts: commands on one connection are answered in order, so the enqueue commands in flight
+ * form a FIFO and one timer watching its head is enough. The handshake has its own timer. */
+#include "rivet/queue.h"
+
+#include <hiredis/adapters/libuv.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <netdb.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+
+#include "rivet/common.h"
+#include "rivet/log.h"
+#include "rivet/redis_url.h"
+
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+#define DEFAULT_TIMEOUT_MS 2000
+/* Beyond this many unanswered commands Redis is not keeping up: refuse (the webhook answers 503
+ * and Stripe retries) rather than buffer without bound. */
+#define MAX_PENDING 65536
+#define STREAM_MAX 512
+/* Stands in for the subscription or customer key of an event that has none, so that the script
+ * always receives every key it could touch through KEYS. The script never reads or writes it. */
+#define DUMMY_KEY "rivet:none"
+
+/* KEYS: 1 event key, 2 stream, 3 subscription order key (or the dummy), 4 customer hash (or the
+ * dummy). ARGV: 1 ttl, 2 type, 3 event id, 4 data JSON, 5 created, 6 ordered, 7 sets entitlement,
+ * 8 email, 9 tier, 10 status, 11 subscription id, 12 customer id. Returns {code, entry id}:
+ * 1 added, 2 duplicate, 3 stale. No MAXLEN on XADD: trimming could delete entries consumers have
+ * not acknowledged yet. */
+static const char enqueue_script[] =
+    "if redis.call('EXISTS', KEYS[1]) == 1 then return {2, ''} end\n"
+    "local ttl = tonumber(ARGV[1])\n"
+    "local created = tonumber(ARGV[5])\n"
+    "local sub = ARGV[11]\n"
+    "local cust = ARGV[12]\n"
+    "local last = nil\n"
+    "if sub ~= '' then last = tonumber(redis.call('GET', KEYS[3]) or '') end\n"
+    "if ARGV[6] == '1' and last ~= nil and last > created then\n"
+    "  redis.call('SET', KEYS[1], 'stale', 'EX', ttl)\n"
+    "  return {3, ''}\n"
+    "end\n"
+    "local id = redis.call('XADD', KEYS[2], '*', 'type', ARGV[2], 'stripe_event_id', ARGV[3],\n"
+    "  'data', ARGV[4])\n"
+    "redis.call('SET', KEYS[1], id, 'EX', ttl)\n"
+    "if sub ~= '' then\n"
+    "  if last == nil or created > last then\n"
+    "    redis.call('SET', KEYS[3], ARGV[5], 'EX', ttl)\n"
+    "  else\n"
+    "    redis.call('EXPIRE', KEYS[3], ttl)\n"
+    "  end\n"
+    "end\n"
+    "if ARGV[7] == '1' and cust ~= '' then\n"
+    "  local names = {'email', 'tier', 'status', 'subscription_id'}\n"
+    "  local cur = tonumber(redis.call('HGET', KEYS[4], 'event_created') or '')\n"
+    "  if cur == nil or created >= cur then\n"
+    "    local args = {'customer_id', cust, 'event_created', ARGV[5], 'event_id', ARGV[3]}\n"
+    "    for i = 1, 4 do\n"
+    "      local v = ARGV[7 + i]\n"
+    "      if v ~= '' then args[#args + 1] = names[i]; args[#args + 1] = v end\n"
+    "    end\n"
+    "    redis.call('HSET', KEYS[4], unpack(args))\n"
+    "  else\n"
+    "    for i = 1, 4 do\n"
+    "      local v = ARGV[7 + i]\n"
+    "      if v ~= '' then redis.call('HSETNX', KEYS[4], names[i], v) end\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "return {1, id}\n";
+
+/* EVALSHA sha numkeys + 4 keys + 12 arguments. */
+enum { ARG_CMD, ARG_SCRIPT, ARG_NUMKEYS, ARG_KEY_EVENT, ARG_KEY_STREAM, ARG_KEY_SUB, ARG_KEY_CUST,
+       ARG_TTL, ARG_TYPE, ARG_ID, ARG_DATA, ARG_CREATED, ARG_ORDERED, ARG_SETS, ARG_EMAIL,
+       ARG_TIER, ARG_STATUS, ARG_SUB, ARG_CUST, NARGS };
+
+typedef struct cmd_s cmd_t;
+struct cmd_s {
+    cmd_t *prev, *next;
+    rv_queue_t *q;
+    uint64_t deadline; /* loop time (uv_now) by which Redis must have answered */
+    int fail_err;      /* what a NULL reply means: RV_EUNAVAIL, or RV_ETIMEDOUT once overdue */
+    int retried;       /* the script was sent again after NOSCRIPT */
+    rv_enqueue_cb cb;
+    void *data;
+    const char *argv[NARGS];
+    size_t argvlen[NARGS];
+    char strs[]; /* the copied argument bytes, each NUL-terminated */
+};
+
+struct rv_queue_s {
+    uv_loop_t *loop;
+    rv_redis_url_t url; /* host holds the numeric address */
+    char where[300];    /* address for log lines, never with credentials */
+    char *stream;
+    char ttl[24];
+    uint64_t timeout_ms;
+
+    redisAsyncContext *ac; /* NULL when there is no connection */
+    int state;             /* enum rv_queue_state */
+    int ready;
+    int closing;
+    char sha[48];
+
+    uv_timer_t reconnect_timer;
+    uv_timer_t connect_timer; /* connect plus handshake */
+    uv_timer_t cmd_timer;     /* deadline of the oldest enqueue command */
+    int open_handles;
+
+    cmd_t *head, *tail; /* enqueue commands in flight, oldest first */
+    size_t npending;
+    cmd_t *dead, *dead_tail; /* failed while closing; answered from the close callback */
+
+    uint64_t backoff_ms;
+    uint64_t readies; /* connections that became ready */
+    char last_err[256];
+    int aof_seen, policy_seen, cfg_seen; /* last durability finding, to log changes only */
+
+    void (*done)(void *data);
+    void *done_data;
+};
+
+static void conn_start(rv_queue_t *q);
+static void on_cmd_timer(uv_timer_t *t);
+
+/* ---- small helpers ------------------------------------------------------------------------ */
+
+/* Log a connection failure at warn when it differs from the previous one, else at debug, so that
+ * a Redis that stays down costs one line per change rather than one per attempt. */
+static void __attribute__((format(printf, 2, 3))) log_failure(rv_queue_t *q, const char *fmt, ...) {
+    char msg[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (strcmp(msg, q->last_err) != 0) {
+        rv_warn("%s", msg);
+        memcpy(q->last_err, msg, sizeof msg);
+    } else {
+        rv_debug("%s", msg);
+    }
+}
+
+static void list_push(rv_queue_t *q, cmd_t *c) {
+    c->next = NULL;
+    c->prev = q->tail;
+    if (q->tail) q->tail->next = c;
+    else q->head = c;
+    q->tail = c;
+    q->npending++;
+}
+
+static void list_unlink(rv_queue_t *q, cmd_t *c) {
+    if (c->prev) c->prev->next = c->next;
+    else q->head = c->next;
+    if (c->next) c->next->prev = c->prev;
+    else q->tail = c->prev;
+    c->prev = c->next = NULL;
+    q->npending--;
+}
+
+/* Answer a command and free it. While the queue closes, answers wait for the close callback so
+ * that the caller of rv_queue_close is never called back from inside it. */
+static void cmd_finish(cmd_t *c, int err, int result, const char *stream_id) {
+    rv_queue_t *q = c->q;
+    if (q->closing) {
+        c->fail_err = RV_EUNAVAIL;
+        c->next = NULL;
+        if (q->dead_tail) q->dead_tail->next = c;
+        else q->dead = c;
+        q->dead_tail = c;
+        return;
+    }
+    c->cb(c->data, err, result, stream_id);
+    free(c);
+}
+
+static void cmd_timer_arm(rv_queue_t *q) {
+    if (!q->head || q->closing || uv_is_active((uv_handle_t *)&q->cmd_timer)) return;
+    uint64_t now = uv_now(q->loop);
+    uint64_t delay = q->head->deadline > now ? q->head->deadline - now : 0;
+    uv_timer_start(&q->cmd_timer, on_cmd_timer, delay, 0);
+}
+
+/* ---- connection ----------------------------------------------------------------------------- */
+
+static void on_reconnect_timer(uv_timer_t *t) {
+    rv_queue_t *q = t->data;
+    if (q->closing || q->ac) return;
+    conn_start(q);
+}
+
+static void schedule_reconnect(rv_queue_t *q) {
+    if (q->closing) return;
+    uint64_t base = q->backoff_ms;
+    uint32_t r = 0;
+    if (rv_random(&r, sizeof r) != 0) r = (uint32_t)rv_now_ms();
+    /* Half fixed, half random: many rivetd processes do not reconnect in lockstep. */
+    uint64_t delay = base / 2 + r % (base / 2 + 1);
+    q->backoff_ms = base * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : base * 2;
+    uv_timer_start(&q->reconnect_timer, on_reconnect_timer, delay, 0);
+}
+
+/* Detach and free the current context, then schedule a reconnect. Pending commands are answered
+ * from inside redisAsyncFree (now, or right after the current reply callback returns). Never call
+ * this from the connect callback. */
+static void conn_drop(rv_queue_t *q) {
+    redisAsyncContext *ac = q->ac;
+    q->ac = NULL;
+    q->ready = 0;
+    q->state = RV_QUEUE_DISCONNECTED;
+    uv_timer_stop(&q->connect_timer);
+    if (ac) {
+        ac->data = NULL;
+        redisAsyncFree(ac);
+    }
+    schedule_reconnect(q);
+}
+
+static void on_connect_timer(uv_timer_t *t) {
+    rv_queue_t *q = t->data;
+    if (!q->ac || q->ready) return;
+    if (q->state == RV_QUEUE_CONNECTING) {
+        log_failure(q, "redis: connecting to %s timed out after %llu ms", q->where,
+                    (unsigned long long)q->timeout_ms);
+    } else {
+        log_failure(q, "redis: %s did not complete the handshake within %llu ms", q->where,
+                    (unsigned long long)q->timeout_ms);
+    }
+    conn_drop(q);
+}
+
+static void on_cmd_timer(uv_timer_t *t) {
+    rv_queue_t *q = t->data;
+    if (!q->head) return;
+    uint64_t now = uv_now(q->loop);
+    if (q->head->deadline > now) {
+        cmd_timer_arm(q);
+        return;
+    }
+    size_t overdue = 0;
+    for (cmd_t *c = q->head; c; c = c->next) {
+        if (c->deadline <= now) {
+            c->fail_err = RV_ETIMEDOUT;
+            overdue++;
+        }
+    }
+    /* Redis may be stuck (a slow script, CLIENT PAUSE, swapping): answers that arrive late would
+     * belong to callers already told "timed out", so the connection is given up. */
+    rv_warn("redis: %zu command(s) got no answer from %s within %llu ms; reconnecting", overdue,
+            q->where, (unsigned long long)q->timeout_ms);
+    if (q->ac) {
+        conn_drop(q);
+        return;
+    }
+    /* Commands never outlive their context; this only guards that invariant. */
+    while (q->head) {
+        cmd_t *c = q->head;
+        list_unlink(q, c);
+        cmd_finish(c, c->fail_err, 0, NULL);
+    }
+}
+
+/* Common checks for a handshake reply: 1 when it can be used; 0 when the connection is going away
+ * or the reply was an error (then the connection is dropped). */
+static int setup_reply_ok(rv_queue_t *q, redisAsyncContext *ac, redisReply *reply,
+                          const char *what) {
+    if (!reply || ac->data != q) return 0;
+    if (reply->type != REDIS_REPLY_ERROR) return 1;
+    log_failure(q, "redis: %s refused by %s: %.160s", what, q->where, reply->str);
+    conn_drop(q);
+    return 0;
+}
+
+static void on_auth(redisAsyncContext *ac, void *r, void *privdata) {
+    setup_reply_ok(privdata, ac, r, "AUTH");
+}
+
+static void on_select(redisAsyncContext *ac, void *r, void *privdata) {
+    setup_reply_ok(privdata, ac, r, "SELECT");
+}
+
+/* The value of a CONFIG GET reply (an array name, value), or NULL. */
+static const char *config_value(redisReply *reply) {
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2) return NULL;
+    redisReply *v = reply->element[1];
+    if (!v || (v->type != REDIS_REPLY_STRING && v->type != REDIS_REPLY_STATUS)) return NULL;
+    return v->str;
+}
+
+/* CONFIG may be renamed, disabled or denied by an ACL on a managed Redis: then durability
+ * cannot be checked, which is worth one line at info, never a failure. */
+static void config_unknown(rv_queue_t *q, redisReply *reply) {
+    if (q->cfg_seen == 2) return;
+    q->cfg_seen = 2;
+    rv_info("redis: durability could not be checked (CONFIG GET: %.120s); make sure %s runs "
+            "with appendonly yes and maxmemory-policy noeviction, see conf/redis-rivet.conf",
+            reply && reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply",
+            q->where);
+}
+
+static void on_config_aof(redisAsyncContext *ac, void *r, void *privdata) {
+    rv_queue_t *q = privdata;
+    redisReply *reply = r;
+    if (!reply || ac->data != q) return;
+    const char *v = config_value(reply);
+    if (!v) {
+        config_unknown(q, reply);
+        return;
+    }
+    q->cfg_seen = 1;
+    int off = strcasecmp(v, "no") == 0;
+    if (off && q->aof_seen != 2) {
+        rv_warn("redis: appendonly is off: an acknowledged provisioning event can be lost if Redis "
+                "restarts; see conf/redis-rivet.conf");
+    }
+    q->aof_seen = off ? 2 : 1;
+}
+
+static void on_config_policy(redisAsyncContext *ac, void *r, void *privdata) {
+    rv_queue_t *q = privdata;
+    redisReply *reply = r;
+    if (!reply || ac->data != q) return;
+    const char *v = config_value(reply);
+    if (!v) {
+        config_unknown(q, reply);
+        return;
+    }
+    q->cfg_seen = 1;
+    int evicts = strcasecmp(v, "noeviction") != 0;
+    if (evicts && q->policy_seen != 2) {
+        rv_warn("redis: maxmemory-policy is %.64s: under memory pressure Redis can evict event "
+                "ids (duplicates get through) or whole keys; use noeviction, see "
+                "conf/redis-rivet.conf", v);
+    }
+    q->policy_seen = evicts ? 2 : 1;
+}
+
+static void on_script_load(redisAsyncContext *ac, void *r, void *privdata) {
+    rv_queue_t *q = privdata;
+    redisReply *reply = r;
+    if (!setup_reply_ok(q, ac, reply, "SCRIPT LOAD")) return;
+    if (reply->type != REDIS_REPLY_STRING || reply->len != 40) {
+        log_failure(q, "redis: unexpected answer to SCRIPT LOAD from %s", q->where);
+        conn_drop(q);
+        return;
+    }
+    memcpy(q->sha, reply->str, 40);
+    q->sha[40] = '\0';
+    q->ready = 1;
+    q->backoff_ms = BACKOFF_MIN_MS;
+    q->last_err[0] = '\0';
+    uv_timer_stop(&q->connect_timer);
+    if (q->readies++ == 0) rv_info("redis: connected to %s", q->where);
+    else rv_info("redis: reconnected to %s", q->where);
+}
+
+/* Pipeline the handshake. The durability check comes before SCRIPT LOAD so that its findings are
+ * logged by the time the queue reports ready. */
+static int send_handshake(rv_queue_t *q, redisAsyncContext *ac) {
+    int rc = REDIS_OK;
+    if (q->url.pass[0] && q->url.user[0]) {
+        rc |= redisAsyncCommand(ac, on_auth, q, "AUTH %s %s", q->url.user, q->url.pass);
+    } else if (q->url.pass[0]) {
+        rc |= redisAsyncCommand(ac, on_auth, q, "AUTH %s", q->url.pass);
+    }
+    if (q->url.db != 0) rc |= redisAsyncCommand(ac, on_select, q, "SELECT %d", q->url.db);
+    rc |= redisAsyncCommand(ac, on_config_aof, q, "CONFIG GET appendonly");
+    rc |= redisAsyncCommand(ac, on_config_policy, q, "CONFIG GET maxmemory-policy");
+    rc |= redisAsyncCommand(ac, on_script_load, q, "SCRIPT LOAD %s", enqueue_script);
+    return rc == REDIS_OK ? 0 : RV_ENOMEM;
+}
+
+static void on_connect(const redisAsyncContext *cac, int status) {
+    rv_queue_t *q = cac->data;
+    if (!q) return;
+    redisAsyncContext *ac = (redisAsyncContext *)cac;
+    if (status != REDIS_OK) {
+        /* hiredis frees the context when this returns. */
+        ac->data = NULL;
+        q->ac = NULL;
+        q->state = RV_QUEUE_DISCONNECTED;
+        uv_timer_stop(&q->connect_timer);
+        log_failure(q, "redis: cannot connect to %s: %s", q->where,
+                    cac->c.errstr[0] ? cac->c.errstr : "connection failed");
+        schedule_reconnect(q);
+        return;
+    }
+    q->state = RV_QUEUE_CONNECTED;
+    if (send_handshake(q, ac) != 0) {
+        /* Freeing the context here is unsafe; let the connect timer drop it on the next tick. */
+        log_failure(q, "redis: cannot send the handshake to %s: out of memory", q->where);
+        uv_timer_start(&q->connect_timer, on_connect_timer, 0, 0);
+    }
+}
+
+static void on_disconnect(const redisAsyncContext *cac, int status) {
+    rv_queue_t *q = cac->data;
+    if (!q) return;
+    /* hiredis frees the context when this returns. */
+    ((redisAsyncContext *)cac)->data = NULL;
+    q->ac = NULL;
+    q->ready = 0;
+    q->state = RV_QUEUE_DISCONNECTED;
+    uv_timer_stop(&q->connect_timer);
+    log_failure(q, "redis: connection to %s lost: %s", q->where,
+                cac->c.errstr[0] ? cac->c.errstr : "closed");
+    schedule_reconnect(q);
+}
+
+static void conn_start(rv_queue_t *q) {
+    redisAsyncContext *ac;
+    q->state = RV_QUEUE_CONNECTING;
+    if (q->url.path[0]) ac = redisAsyncConnectUnix(q->url.path);
+    else ac = redisAsyncConnect(q->url.host, q->url.port);
+    if (!ac) {
+        log_failure(q, "redis: cannot connect to %s: out of memory", q->where);
+        goto retry;
+    }
+    if (ac->err) {
+        log_failure(q, "redis: cannot connect to %s: %s", q->where, ac->errstr);
+        redisAsyncFree(ac);
+        goto retry;
+    }
+    if (redisLibuvAttach(ac, q->loop) != REDIS_OK) {
+        /* A failed attach can leave the adapter's hooks set without their data; clear them so
+         * that freeing the context does not call them. */
+        memset(&ac->ev, 0, sizeof ac->ev);
+        log_failure(q, "redis: cannot watch the connection to %s", q->where);
+        redisAsyncFree(ac);
+        goto retry;
+    }
+    ac->data = q;
+    q->ac = ac;
+    /* The connect callback must be set after attaching: setting it asks the adapter to wait for
+     * writability, which is how hiredis notices that connect(2) finished. */
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    uv_timer_start(&q->connect_timer, on_connect_timer, q->timeout_ms, 0);
+    return;
+retry:
+    q->state = RV_QUEUE_DISCONNECTED;
+    schedule_reconnect(q);
+}
+
+/* ---- enqueue ---------------------------------------------------------------------------- */
+
+static void on_enqueue_reply(redisAsyncContext *ac, void *r, void *privdata) {
+    cmd_t *c = privdata;
+    rv_queue_t *q = c->q;
+    redisReply *reply = r;
+    list_unlink(q, c);
+    if (!reply) {
+        /* The context is being freed: the connection is gone whatever the reason. */
+        q->ready = 0;
+        cmd_finish(c, c->fail_err, 0, NULL);
+        return;
+    }
+    if (reply->type == REDIS_REPLY_ERROR) {
+        /* The script cache was flushed (SCRIPT FLUSH, a restart that kept the connection's
+         * address, a failover): send the source itself once, which also caches it again. */
+        if (!c->retried && strncmp(reply->str, "NOSCRIPT", 8) == 0 && ac->data == q &&
+            !q->closing) {
+            c->retried = 1;
+            c->argv[ARG_CMD] = "EVAL";
+            c->argvlen[ARG_CMD] = 4;
+            c->argv[ARG_SCRIPT] = enqueue_script;
+            c->argvlen[ARG_SCRIPT] = sizeof enqueue_script - 1;
+            if (redisAsyncCommandArgv(ac, on_enqueue_reply, c, NARGS, c->argv, c->argvlen) ==
+                REDIS_OK) {
+                c->deadline = uv_now(q->loop) + q->timeout_ms;
+                list_push(q, c);
+                cmd_timer_arm(q);
+                rv_info("redis: script not in the cache of %s; sent it again", q->where);
+                return;
+            }
+        }
+        rv_warn("redis: event %s not stored: %.200s", c->argv[ARG_ID], reply->str);
+        cmd_finish(c, RV_EUNAVAIL, 0, NULL);
+        return;
+    }
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+        reply->element[0]->type != REDIS_REPLY_INTEGER ||
+        reply->element[1]->type != REDIS_REPLY_STRING ||
+        reply->element[0]->integer < RV_ENQ_ADDED || reply->element[0]->integer > RV_ENQ_STALE) {
+        rv_warn("redis: event %s: unexpected answer from the script", c->argv[ARG_ID]);
+        cmd_finish(c, RV_EUNAVAIL, 0, NULL);
+        return;
+    }
+    int result = (int)reply->element[0]->integer;
+    cmd_finish(c, 0, result, result == RV_ENQ_ADDED ? reply->element[1]->str : NULL);
+}
+
+/* Copy n bytes as argument i into the command's string area at *off. */
+static void put_arg(cmd_t *c, size_t *off, int i, const char *s, size_t n) {
+    memcpy(c->strs + *off, s, n);
+    c->strs[*off + n] = '\0';
+    c->argv[i] = c->strs + *off;
+    c->argvlen[i] = n;
+    *off += n + 1;
+}
+
+static void set_arg(cmd_t *c, int i, const char *s) {
+    c->argv[i] = s;
+    c->argvlen[i] = strlen(s);
+}
+
+int rv_queue_enqueue(rv_queue_t *q, const rv_prov_event_t *ev, rv_enqueue_cb cb, void *data) {
+    if (!q || !ev || !cb || !ev->type || !ev->type[0] || !ev->data_json) return RV_EINVAL;
+    size_t idlen = strnlen(ev->event_id, sizeof ev->event_id);
+    if (idlen == 0 || idlen == sizeof ev->event_id) return RV_EINVAL;
+    if (q->closing || !q->ready || !q->ac) return RV_EUNAVAIL;
+    if (q->npending >= MAX_PENDING) return RV_EUNAVAIL;
+
+    static const char ekey_prefix[] = "rivet:event:";
+    static const char skey_prefix[] = "rivet:subscription:";
+    static const char ckey_prefix[] = "rivet:customer:";
+    size_t sublen = strnlen(ev->subscription_id, sizeof ev->subscription_id - 1);
+    size_t custlen = strnlen(ev->customer_id, sizeof ev->customer_id - 1);
+    size_t typelen = strlen(ev->type);
+    size_t datalen = strlen(ev->data_json);
+    size_t emaillen = strnlen(ev->email, sizeof ev->email - 1);
+    size_t tierlen = strnlen(ev->tier, sizeof ev->tier - 1);
+    size_t statuslen = strnlen(ev->status, sizeof ev->status - 1);
+    char created[24];
+    int createdlen = snprintf(created, sizeof created, "%lld", (long long)ev->created);
+
+    /* Every copied argument plus its NUL. */
+    size_t total = sizeof ekey_prefix + idlen + sizeof skey_prefix + sublen + sizeof ckey_prefix +
+                   custlen + typelen + 1 + idlen + 1 + datalen + 1 + (size_t)createdlen + 1 +
+                   emaillen + 1 + tierlen + 1 + statuslen + 1 + sublen + 1 + custlen + 1;
+    cmd_t *c = malloc(sizeof *c + total);
+    if (!c) return RV_ENOMEM;
+    memset(c, 0, sizeof *c);
+    c->q = q;
+    c->cb = cb;
+    c->data = data;
+    c->fail_err = RV_EUNAVAIL;
+
+    size_t off = 0;
+    set_arg(c, ARG_CMD, "EVALSHA");
+    set_arg(c, ARG_SCRIPT, q->sha);
+    set_arg(c, ARG_NUMKEYS, "4");
+    /* The key is built in place: prefix, then the id. */
+    memcpy(c->strs, ekey_prefix, sizeof ekey_prefix - 1);
+    off = sizeof ekey_prefix - 1;
+    put_arg(c, &off, ARG_KEY_EVENT, ev->event_id, idlen);
+    c->argv[ARG_KEY_EVENT] = c->strs;
+    c->argvlen[ARG_KEY_EVENT] = sizeof ekey_prefix - 1 + idlen;
+    set_arg(c, ARG_KEY_STREAM, q->stream);
+    if (sublen) {
+        size_t start = off;
+        memcpy(c->strs + off, skey_prefix, sizeof skey_prefix - 1);
+        off += sizeof skey_prefix - 1;
+        put_arg(c, &off, ARG_KEY_SUB, ev->subscription_id, sublen);
+        c->argv[ARG_KEY_SUB] = c->strs + start;
+        c->argvlen[ARG_KEY_SUB] = sizeof skey_prefix - 1 + sublen;
+    } else {
+        set_arg(c, ARG_KEY_SUB, DUMMY_KEY);
+    }
+    if (custlen) {
+        size_t start = off;
+        memcpy(c->strs + off, ckey_prefix, sizeof ckey_prefix - 1);
+        off += sizeof ckey_prefix - 1;
+        put_arg(c, &off, ARG_KEY_CUST, ev->customer_id, custlen);
+        c->argv[ARG_KEY_CUST] = c->strs + start;
+        c->argvlen[ARG_KEY_CUST] = sizeof ckey_prefix - 1 + custlen;
+    } else {
+        set_arg(c, ARG_KEY_CUST, DUMMY_KEY);
+    }
+    set_arg(c, ARG_TTL, q->ttl);
+    put_arg(c, &off, ARG_TYPE, ev->type, typelen);
+    put_arg(c, &off, ARG_ID, ev->event_id, idlen);
+    put_arg(c, &off, ARG_DATA, ev->data_json, datalen);
+    put_arg(c, &off, ARG_CREATED, created, (size_t)createdlen);
+    set_arg(c, ARG_ORDERED, ev->ordered ? "1" : "0");
+    set_arg(c, ARG_SETS, ev->sets_entitlement ? "1" : "0");
+    put_arg(c, &off, ARG_EMAIL, ev->email, emaillen);
+    put_arg(c, &off, ARG_TIER, ev->tier, tierlen);
+    put_arg(c, &off, ARG_STATUS, ev->status, statuslen);
+    put_arg(c, &off, ARG_SUB, ev->subscription_id, sublen);
+    put_arg(c, &off, ARG_CUST, ev->customer_id, custlen);
+
+    if (redisAsyncCommandArgv(q->ac, on_enqueue_reply, c, NARGS, c->argv, c->argvlen) !=
+        REDIS_OK) {
+        free(c);
+        return RV_EUNAVAIL;
+    }
+    c->deadline = uv_now(q->loop) + q->timeout_ms;
+    list_push(q, c);
+    cmd_timer_arm(q);
+    return 0;
+}
+
+/* ---- life cycle ----------------------------------------------------------------------------- */
+
+/* Check the host: an IP literal, or "localhost" for 127.0.0.1. Fills q->url.host with the numeric
+ * form and q->where. */
+static int check_host(rv_queue_t *q) {
+    if (q->url.path[0]) {
+        snprintf(q->where, sizeof q->where, "unix:%s", q->url.path);
+        return 0;
+    }
+    if (strcasecmp(q->url.host, "localhost") == 0) strcpy(q->url.host, "127.0.0.1");
+    struct addrinfo hints, *res = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_flags = AI_NUMERICHOST;
+    hints.ai_socktype = SOCK_STREAM;
+    if (getaddrinfo(q->url.host, NULL, &hints, &res) != 0 || !res) {
+        rv_error("redis: REDIS_URL host \"%s\" is not an IP address; name lookups would block "
+                 "the loop, so use an address (or localhost)", q->url.host);
+        return RV_EINVAL;
+    }
+    char num[NI_MAXHOST];
+    int rc = getnameinfo(res->ai_addr, res->ai_addrlen, num, sizeof num, NULL, 0, NI_NUMERICHOST);
+    int v6 = res->ai_family == AF_INET6;
+    freeaddrinfo(res);
+    if (rc != 0 || strlen(num) >= sizeof q->url.host) return RV_EINVAL;
+    strcpy(q->url.host, num);
+    snprintf(q->where, sizeof q->where, v6 ? "[%s]:%d" : "%s:%d", q->url.host, q->url.port);
+    return 0;
+}
+
+int rv_queue_init(uv_loop_t *loop, const rv_queue_opts_t *opts, rv_queue_t **out) {
+    if (!loop || !opts || !out || !opts->url || !opts->stream) return RV_EINVAL;
+    size_t slen = strnlen(opts->stream, STREAM_MAX + 1);
+    if (slen == 0 || slen > STREAM_MAX || opts->dedupe_ttl == 0) return RV_EINVAL;
+
+    rv_queue_t *q = calloc(1, sizeof *q);
+    if (!q) return RV_ENOMEM;
+    if (rv_redis_url_parse(opts->url, &q->url) != 0 || check_host(q) != 0) {
+        free(q);
+        return RV_EINVAL;
+    }
+    q->stream = strdup(opts->stream);
+    if (!q->stream) {
+        free(q);
+        return RV_ENOMEM;
+    }
+    q->loop = loop;
+    snprintf(q->ttl, sizeof q->ttl, "%llu", (unsigned long long)opts->dedupe_ttl);
+    q->timeout_ms = opts->timeout_ms ? opts->timeout_ms : DEFAULT_TIMEOUT_MS;
+    q->backoff_ms = BACKOFF_MIN_MS;
+    q->state = RV_QUEUE_DISCONNECTED;
+
+    /* uv_timer_init cannot fail. */
+    uv_timer_init(loop, &q->reconnect_timer);
+    uv_timer_init(loop, &q->connect_timer);
+    uv_timer_init(loop, &q->cmd_timer);
+    q->reconnect_timer.data = q->connect_timer.data = q->cmd_timer.data = q;
+    q->open_handles = 3;
+    /* Connect from the loop, so that init does no I/O and reports nothing twice. */
+    uv_timer_start(&q->reconnect_timer, on_reconnect_timer, 0, 0);
+    *out = q;
+    return 0;
+}
+
+int rv_queue_ready(const rv_queue_t *q) { return q && q->ready; }
+
+uint64_t rv_queue_reconnects(const rv_queue_t *q) {
+    return q && q->readies > 0 ? q->readies - 1 : 0;
+}
+
+int rv_queue_state(const rv_queue_t *q) { return q ? q->state : RV_QUEUE_DISCONNECTED; }
+
+size_t rv_queue_pending(const rv_queue_t *q) { return q ? q->npending : 0; }
+
+static void on_timer_closed(uv_handle_t *h) {
+    rv_queue_t *q = h->data;
+    if (--q->open_handles > 0) return;
+    /* Commands never outlive their context, which is gone; this only guards that invariant. */
+    while (q->head) {
+        cmd_t *c = q->head;
+        list_unlink(q, c);
+        cmd_finish(c, RV_EUNAVAIL, 0, NULL);
+    }
+    while (q->dead) {
+        cmd_t *c = q->dead;
+        q->dead = c->next;
+        c->cb(c->data, RV_EUNAVAIL, 0, NULL);
+        free(c);
+    }
+    void (*done)(void *) = q->done;
+    void *done_data = q->done_data;
+    free(q->stream);
+    free(q);
+    if (done) done(done_data);
+}
+
+void rv_queue_close(rv_queue_t *q, void (*done)(void *data), void *data) {
+    if (!q || q->closing) return;
+    q->closing = 1;
+    q->ready = 0;
+    q->done = done;
+    q->done_data = data;
+    uv_timer_stop(&q->reconnect_timer);
+    uv_timer_stop(&q->connect_timer);
+    uv_timer_stop(&q->cmd_timer);
+    redisAsyncContext *ac = q->ac;
+    q->ac = NULL;
+    q->state = RV_QUEUE_DISCONNECTED;
+    if (ac) {
+        /* Pending commands are answered from inside this free (or right after the reply
+         * callback this is called from returns); cmd_finish holds their answers until the
+         * handles below are closed. */
+        ac->data = NULL;
+        redisAsyncFree(ac);
+    }
+    uv_close((uv_handle_t *)&q->reconnect_timer, on_timer_closed);
+    uv_close((uv_handle_t *)&q->connect_timer, on_timer_closed);
+    uv_close((uv_handle_t *)&q->cmd_timer, on_timer_closed);
+}

@@ -1,0 +1,784 @@
+/* Unit tests for provision: Stripe events built around Stripe's own example objects
+ * (test/fixtures/stripe, read relative to the repository root) mapped to provisioning events,
+ * across the payload shapes of older and newer Stripe API versions. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cJSON.h>
+#include <cmocka.h>
+
+#include "rivet/common.h"
+#include "rivet/provision.h"
+
+#define FIXTURES "test/fixtures/stripe/"
+
+#define PRICE_BASIC "price_basic_test_0001"
+#define PRICE_PRO "price_1PgafmB7WZ01zgkW6dKueIc5" /* the price in Stripe's example objects */
+#define PRICE_ENT "price_enterprise_test_0003"
+
+static const rv_prices_t prices = {PRICE_BASIC, PRICE_PRO, PRICE_ENT};
+
+/* Fixture values the assertions rely on, as they appear in Stripe's example objects. */
+#define FX_CUSTOMER "cus_QXg1o8vcGmoR32"
+#define FX_SUB "sub_1Pgc6rB7WZ01zgkWNy0Cn5nw"
+#define FX_CHECKOUT "cs_test_a1YS1URlnyQCN5fUUduORoQ7Pw41PJqDWkIVQCpJPqkfIhd6tVY8XB1OLY"
+#define FX_INVOICE "in_1Pgc6tB7WZ01zgkWu9fdqL6I"
+#define FX_ITEM_PERIOD_END 976287773
+
+static cJSON *load_fixture(const char *name) {
+    char path[256];
+    snprintf(path, sizeof path, FIXTURES "%s.json", name);
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) fail_msg("cannot open %s (tests run from the repository root)", path);
+    static char buf[1 << 16];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    assert_true(n > 0 && n < sizeof buf - 1);
+    buf[n] = '\0';
+    cJSON *j = cJSON_Parse(buf);
+    if (j == NULL) fail_msg("%s is not JSON", path);
+    return j;
+}
+
+/* Wrap obj (consumed) in an event envelope based on Stripe's example event. */
+static char *make_event(const char *type, cJSON *obj) {
+    cJSON *ev = load_fixture("event");
+    cJSON_ReplaceItemInObjectCaseSensitive(ev, "id", cJSON_CreateString("evt_test_provision_1"));
+    cJSON_ReplaceItemInObjectCaseSensitive(ev, "type", cJSON_CreateString(type));
+    cJSON_ReplaceItemInObjectCaseSensitive(ev, "created", cJSON_CreateNumber(1700000123));
+    cJSON *data = cJSON_GetObjectItemCaseSensitive(ev, "data");
+    assert_non_null(data);
+    cJSON_ReplaceItemInObjectCaseSensitive(data, "object", obj);
+    char *s = cJSON_PrintUnformatted(ev);
+    assert_non_null(s);
+    cJSON_Delete(ev);
+    return s;
+}
+
+static int map_str(const char *json, rv_prov_event_t *ev) {
+    return rv_provision_map(json, strlen(json), &prices, ev);
+}
+
+/* Map an event of type around obj (consumed). */
+static int map_obj(const char *type, cJSON *obj, rv_prov_event_t *ev) {
+    char *s = make_event(type, obj);
+    int rc = map_str(s, ev);
+    free(s);
+    return rc;
+}
+
+/* Parse data_json, check the members every entry has and that nothing is null. */
+static cJSON *data_of(const rv_prov_event_t *ev, const char *stripe_type) {
+    assert_non_null(ev->data_json);
+    cJSON *d = cJSON_Parse(ev->data_json);
+    assert_non_null(d);
+    assert_true(cJSON_IsObject(d));
+    for (const cJSON *c = d->child; c != NULL; c = c->next) {
+        if (cJSON_IsNull(c)) fail_msg("member %s is null", c->string);
+    }
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(d, "v");
+    assert_true(cJSON_IsNumber(v));
+    assert_int_equal(v->valueint, 1);
+    assert_string_equal(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(d, "type")),
+                        ev->type);
+    assert_string_equal(
+        cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(d, "stripe_event_id")),
+        "evt_test_provision_1");
+    assert_string_equal(
+        cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(d, "stripe_event_type")),
+        stripe_type);
+    const cJSON *created = cJSON_GetObjectItemCaseSensitive(d, "created");
+    assert_true(cJSON_IsNumber(created));
+    assert_true(created->valuedouble == 1700000123.0);
+    assert_true(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(d, "livemode")));
+    assert_true(cJSON_IsString(cJSON_GetObjectItemCaseSensitive(d, "customer_id")));
+    return d;
+}
+
+static void assert_dstr(const cJSON *d, const char *key, const char *want) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(d, key);
+    if (!cJSON_IsString(v)) fail_msg("data.%s is not a string", key);
+    assert_string_equal(v->valuestring, want);
+}
+
+static void assert_dnum(const cJSON *d, const char *key, double want) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(d, key);
+    if (!cJSON_IsNumber(v)) fail_msg("data.%s is not a number", key);
+    if (v->valuedouble != want) fail_msg("data.%s is %.17g, want %.17g", key, v->valuedouble, want);
+}
+
+static void assert_dabsent(const cJSON *d, const char *key) {
+    if (cJSON_HasObjectItem(d, key)) fail_msg("data.%s should be absent", key);
+}
+
+static void set(cJSON *o, const char *key, cJSON *v) {
+    assert_non_null(v);
+    if (cJSON_HasObjectItem(o, key)) {
+        cJSON_ReplaceItemInObjectCaseSensitive(o, key, v);
+    } else {
+        cJSON_AddItemToObject(o, key, v);
+    }
+}
+
+static cJSON *item0(cJSON *o, const char *list) {
+    cJSON *l = cJSON_GetObjectItemCaseSensitive(o, list);
+    cJSON *first = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(l, "data"), 0);
+    assert_non_null(first);
+    return first;
+}
+
+/* --- checkout.session.completed --- */
+
+static cJSON *checkout_subscription(void) {
+    cJSON *cs = load_fixture("checkout_session");
+    set(cs, "mode", cJSON_CreateString("subscription"));
+    set(cs, "customer", cJSON_CreateString("cus_checkout_1"));
+    set(cs, "subscription", cJSON_CreateString("sub_checkout_1"));
+    set(cs, "payment_status", cJSON_CreateString("paid"));
+    set(cs, "amount_total", cJSON_CreateNumber(2900));
+    set(cs, "currency", cJSON_CreateString("usd"));
+    cJSON *md = cJSON_CreateObject();
+    cJSON_AddStringToObject(md, "tier", "pro");
+    cJSON_AddStringToObject(md, "source", "rivet_landing");
+    set(cs, "metadata", md);
+    return cs;
+}
+
+static void test_checkout_completed(void **state) {
+    rv_prov_event_t ev;
+    /* Stripe's example has customer_email null and the email in customer_details (newer). */
+    assert_int_equal(map_obj("checkout.session.completed", checkout_subscription(), &ev), 0);
+    assert_string_equal(ev.type, "user.provision");
+    assert_string_equal(ev.event_id, "evt_test_provision_1");
+    assert_string_equal(ev.stripe_type, "checkout.session.completed");
+    assert_int_equal(ev.created, 1700000123);
+    assert_int_equal(ev.livemode, 0);
+    assert_string_equal(ev.customer_id, "cus_checkout_1");
+    assert_string_equal(ev.subscription_id, "sub_checkout_1");
+    assert_string_equal(ev.email, "example@example.com");
+    assert_string_equal(ev.tier, "pro");
+    assert_string_equal(ev.status, "paid");
+    assert_int_equal(ev.ordered, 0);
+    assert_int_equal(ev.sets_entitlement, 1);
+
+    cJSON *d = data_of(&ev, "checkout.session.completed");
+    assert_dstr(d, "customer_id", "cus_checkout_1");
+    assert_dstr(d, "email", "example@example.com");
+    assert_dstr(d, "subscription_id", "sub_checkout_1");
+    assert_dstr(d, "tier", "pro");
+    assert_dstr(d, "status", "paid");
+    assert_dnum(d, "amount_total", 2900);
+    assert_dstr(d, "currency", "usd");
+    assert_dstr(d, "checkout_session_id", FX_CHECKOUT);
+    assert_dabsent(d, "amount_paid");
+    assert_dabsent(d, "invoice_id");
+    assert_dabsent(d, "current_period_end");
+    assert_dabsent(d, "attempt_count");
+    cJSON_Delete(d);
+    rv_prov_event_free(&ev);
+    assert_null(ev.data_json);
+}
+
+static void test_checkout_email_shapes(void **state) {
+    rv_prov_event_t ev;
+    /* Older shape: customer_email set; it wins over customer_details. */
+    cJSON *cs = checkout_subscription();
+    set(cs, "customer_email", cJSON_CreateString("buyer@example.org"));
+    assert_int_equal(map_obj("checkout.session.completed", cs, &ev), 0);
+    assert_string_equal(ev.email, "buyer@example.org");
+    rv_prov_event_free(&ev);
+
+    /* Only customer_email, no customer_details at all. */
+    cs = checkout_subscription();
+    set(cs, "customer_email", cJSON_CreateString("only@example.org"));
+    cJSON_DeleteItemFromObjectCaseSensitive(cs, "customer_details");
+    assert_int_equal(map_obj("checkout.session.completed", cs, &ev), 0);
+    assert_string_equal(ev.email, "only@example.org");
+    rv_prov_event_free(&ev);
+
+    /* Neither: the email is left out of data rather than written as null. */
+    cs = checkout_subscription();
+    cJSON_DeleteItemFromObjectCaseSensitive(cs, "customer_details");
+    assert_int_equal(map_obj("checkout.session.completed", cs, &ev), 0);
+    assert_string_equal(ev.email, "");
+    cJSON *d = data_of(&ev, "checkout.session.completed");
+    assert_dabsent(d, "email");
+    cJSON_Delete(d);
+    rv_prov_event_free(&ev);
+}
+
+static void test_checkout_expanded_refs(void **state) {
+    rv_prov_event_t ev;
+    cJSON *cs = checkout_subscription();
+    set(cs, "customer", load_fixture("customer"));
+    cJSON *sub = load_fixture("subscription");
+    set(cs, "subscription", sub);
+    assert_int_equal(map_obj("checkout.session.completed", cs, &ev), 0);
+    assert_string_equal(ev.customer_id, FX_CUSTOMER);
+    assert_string_equal(ev.subscription_id, FX_SUB);
+    rv_prov_event_free(&ev);
+
+    /* A null customer (not expected in subscription mode) gives an empty customer id. */
+    cs = checkout_subscription();
+    set(cs, "customer", cJSON_CreateNull());
+    assert_int_equal(map_obj("checkout.session.completed", cs, &ev), 0);
+    assert_string_equal(ev.customer_id, "");
+    cJSON *d = data_of(&ev, "checkout.session.completed");
+    assert_dstr(d, "customer_id", "");
+    cJSON_Delete(d);
+    rv_prov_event_free(&ev);
+}
+
+static void test_checkout_metadata_tier(void **state) {
+    static const char *const tiers[] = {"basic", "pro", "enterprise"};
+    rv_prov_event_t ev;
+    for (size_t i = 0; i < RV_ARRAY_LEN(tiers); i++) {
+        cJSON *cs = checkout_subscription();
+        cJSON *md = cJSON_GetObjectItemCaseSensitive(cs, "metadata");
+        cJSON_ReplaceItemInObjectCaseSensitive(md, "tier", cJSON_CreateString(tiers[i]));
+        assert_int_equal(map_obj("checkout.session.completed", cs, &ev), 0);
+        assert_string_equal(ev.tier, tiers[i]);
+        rv_prov_event_free(&ev);
+    }
+    /* A tier that is not one of the three plans is not believed. */
+    const char *bad[] = {"gold", "Pro", ""};
+    for (size_t i = 0; i < RV_ARRAY_LEN(bad); i++) {
+        cJSON *cs = checkout_subscription();
+        cJSON *md = cJSON_GetObjectItemCaseSensitive(cs, "metadata");
+        cJSON_ReplaceItemInObjectCaseSensitive(md, "tier", cJSON_CreateString(bad[i]));
+        assert_int_equal(map_obj("checkout.session.completed", cs, &ev), 0);
+        assert_string_equal(ev.tier, "");
+        cJSON *d = data_of(&ev, "checkout.session.completed");
+        assert_dabsent(d, "tier");
+        cJSON_Delete(d);
+        rv_prov_event_free(&ev);
+    }
+}
+
+static void test_checkout_not_subscription(void **state) {
+    rv_prov_event_t ev;
+    /* Stripe's example session is a one-off payment. */
+    assert_int_equal(map_obj("checkout.session.completed", load_fixture("checkout_session"), &ev),
+                     RV_EIGNORED);
+    assert_null(ev.type);
+    assert_null(ev.data_json);
+    assert_string_equal(ev.event_id, "evt_test_provision_1");
+    assert_string_equal(ev.stripe_type, "checkout.session.completed");
+    rv_prov_event_free(&ev);
+
+    cJSON *cs = checkout_subscription();
+    set(cs, "mode", cJSON_CreateString("setup"));
+    assert_int_equal(map_obj("checkout.session.completed", cs, &ev), RV_EIGNORED);
+    rv_prov_event_free(&ev);
+
+    cs = checkout_subscription();
+    cJSON_DeleteItemFromObjectCaseSensitive(cs, "mode");
+    assert_int_equal(map_obj("checkout.session.completed", cs, &ev), RV_EIGNORED);
+    rv_prov_event_free(&ev);
+}
+
+/* --- customer.subscription.* --- */
+
+static void test_subscription_events(void **state) {
+    static const struct {
+        const char *stripe, *type;
+        int ordered;
+    } cases[] = {
+        {"customer.subscription.created", "subscription.created", 0},
+        {"customer.subscription.updated", "subscription.updated", 1},
+        {"customer.subscription.deleted", "user.deprovision", 0},
+    };
+    for (size_t i = 0; i < RV_ARRAY_LEN(cases); i++) {
+        rv_prov_event_t ev;
+        /* Stripe's example is the newer shape: current_period_end only on the items. */
+        assert_int_equal(map_obj(cases[i].stripe, load_fixture("subscription"), &ev), 0);
+        assert_string_equal(ev.type, cases[i].type);
+        assert_int_equal(ev.ordered, cases[i].ordered);
+        assert_int_equal(ev.sets_entitlement, 1);
+        assert_string_equal(ev.customer_id, FX_CUSTOMER);
+        assert_string_equal(ev.subscription_id, FX_SUB);
+        assert_string_equal(ev.tier, "pro");
+        assert_string_equal(ev.status, "active");
+        assert_string_equal(ev.email, "");
+
+        cJSON *d = data_of(&ev, cases[i].stripe);
+        assert_dstr(d, "customer_id", FX_CUSTOMER);
+        assert_dstr(d, "subscription_id", FX_SUB);
+        assert_dstr(d, "tier", "pro");
+        assert_dstr(d, "status", "active");
+        assert_dnum(d, "current_period_end", FX_ITEM_PERIOD_END);
+        assert_true(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(d, "cancel_at_period_end")));
+        assert_dstr(d, "currency", "usd");
+        assert_dabsent(d, "email");
+        assert_dabsent(d, "amount_total");
+        assert_dabsent(d, "invoice_id");
+        assert_dabsent(d, "checkout_session_id");
+        cJSON_Delete(d);
+        rv_prov_event_free(&ev);
+    }
+}
+
+static void test_subscription_period_end_shapes(void **state) {
+    rv_prov_event_t ev;
+    /* Older shape: on the subscription, not on the items. */
+    cJSON *sub = load_fixture("subscription");
+    set(sub, "current_period_end", cJSON_CreateNumber(1735689600));
+    cJSON_DeleteItemFromObjectCaseSensitive(item0(sub, "items"), "current_period_end");
+    assert_int_equal(map_obj("customer.subscription.updated", sub, &ev), 0);
+    cJSON *d = data_of(&ev, "customer.subscription.updated");
+    assert_dnum(d, "current_period_end", 1735689600);
+    cJSON_Delete(d);
+    rv_prov_event_free(&ev);
+
+    /* Neither: left out. */
+    sub = load_fixture("subscription");
+    cJSON_DeleteItemFromObjectCaseSensitive(item0(sub, "items"), "current_period_end");
+    cJSON_DeleteItemFromObjectCaseSensitive(sub, "cancel_at_period_end");
+    assert_int_equal(map_obj("customer.subscription.updated", sub, &ev), 0);
+    d = data_of(&ev, "customer.subscription.updated");
+    assert_dabsent(d, "current_period_end");
+    assert_dabsent(d, "cancel_at_period_end");
+    cJSON_Delete(d);
+    rv_prov_event_free(&ev);
+}
+
+static void test_subscription_price_shapes(void **state) {
+    static const struct {
+        const char *price, *tier;
+    } cases[] = {
+        {PRICE_BASIC, "basic"},
+        {PRICE_PRO, "pro"},
+        {PRICE_ENT, "enterprise"},
+        {"price_somebody_elses", "unknown"},
+    };
+    rv_prov_event_t ev;
+    for (size_t i = 0; i < RV_ARRAY_LEN(cases); i++) {
+        /* Current shape: items.data[0].price.id (the example's plan.id is "obj_123"). */
+        cJSON *sub = load_fixture("subscription");
+        cJSON *price = cJSON_GetObjectItemCaseSensitive(item0(sub, "items"), "price");
+        cJSON_ReplaceItemInObjectCaseSensitive(price, "id", cJSON_CreateString(cases[i].price));
+        assert_int_equal(map_obj("customer.subscription.created", sub, &ev), 0);
+        assert_string_equal(ev.tier, cases[i].tier);
+        cJSON *d = data_of(&ev, "customer.subscription.created");
+        assert_dstr(d, "tier", cases[i].tier);
+        cJSON_Delete(d);
+        rv_prov_event_free(&ev);
+
+        /* Older shape: no price, only items.data[0].plan.id. */
+        sub = load_fixture("subscription");
+        cJSON *item = item0(sub, "items");
+        cJSON_DeleteItemFromObjectCaseSensitive(item, "price");
+        cJSON *plan = cJSON_GetObjectItemCaseSensitive(item, "plan");
+        cJSON_ReplaceItemInObjectCaseSensitive(plan, "id", cJSON_CreateString(cases[i].price));
+        assert_int_equal(map_obj("customer.subscription.created", sub, &ev), 0);
+        assert_string_equal(ev.tier, cases[i].tier);
+        rv_prov_event_free(&ev);
+    }
+
+    /* The price wins over metadata, which a plan change leaves stale. */
+    cJSON *sub = load_fixture("subscription");
+    cJSON *md = cJSON_CreateObject();
+    cJSON_AddStringToObject(md, "tier", "basic");
+    set(sub, "metadata", md);
+    assert_int_equal(map_obj("customer.subscription.updated", sub, &ev), 0);
+    assert_string_equal(ev.tier, "pro");
+    rv_prov_event_free(&ev);
+
+    /* No price anywhere: subscription metadata, if it names a plan. */
+    sub = load_fixture("subscription");
+    cJSON *item = item0(sub, "items");
+    cJSON_DeleteItemFromObjectCaseSensitive(item, "price");
+    cJSON_DeleteItemFromObjectCaseSensitive(item, "plan");
+    md = cJSON_CreateObject();
+    cJSON_AddStringToObject(md, "tier", "enterprise");
+    set(sub, "metadata", md);
+    assert_int_equal(map_obj("customer.subscription.updated", sub, &ev), 0);
+    assert_string_equal(ev.tier, "enterprise");
+    rv_prov_event_free(&ev);
+
+    sub = load_fixture("subscription");
+    cJSON_DeleteItemFromObjectCaseSensitive(sub, "items");
+    assert_int_equal(map_obj("customer.subscription.updated", sub, &ev), 0);
+    assert_string_equal(ev.tier, "");
+    rv_prov_event_free(&ev);
+
+    /* Without configured prices every price is unknown. */
+    char *s = make_event("customer.subscription.created", load_fixture("subscription"));
+    assert_int_equal(rv_provision_map(s, strlen(s), NULL, &ev), 0);
+    assert_string_equal(ev.tier, "unknown");
+    rv_prov_event_free(&ev);
+    const rv_prices_t empty = {"", NULL, ""};
+    assert_int_equal(rv_provision_map(s, strlen(s), &empty, &ev), 0);
+    assert_string_equal(ev.tier, "unknown");
+    rv_prov_event_free(&ev);
+    free(s);
+}
+
+static void test_subscription_expanded_customer(void **state) {
+    rv_prov_event_t ev;
+    cJSON *sub = load_fixture("subscription");
+    cJSON *cus = load_fixture("customer");
+    cJSON_ReplaceItemInObjectCaseSensitive(cus, "id", cJSON_CreateString("cus_expanded_9"));
+    set(sub, "customer", cus);
+    assert_int_equal(map_obj("customer.subscription.deleted", sub, &ev), 0);
+    assert_string_equal(ev.customer_id, "cus_expanded_9");
+    rv_prov_event_free(&ev);
+}
+
+/* --- invoice.payment_* --- */
+
+static cJSON *invoice_paid(void) {
+    cJSON *in = load_fixture("invoice");
+    set(in, "customer_email", cJSON_CreateString("payer@example.com"));
+    set(in, "status", cJSON_CreateString("paid"));
+    set(in, "amount_paid", cJSON_CreateNumber(2900));
+    set(in, "attempt_count", cJSON_CreateNumber(1));
+    return in;
+}
+
+static void test_invoice_events(void **state) {
+    static const struct {
+        const char *stripe, *type;
+    } cases[] = {
+        {"invoice.payment_succeeded", "payment.succeeded"},
+        {"invoice.payment_failed", "payment.failed"},
+    };
+    for (size_t i = 0; i < RV_ARRAY_LEN(cases); i++) {
+        rv_prov_event_t ev;
+        /* Stripe's example is the newer shape: subscription null at the top, the id under
+         * parent.subscription_details. */
+        assert_int_equal(map_obj(cases[i].stripe, invoice_paid(), &ev), 0);
+        assert_string_equal(ev.type, cases[i].type);
+        assert_int_equal(ev.ordered, 0);
+        assert_int_equal(ev.sets_entitlement, 0);
+        assert_string_equal(ev.customer_id, FX_CUSTOMER);
+        assert_string_equal(ev.subscription_id, "subscription");
+        assert_string_equal(ev.email, "payer@example.com");
+        assert_string_equal(ev.status, "paid");
+        assert_string_equal(ev.tier, "");
+
+        cJSON *d = data_of(&ev, cases[i].stripe);
+        assert_dstr(d, "customer_id", FX_CUSTOMER);
+        assert_dstr(d, "email", "payer@example.com");
+        assert_dstr(d, "subscription_id", "subscription");
+        assert_dstr(d, "status", "paid");
+        assert_dnum(d, "amount_paid", 2900);
+        assert_dnum(d, "amount_due", 1000);
+        assert_dstr(d, "currency", "usd");
+        assert_dstr(d, "invoice_id", FX_INVOICE);
+        assert_dnum(d, "attempt_count", 1);
+        assert_dabsent(d, "tier");
+        assert_dabsent(d, "amount_total");
+        assert_dabsent(d, "checkout_session_id");
+        assert_dabsent(d, "cancel_at_period_end");
+        cJSON_Delete(d);
+        rv_prov_event_free(&ev);
+    }
+}
+
+static void test_invoice_subscription_shapes(void **state) {
+    rv_prov_event_t ev;
+    /* Older shape: invoice.subscription, no parent. */
+    cJSON *in = invoice_paid();
+    set(in, "subscription", cJSON_CreateString("sub_older_shape"));
+    cJSON_DeleteItemFromObjectCaseSensitive(in, "parent");
+    assert_int_equal(map_obj("invoice.payment_succeeded", in, &ev), 0);
+    assert_string_equal(ev.subscription_id, "sub_older_shape");
+    rv_prov_event_free(&ev);
+
+    /* Older shape, expanded. */
+    in = invoice_paid();
+    set(in, "subscription", load_fixture("subscription"));
+    assert_int_equal(map_obj("invoice.payment_succeeded", in, &ev), 0);
+    assert_string_equal(ev.subscription_id, FX_SUB);
+    rv_prov_event_free(&ev);
+
+    /* Neither: no subscription id, and none in data. */
+    in = invoice_paid();
+    cJSON_DeleteItemFromObjectCaseSensitive(in, "parent");
+    assert_int_equal(map_obj("invoice.payment_failed", in, &ev), 0);
+    assert_string_equal(ev.subscription_id, "");
+    cJSON *d = data_of(&ev, "invoice.payment_failed");
+    assert_dabsent(d, "subscription_id");
+    cJSON_Delete(d);
+    rv_prov_event_free(&ev);
+
+    /* No customer_email: left out. */
+    in = invoice_paid();
+    cJSON_DeleteItemFromObjectCaseSensitive(in, "customer_email");
+    assert_int_equal(map_obj("invoice.payment_failed", in, &ev), 0);
+    assert_string_equal(ev.email, "");
+    rv_prov_event_free(&ev);
+}
+
+static void test_invoice_price_shapes(void **state) {
+    static const struct {
+        const char *price, *tier;
+    } cases[] = {
+        {PRICE_BASIC, "basic"},
+        {PRICE_PRO, "pro"},
+        {PRICE_ENT, "enterprise"},
+        {"price_not_ours", "unknown"},
+    };
+    rv_prov_event_t ev;
+    for (size_t i = 0; i < RV_ARRAY_LEN(cases); i++) {
+        /* Newer: lines.data[0].pricing.price_details.price. */
+        cJSON *in = invoice_paid();
+        cJSON *pricing = cJSON_GetObjectItemCaseSensitive(item0(in, "lines"), "pricing");
+        cJSON *pd = cJSON_CreateObject();
+        cJSON_AddStringToObject(pd, "price", cases[i].price);
+        cJSON_AddStringToObject(pd, "product", "prod_QXg1hqf4jFNsqG");
+        set(pricing, "price_details", pd);
+        assert_int_equal(map_obj("invoice.payment_succeeded", in, &ev), 0);
+        assert_string_equal(ev.tier, cases[i].tier);
+        cJSON *d = data_of(&ev, "invoice.payment_succeeded");
+        assert_dstr(d, "tier", cases[i].tier);
+        cJSON_Delete(d);
+        rv_prov_event_free(&ev);
+
+        /* Older: lines.data[0].price.id. */
+        in = invoice_paid();
+        cJSON *price = cJSON_CreateObject();
+        cJSON_AddStringToObject(price, "id", cases[i].price);
+        cJSON_AddStringToObject(price, "object", "price");
+        set(item0(in, "lines"), "price", price);
+        assert_int_equal(map_obj("invoice.payment_succeeded", in, &ev), 0);
+        assert_string_equal(ev.tier, cases[i].tier);
+        rv_prov_event_free(&ev);
+
+        /* Oldest: lines.data[0].plan.id. */
+        in = invoice_paid();
+        cJSON *plan = cJSON_CreateObject();
+        cJSON_AddStringToObject(plan, "id", cases[i].price);
+        cJSON_AddStringToObject(plan, "object", "plan");
+        set(item0(in, "lines"), "plan", plan);
+        assert_int_equal(map_obj("invoice.payment_failed", in, &ev), 0);
+        assert_string_equal(ev.tier, cases[i].tier);
+        rv_prov_event_free(&ev);
+    }
+
+    /* No price on the line: the subscription's metadata as the invoice carries it, in the newer
+     * (parent.subscription_details) and the older (subscription_details) place. */
+    cJSON *in = invoice_paid();
+    cJSON *details = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(in, "parent"), "subscription_details");
+    cJSON *md = cJSON_CreateObject();
+    cJSON_AddStringToObject(md, "tier", "basic");
+    set(details, "metadata", md);
+    assert_int_equal(map_obj("invoice.payment_succeeded", in, &ev), 0);
+    assert_string_equal(ev.tier, "basic");
+    rv_prov_event_free(&ev);
+
+    in = invoice_paid();
+    cJSON_DeleteItemFromObjectCaseSensitive(in, "parent");
+    cJSON *sd = cJSON_CreateObject();
+    md = cJSON_AddObjectToObject(sd, "metadata");
+    cJSON_AddStringToObject(md, "tier", "enterprise");
+    set(in, "subscription_details", sd);
+    assert_int_equal(map_obj("invoice.payment_succeeded", in, &ev), 0);
+    assert_string_equal(ev.tier, "enterprise");
+    rv_prov_event_free(&ev);
+}
+
+/* --- ignored and malformed --- */
+
+static void test_ignored_types(void **state) {
+    rv_prov_event_t ev;
+    /* Stripe's example event as it is: plan.created. */
+    cJSON *e = load_fixture("event");
+    char *s = cJSON_PrintUnformatted(e);
+    cJSON_Delete(e);
+    assert_int_equal(map_str(s, &ev), RV_EIGNORED);
+    free(s);
+    assert_null(ev.type);
+    assert_null(ev.data_json);
+    assert_string_equal(ev.event_id, "evt_1Pgc76B7WZ01zgkWwyRHS12y");
+    assert_string_equal(ev.stripe_type, "plan.created");
+    rv_prov_event_free(&ev);
+
+    const char *types[] = {"customer.created", "invoice.paid", "checkout.session.expired",
+                           "customer.subscription.trial_will_end", "invoice.payment_succeeded.x",
+                           "customer.subscription"};
+    for (size_t i = 0; i < RV_ARRAY_LEN(types); i++) {
+        assert_int_equal(map_obj(types[i], load_fixture("subscription"), &ev), RV_EIGNORED);
+        assert_null(ev.type);
+        assert_null(ev.data_json);
+        assert_string_equal(ev.stripe_type, types[i]);
+        rv_prov_event_free(&ev);
+    }
+}
+
+static void expect_payload(const char *json) {
+    rv_prov_event_t ev;
+    int rc = map_str(json, &ev);
+    if (rc != RV_EPAYLOAD) fail_msg("expected RV_EPAYLOAD, got %d for %s", rc, json);
+    assert_null(ev.type);
+    assert_null(ev.data_json);
+    rv_prov_event_free(&ev);
+}
+
+#define OBJ "{\"object\":\"subscription\",\"id\":\"sub_1\",\"customer\":\"cus_1\"}"
+#define TYPE "\"type\":\"customer.subscription.updated\""
+
+static void test_malformed(void **state) {
+    const char *bad[] = {
+        "not json",
+        "{",
+        "[]",
+        "null",
+        "\"evt_1\"",
+        "42",
+        "[{\"id\":\"evt_1\"," TYPE ",\"created\":1,\"data\":{\"object\":" OBJ "}}]",
+        /* missing or mistyped id */
+        "{" TYPE ",\"created\":1,\"data\":{\"object\":" OBJ "}}",
+        "{\"id\":7," TYPE ",\"created\":1,\"data\":{\"object\":" OBJ "}}",
+        "{\"id\":null," TYPE ",\"created\":1,\"data\":{\"object\":" OBJ "}}",
+        "{\"id\":\"\"," TYPE ",\"created\":1,\"data\":{\"object\":" OBJ "}}",
+        "{\"id\":\"evt 1\"," TYPE ",\"created\":1,\"data\":{\"object\":" OBJ "}}",
+        "{\"id\":\"evt\\n1\"," TYPE ",\"created\":1,\"data\":{\"object\":" OBJ "}}",
+        /* missing or mistyped type */
+        "{\"id\":\"evt_1\",\"created\":1,\"data\":{\"object\":" OBJ "}}",
+        "{\"id\":\"evt_1\",\"type\":[],\"created\":1,\"data\":{\"object\":" OBJ "}}",
+        /* missing or mistyped created */
+        "{\"id\":\"evt_1\"," TYPE ",\"data\":{\"object\":" OBJ "}}",
+        "{\"id\":\"evt_1\"," TYPE ",\"created\":\"1700000000\",\"data\":{\"object\":" OBJ "}}",
+        "{\"id\":\"evt_1\"," TYPE ",\"created\":1.5,\"data\":{\"object\":" OBJ "}}",
+        "{\"id\":\"evt_1\"," TYPE ",\"created\":-1,\"data\":{\"object\":" OBJ "}}",
+        "{\"id\":\"evt_1\"," TYPE ",\"created\":1e300,\"data\":{\"object\":" OBJ "}}",
+        /* missing or mistyped data.object */
+        "{\"id\":\"evt_1\"," TYPE ",\"created\":1}",
+        "{\"id\":\"evt_1\"," TYPE ",\"created\":1,\"data\":" OBJ "}",
+        "{\"id\":\"evt_1\"," TYPE ",\"created\":1,\"data\":[" OBJ "]}",
+        "{\"id\":\"evt_1\"," TYPE ",\"created\":1,\"data\":{}}",
+        "{\"id\":\"evt_1\"," TYPE ",\"created\":1,\"data\":{\"object\":[]}}",
+        "{\"id\":\"evt_1\"," TYPE ",\"created\":1,\"data\":{\"object\":\"sub_1\"}}",
+        "{\"id\":\"evt_1\"," TYPE ",\"created\":1,\"data\":{\"object\":null}}",
+    };
+    for (size_t i = 0; i < RV_ARRAY_LEN(bad); i++) expect_payload(bad[i]);
+
+    /* The same envelope, well formed, is accepted: the cases above fail for their defect. */
+    rv_prov_event_t ev;
+    const char *good = "{\"id\":\"evt_1\"," TYPE ",\"created\":1,\"data\":{\"object\":" OBJ "}}";
+    assert_int_equal(map_str(good, &ev), 0);
+    assert_string_equal(ev.subscription_id, "sub_1");
+    rv_prov_event_free(&ev);
+
+    /* Empty and NULL input; a length that cuts the text short. */
+    assert_int_equal(rv_provision_map("", 0, &prices, &ev), RV_EPAYLOAD);
+    rv_prov_event_free(&ev);
+    assert_int_equal(rv_provision_map(NULL, 5, &prices, &ev), RV_EPAYLOAD);
+    rv_prov_event_free(&ev);
+    assert_int_equal(rv_provision_map(good, strlen(good) - 1, &prices, &ev), RV_EPAYLOAD);
+    rv_prov_event_free(&ev);
+}
+
+/* An id of exactly the field's capacity fits; one more character is refused, not truncated. */
+static void test_overlong(void **state) {
+    rv_prov_event_t ev;
+    char id[300];
+    for (size_t n = 255; n <= 256; n++) {
+        memset(id, 'a', n);
+        memcpy(id, "evt_", 4);
+        id[n] = '\0';
+        cJSON *e = load_fixture("event");
+        cJSON_ReplaceItemInObjectCaseSensitive(e, "id", cJSON_CreateString(id));
+        char *s = cJSON_PrintUnformatted(e);
+        cJSON_Delete(e);
+        int rc = map_str(s, &ev);
+        free(s);
+        if (n == 255) {
+            assert_int_equal(rc, RV_EIGNORED);
+            assert_string_equal(ev.event_id, id);
+        } else {
+            assert_int_equal(rc, RV_EPAYLOAD);
+            assert_string_equal(ev.event_id, "");
+        }
+        rv_prov_event_free(&ev);
+    }
+
+    /* Over-long customer id, subscription id and email are refused too. */
+    memset(id, 'c', 256);
+    id[256] = '\0';
+    cJSON *sub = load_fixture("subscription");
+    set(sub, "customer", cJSON_CreateString(id));
+    assert_int_equal(map_obj("customer.subscription.updated", sub, &ev), RV_EPAYLOAD);
+    assert_null(ev.data_json);
+    assert_string_equal(ev.customer_id, "");
+    rv_prov_event_free(&ev);
+
+    cJSON *in = invoice_paid();
+    set(in, "subscription", cJSON_CreateString(id));
+    assert_int_equal(map_obj("invoice.payment_succeeded", in, &ev), RV_EPAYLOAD);
+    rv_prov_event_free(&ev);
+
+    char email[400];
+    memset(email, 'e', sizeof email - 1);
+    email[sizeof email - 1] = '\0';
+    memcpy(email + 300, "@example.com", 12);
+    in = invoice_paid();
+    set(in, "customer_email", cJSON_CreateString(email));
+    assert_int_equal(map_obj("invoice.payment_failed", in, &ev), RV_EPAYLOAD);
+    rv_prov_event_free(&ev);
+
+    /* An over-long type is refused before it is compared. */
+    char type[200];
+    memset(type, 't', sizeof type - 1);
+    type[sizeof type - 1] = '\0';
+    assert_int_equal(map_obj(type, load_fixture("subscription"), &ev), RV_EPAYLOAD);
+    rv_prov_event_free(&ev);
+}
+
+static void test_livemode_and_free(void **state) {
+    rv_prov_event_t ev;
+    cJSON *e = load_fixture("event");
+    cJSON_ReplaceItemInObjectCaseSensitive(e, "type",
+                                           cJSON_CreateString("customer.subscription.created"));
+    cJSON_ReplaceItemInObjectCaseSensitive(e, "livemode", cJSON_CreateTrue());
+    cJSON_ReplaceItemInObjectCaseSensitive(cJSON_GetObjectItemCaseSensitive(e, "data"), "object",
+                                           load_fixture("subscription"));
+    char *s = cJSON_PrintUnformatted(e);
+    cJSON_Delete(e);
+    assert_int_equal(map_str(s, &ev), 0);
+    free(s);
+    assert_int_equal(ev.livemode, 1);
+    assert_int_equal(ev.created, 1234567890);
+    cJSON *d = cJSON_Parse(ev.data_json);
+    assert_true(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(d, "livemode")));
+    assert_dnum(d, "created", 1234567890);
+    cJSON_Delete(d);
+    rv_prov_event_free(&ev);
+    rv_prov_event_free(&ev);
+
+    rv_prov_event_t zero;
+    memset(&zero, 0, sizeof zero);
+    rv_prov_event_free(&zero);
+    rv_prov_event_free(NULL);
+    assert_null(zero.data_json);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_checkout_completed),
+        cmocka_unit_test(test_checkout_email_shapes),
+        cmocka_unit_test(test_checkout_expanded_refs),
+        cmocka_unit_test(test_checkout_metadata_tier),
+        cmocka_unit_test(test_checkout_not_subscription),
+        cmocka_unit_test(test_subscription_events),
+        cmocka_unit_test(test_subscription_period_end_shapes),
+        cmocka_unit_test(test_subscription_price_shapes),
+        cmocka_unit_test(test_subscription_expanded_customer),
+        cmocka_unit_test(test_invoice_events),
+        cmocka_unit_test(test_invoice_subscription_shapes),
+        cmocka_unit_test(test_invoice_price_shapes),
+        cmocka_unit_test(test_ignored_types),
+        cmocka_unit_test(test_malformed),
+        cmocka_unit_test(test_overlong),
+        cmocka_unit_test(test_livemode_and_free),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
