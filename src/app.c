@@ -10,6 +10,13 @@ const rv_route_t rv_public_routes[] = {
     {"GET", "/health", rv_handle_health, "health"},
     {"GET", "/ready", rv_handle_ready, "ready"},
     {"GET", "/", rv_handle_root, "root"},
+    {"POST", "/api/checkout/create", rv_handle_checkout_create, "checkout_create"},
+    {"OPTIONS", "/api/checkout/create", rv_handle_preflight, "preflight"},
+    {"GET", "/api/checkout/success", rv_handle_checkout_success, "checkout_success"},
+    {"OPTIONS", "/api/checkout/success", rv_handle_preflight, "preflight"},
+    {"POST", "/api/billing/portal", rv_handle_billing_portal, "billing_portal"},
+    {"OPTIONS", "/api/billing/portal", rv_handle_preflight, "preflight"},
+    {"POST", "/api/webhooks/stripe", rv_handle_webhook, "webhook"},
 };
 const size_t rv_public_nroutes = RV_ARRAY_LEN(rv_public_routes);
 

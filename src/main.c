@@ -11,6 +11,7 @@
 #include "rivet/app.h"
 #include "rivet/common.h"
 #include "rivet/log.h"
+#include "rivet/ratelimit.h"
 
 extern char **environ;
 
@@ -188,6 +189,12 @@ static int start(rv_app_t *app) {
         return rc;
     }
 
+    if (cfg->rate_limit_per_min &&
+        (rc = rv_ratelimit_new(cfg->rate_limit_per_min, 20, 65536, &app->ratelimit)) != 0) {
+        rv_error("rivetd: rate limiter: %s", rv_strerror(rc));
+        return rc;
+    }
+
     server_opts(app, &o, "public", rv_public_routes, rv_public_nroutes);
     if ((rc = rv_server_init(&app->pub, app->loop, &o)) != 0 ||
         (rc = rv_server_listen(&app->pub, (struct sockaddr *)&cfg->listen_addr, 0)) != 0) {
@@ -273,6 +280,7 @@ int main(int argc, char **argv) {
     rc = uv_loop_close(app.loop);
     if (rc) rv_warn("rivetd: loop closed with handles open: %s", uv_strerror(rc));
     rv_log_flush();
+    rv_ratelimit_free(app.ratelimit);
     rv_config_free(&app.cfg);
     return app.exit_code;
 }

@@ -1,0 +1,544 @@
+/* Checkout, success page, billing portal and CORS preflight: the routes that call Stripe.
+ *
+ * Each call runs on the loop through the stripe module. The handler keeps a small context with
+ * the request and the call; if the client disconnects first, the call is cancelled and the
+ * request released at once, so no later callback can touch it. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "rivet/app.h"
+#include "rivet/common.h"
+#include "rivet/json.h"
+#include "rivet/log.h"
+#include "rivet/ratelimit.h"
+#include "rivet/validate.h"
+
+enum call_kind { CALL_CREATE, CALL_SUCCESS, CALL_PORTAL_LOOKUP, CALL_PORTAL_CREATE };
+
+typedef struct call_ctx_s {
+    rv_request_t *req;
+    rv_stripe_call_t *call;
+    int kind;
+    char session_id[256];
+} call_ctx_t;
+
+/* ---- shared pieces ------------------------------------------------------------------------ */
+
+static void on_gone(rv_request_t *req, void *data) {
+    call_ctx_t *ctx = data;
+    if (ctx->call) rv_stripe_cancel(ctx->call);
+    rv_respond_error(req, 499, "Client closed request", NULL);
+    free(ctx);
+}
+
+static call_ctx_t *ctx_new(rv_request_t *req, int kind) {
+    call_ctx_t *ctx = calloc(1, sizeof *ctx);
+    if (ctx == NULL) return NULL;
+    ctx->req = req;
+    ctx->kind = kind;
+    rv_request_on_gone(req, on_gone, ctx);
+    return ctx;
+}
+
+/* The call has finished (its callback runs): the context and request part ways. */
+static rv_request_t *ctx_done(call_ctx_t *ctx) {
+    rv_request_t *req = ctx->req;
+    rv_request_on_gone(req, NULL, NULL);
+    free(ctx);
+    return req;
+}
+
+static void respond_buf(rv_request_t *req, int status, rv_buf_t *b, int rc) {
+    if (rc) {
+        rv_respond_error(req, 500, "Internal error", NULL);
+    } else {
+        rv_respond_json(req, status, b->data, b->len, NULL);
+    }
+    rv_buf_free(b);
+}
+
+/* Stripe could not do it: 502 (504 when the deadline passed), with Stripe's request id for
+ * support, never Stripe's message or anything about keys. */
+static void stripe_failed(rv_request_t *req, const rv_stripe_result_t *res, const char *op) {
+    int status = res->err == RV_ETIMEDOUT ? 504 : 502;
+    rv_warn("stripe: %s failed: %s, HTTP %d, type=%s code=%s param=%s request_id=%s attempts=%u "
+            "message=%s",
+            op, res->err ? rv_strerror(res->err) : "answered", res->status,
+            res->err_type ? res->err_type : "-", res->err_code ? res->err_code : "-",
+            res->err_param ? res->err_param : "-", res->request_id ? res->request_id : "-",
+            res->attempts, res->err_message ? res->err_message : "-");
+    rv_buf_t b = RV_BUF_INIT;
+    int rc = rv_buf_puts(&b, status == 504 ? "{\"detail\":\"Payment service timeout\""
+                                           : "{\"detail\":\"Payment service error\"");
+    if (rc == 0) rc = rv_buf_puts(&b, ",\"request_id\":");
+    if (rc == 0) rc = res->request_id ? rv_json_escape(&b, res->request_id) : rv_buf_puts(&b, "null");
+    if (rc == 0) rc = rv_buf_puts(&b, "}");
+    respond_buf(req, status, &b, rc);
+}
+
+static int answered_ok(const rv_stripe_result_t *res) {
+    return res->err == 0 && res->status >= 200 && res->status < 300 && cJSON_IsObject(res->json);
+}
+
+static const char *jstr(const cJSON *obj, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+/* A customer is an id, or an expanded object with one. */
+static const char *jcustomer(const cJSON *obj) {
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(obj, "customer");
+    if (cJSON_IsString(c)) return c->valuestring;
+    if (cJSON_IsObject(c)) return jstr(c, "id");
+    return NULL;
+}
+
+/* 429 when the caller's address has used up its allowance. */
+static int rate_limited(rv_request_t *req) {
+    rv_app_t *app = req->app;
+    if (app->ratelimit == NULL) return 0;
+    char addr[64];
+    size_t xl = 0;
+    const char *xff = rv_request_header(req, "x-forwarded-for", &xl);
+    rv_client_addr(req->peer, xff, xl, &app->cfg.trust_proxy, addr, sizeof addr);
+    unsigned retry = 1;
+    if (rv_ratelimit_take(app->ratelimit, addr, uv_now(app->loop), &retry)) return 0;
+    char hdr[48];
+    snprintf(hdr, sizeof hdr, "Retry-After: %u\r\n", retry);
+    rv_info("ratelimit: %s limited on %s", addr, req->path);
+    rv_respond_error(req, 429, "Too many requests", hdr);
+    return 1;
+}
+
+#define MAX_VERRS 6
+
+typedef struct verrs_s {
+    rv_json_verr_t e[MAX_VERRS];
+    size_t n;
+} verrs_t;
+
+static void verr(verrs_t *v, const char *where, const char *field, const char *msg,
+                 const char *type) {
+    if (v->n >= MAX_VERRS) return;
+    rv_json_verr_t *e = &v->e[v->n++];
+    memset(e, 0, sizeof *e);
+    e->loc[0] = where;
+    e->loc[1] = field;
+    e->msg = msg;
+    e->type = type;
+}
+
+static void respond_verrs(rv_request_t *req, const verrs_t *v) {
+    rv_buf_t b = RV_BUF_INIT;
+    int rc = rv_json_validation(&b, v->e, v->n);
+    respond_buf(req, 422, &b, rc);
+}
+
+/* Parse the body as a JSON object; on failure answer 422 and return NULL. An empty body is an
+ * empty object when empty_ok. */
+static cJSON *body_object(rv_request_t *req, int empty_ok) {
+    verrs_t v = {0};
+    if (req->body_len == 0 && empty_ok) return cJSON_CreateObject();
+    cJSON *j = cJSON_ParseWithLength(req->body, req->body_len);
+    if (j == NULL) {
+        verr(&v, "body", NULL, "JSON decode error", "json_invalid");
+        respond_verrs(req, &v);
+        return NULL;
+    }
+    if (!cJSON_IsObject(j)) {
+        cJSON_Delete(j);
+        verr(&v, "body", NULL,
+             "Input should be a valid dictionary or object to extract fields from",
+             "model_attributes_type");
+        respond_verrs(req, &v);
+        return NULL;
+    }
+    return j;
+}
+
+/* An optional string field: NULL when absent or null; type error recorded otherwise. */
+static const char *opt_string(const cJSON *j, const char *key, verrs_t *v) {
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(j, key);
+    if (x == NULL || cJSON_IsNull(x)) return NULL;
+    if (!cJSON_IsString(x)) {
+        verr(v, "body", key, "Input should be a valid string", "string_type");
+        return NULL;
+    }
+    return x->valuestring;
+}
+
+/* ---- POST /api/checkout/create ------------------------------------------------------------ */
+
+static void on_created(void *data, const rv_stripe_result_t *res) {
+    rv_request_t *req = ctx_done(data);
+    if (!answered_ok(res)) {
+        if (res->err == 0 && res->status == 400 && res->err_param &&
+            strncmp(res->err_param, "line_items", 10) == 0) {
+            /* Stripe does not know the configured price of this tier. */
+            rv_warn("stripe: checkout: price rejected by Stripe (param %s, request_id %s): check "
+                    "STRIPE_PRICE_*", res->err_param, res->request_id ? res->request_id : "-");
+            verrs_t v = {0};
+            verr(&v, "body", "tier", "No purchasable price is configured for this tier",
+                 "value_error");
+            respond_verrs(req, &v);
+            return;
+        }
+        stripe_failed(req, res, "checkout.sessions.create");
+        return;
+    }
+    const char *url = jstr(res->json, "url");
+    const char *id = jstr(res->json, "id");
+    if (url == NULL || id == NULL) {
+        rv_warn("stripe: checkout: answer without url or id (request_id %s)",
+                res->request_id ? res->request_id : "-");
+        rv_respond_error(req, 502, "Payment service error", NULL);
+        return;
+    }
+    rv_buf_t b = RV_BUF_INIT;
+    int rc = rv_buf_puts(&b, "{\"checkout_url\":");
+    if (rc == 0) rc = rv_json_escape(&b, url);
+    if (rc == 0) rc = rv_buf_puts(&b, ",\"session_id\":");
+    if (rc == 0) rc = rv_json_escape(&b, id);
+    if (rc == 0) rc = rv_buf_puts(&b, "}");
+    respond_buf(req, 200, &b, rc);
+}
+
+/* A caller's Idempotency-Key is passed on to Stripe when it is plain and bounded. */
+static int idem_key(rv_request_t *req, char *out, size_t outlen, verrs_t *v) {
+    size_t n;
+    const char *k = rv_request_header(req, "idempotency-key", &n);
+    out[0] = '\0';
+    if (k == NULL) return 0;
+    int ok = n >= 1 && n <= 255 && n < outlen;
+    for (size_t i = 0; ok && i < n; i++) ok = k[i] > 0x20 && k[i] < 0x7f;
+    if (!ok) {
+        verr(v, "header", "Idempotency-Key", "Must be 1-255 printable characters", "value_error");
+        return -1;
+    }
+    memcpy(out, k, n);
+    out[n] = '\0';
+    return 0;
+}
+
+void rv_handle_checkout_create(rv_request_t *req) {
+    rv_app_t *app = req->app;
+    const rv_config_t *cfg = &app->cfg;
+    if (rate_limited(req)) return;
+    cJSON *j = body_object(req, 0);
+    if (j == NULL) return;
+
+    verrs_t v = {0};
+    const cJSON *email_j = cJSON_GetObjectItemCaseSensitive(j, "email");
+    const cJSON *tier_j = cJSON_GetObjectItemCaseSensitive(j, "tier");
+    const char *email = NULL, *tier = NULL;
+    if (email_j == NULL) {
+        verr(&v, "body", "email", "Field required", "missing");
+    } else if (!cJSON_IsString(email_j)) {
+        verr(&v, "body", "email", "Input should be a valid string", "string_type");
+    } else if (!rv_valid_email(email_j->valuestring)) {
+        verr(&v, "body", "email", "value is not a valid email address", "value_error");
+    } else {
+        email = email_j->valuestring;
+    }
+    if (tier_j == NULL) {
+        verr(&v, "body", "tier", "Field required", "missing");
+    } else if (!cJSON_IsString(tier_j) || rv_config_price_of_tier(cfg, tier_j->valuestring) == NULL) {
+        verr(&v, "body", "tier", "Input should be 'basic', 'pro' or 'enterprise'", "enum");
+    } else {
+        tier = tier_j->valuestring;
+    }
+    const char *success = opt_string(j, "success_url", &v);
+    const char *cancel = opt_string(j, "cancel_url", &v);
+    if (success && !rv_valid_redirect(success, &cfg->redirect_origins))
+        verr(&v, "body", "success_url", "URL must be on an allowed origin", "value_error");
+    if (cancel && !rv_valid_redirect(cancel, &cfg->redirect_origins))
+        verr(&v, "body", "cancel_url", "URL must be on an allowed origin", "value_error");
+    char key[256];
+    idem_key(req, key, sizeof key, &v);
+    if (v.n) {
+        cJSON_Delete(j);
+        respond_verrs(req, &v);
+        return;
+    }
+
+    char def_success[2200], def_cancel[2200];
+    snprintf(def_success, sizeof def_success, "%s/success?session_id={CHECKOUT_SESSION_ID}",
+             cfg->app_url);
+    snprintf(def_cancel, sizeof def_cancel, "%s/pricing", cfg->app_url);
+    const rv_form_kv_t params[] = {
+        {"mode", "subscription"},
+        {"payment_method_types[0]", "card"},
+        {"line_items[0][price]", rv_config_price_of_tier(cfg, tier)},
+        {"line_items[0][quantity]", "1"},
+        {"customer_email", email},
+        {"success_url", success ? success : def_success},
+        {"cancel_url", cancel ? cancel : def_cancel},
+        {"metadata[tier]", tier},
+        {"metadata[source]", "rivet_landing"},
+        {"subscription_data[metadata][tier]", tier},
+        {"allow_promotion_codes", "true"},
+    };
+    call_ctx_t *ctx = ctx_new(req, CALL_CREATE);
+    int rc = ctx ? rv_stripe_post(app->stripe, "/v1/checkout/sessions", params,
+                                  RV_ARRAY_LEN(params), key[0] ? key : NULL, on_created, ctx,
+                                  &ctx->call)
+                 : RV_ENOMEM;
+    cJSON_Delete(j);
+    if (rc) {
+        if (ctx) ctx_done(ctx);
+        rv_warn("stripe: checkout: cannot start the call: %s", rv_strerror(rc));
+        rv_respond_error(req, 502, "Payment service error", NULL);
+    }
+}
+
+/* ---- GET /api/checkout/success ------------------------------------------------------------ */
+
+static const char *session_tier(const cJSON *s) {
+    const cJSON *md = cJSON_GetObjectItemCaseSensitive(s, "metadata");
+    const char *t = md ? jstr(md, "tier") : NULL;
+    if (t && (!strcmp(t, "basic") || !strcmp(t, "pro") || !strcmp(t, "enterprise"))) return t;
+    return "unknown";
+}
+
+static const char *session_email(const cJSON *s) {
+    const char *e = jstr(s, "customer_email");
+    if (e) return e;
+    const cJSON *cd = cJSON_GetObjectItemCaseSensitive(s, "customer_details");
+    return cd ? jstr(cd, "email") : NULL;
+}
+
+static void on_session(void *data, const rv_stripe_result_t *res) {
+    rv_request_t *req = ctx_done(data);
+    rv_app_t *app = req->app;
+    if (res->err == 0 && res->status == 404) {
+        rv_respond_error(req, 404, "Checkout session not found", NULL);
+        return;
+    }
+    if (!answered_ok(res)) {
+        stripe_failed(req, res, "checkout.sessions.retrieve");
+        return;
+    }
+    const char *st = jstr(res->json, "status");
+    const char *pay = jstr(res->json, "payment_status");
+    /* "success" only for a completed checkout; an open or expired one says so. */
+    const char *status = "pending";
+    if (st && strcmp(st, "complete") == 0) status = "success";
+    else if (st && strcmp(st, "expired") == 0) status = "expired";
+    const char *email = session_email(res->json);
+    const char *tier = session_tier(res->json);
+    char link[128], step2[160];
+    snprintf(link, sizeof link, "https://t.me/%s", app->cfg.telegram_bot);
+    snprintf(step2, sizeof step2, "Open Telegram and start a chat with @%s", app->cfg.telegram_bot);
+    const char *steps_ok[] = {"Check your email for your receipt", step2,
+                              "Tell the bot about your first asset or work order by voice"};
+    const char *steps_open[] = {"Finish the payment on the checkout page"};
+    const char *steps_expired[] = {"The checkout expired: start a new one from the pricing page"};
+    const char **steps = steps_ok;
+    size_t nsteps = 3;
+    if (!strcmp(status, "pending")) { steps = steps_open; nsteps = 1; }
+    if (!strcmp(status, "expired")) { steps = steps_expired; nsteps = 1; }
+
+    rv_buf_t b = RV_BUF_INIT;
+    int rc = rv_buf_puts(&b, "{\"status\":");
+    if (rc == 0) rc = rv_json_escape(&b, status);
+    if (rc == 0) rc = rv_buf_puts(&b, ",\"email\":");
+    if (rc == 0) rc = email ? rv_json_escape(&b, email) : rv_buf_puts(&b, "null");
+    if (rc == 0) rc = rv_buf_puts(&b, ",\"tier\":");
+    if (rc == 0) rc = rv_json_escape(&b, tier);
+    if (rc == 0) rc = rv_buf_puts(&b, ",\"telegram_link\":");
+    if (rc == 0) rc = rv_json_escape(&b, link);
+    if (rc == 0) rc = rv_buf_puts(&b, ",\"next_steps\":[");
+    for (size_t i = 0; rc == 0 && i < nsteps; i++) {
+        if (i) rc = rv_buf_puts(&b, ",");
+        if (rc == 0) rc = rv_json_escape(&b, steps[i]);
+    }
+    if (rc == 0) rc = rv_buf_puts(&b, "],\"session_status\":");
+    if (rc == 0) rc = st ? rv_json_escape(&b, st) : rv_buf_puts(&b, "null");
+    if (rc == 0) rc = rv_buf_puts(&b, ",\"payment_status\":");
+    if (rc == 0) rc = pay ? rv_json_escape(&b, pay) : rv_buf_puts(&b, "null");
+    if (rc == 0) rc = rv_buf_puts(&b, "}");
+    respond_buf(req, 200, &b, rc);
+}
+
+/* Start GET /v1/checkout/sessions/<id>; answers the request itself when it cannot. */
+static void retrieve_session(rv_request_t *req, const char *id, int kind, rv_stripe_cb cb) {
+    rv_app_t *app = req->app;
+    rv_buf_t path = RV_BUF_INIT;
+    int rc = rv_buf_puts(&path, "/v1/checkout/sessions/");
+    if (rc == 0) rc = rv_url_escape(id, &path);
+    call_ctx_t *ctx = rc == 0 ? ctx_new(req, kind) : NULL;
+    if (ctx) {
+        snprintf(ctx->session_id, sizeof ctx->session_id, "%s", id);
+        rc = rv_stripe_get(app->stripe, path.data, cb, ctx, &ctx->call);
+    } else {
+        rc = RV_ENOMEM;
+    }
+    rv_buf_free(&path);
+    if (rc) {
+        if (ctx) ctx_done(ctx);
+        rv_warn("stripe: cannot start the call: %s", rv_strerror(rc));
+        rv_respond_error(req, 502, "Payment service error", NULL);
+    }
+}
+
+void rv_handle_checkout_success(rv_request_t *req) {
+    char id[300];
+    verrs_t v = {0};
+    int rc = rv_request_query(req, "session_id", id, sizeof id);
+    if (rc == RV_ENOTFOUND) {
+        verr(&v, "query", "session_id", "Field required", "missing");
+    } else if (rc || !rv_valid_session_id(id)) {
+        verr(&v, "query", "session_id", "Must be a Checkout Session id (cs_...)", "value_error");
+    }
+    if (v.n) {
+        respond_verrs(req, &v);
+        return;
+    }
+    retrieve_session(req, id, CALL_SUCCESS, on_session);
+}
+
+/* ---- POST /api/billing/portal --------------------------------------------------------------- */
+
+static void on_portal(void *data, const rv_stripe_result_t *res) {
+    rv_request_t *req = ctx_done(data);
+    if (!answered_ok(res)) {
+        stripe_failed(req, res, "billing_portal.sessions.create");
+        return;
+    }
+    const char *url = jstr(res->json, "url");
+    if (url == NULL) {
+        rv_respond_error(req, 502, "Payment service error", NULL);
+        return;
+    }
+    rv_buf_t b = RV_BUF_INIT;
+    int rc = rv_buf_puts(&b, "{\"portal_url\":");
+    if (rc == 0) rc = rv_json_escape(&b, url);
+    if (rc == 0) rc = rv_buf_puts(&b, "}");
+    respond_buf(req, 200, &b, rc);
+}
+
+static void create_portal(rv_request_t *req, const char *customer) {
+    rv_app_t *app = req->app;
+    char ret[2200];
+    snprintf(ret, sizeof ret, "%s/account", app->cfg.app_url);
+    const rv_form_kv_t params[] = {{"customer", customer}, {"return_url", ret}};
+    call_ctx_t *ctx = ctx_new(req, CALL_PORTAL_CREATE);
+    int rc = ctx ? rv_stripe_post(app->stripe, "/v1/billing_portal/sessions", params, 2, NULL,
+                                  on_portal, ctx, &ctx->call)
+                 : RV_ENOMEM;
+    if (rc) {
+        if (ctx) ctx_done(ctx);
+        rv_warn("stripe: portal: cannot start the call: %s", rv_strerror(rc));
+        rv_respond_error(req, 502, "Payment service error", NULL);
+    }
+}
+
+static void on_portal_session(void *data, const rv_stripe_result_t *res) {
+    call_ctx_t *ctx = data;
+    char sid[256];
+    memcpy(sid, ctx->session_id, sizeof sid);
+    rv_request_t *req = ctx_done(ctx);
+    if (res->err == 0 && res->status == 404) {
+        rv_respond_error(req, 401, "Unknown checkout session", "WWW-Authenticate: Bearer\r\n");
+        return;
+    }
+    if (!answered_ok(res)) {
+        stripe_failed(req, res, "checkout.sessions.retrieve");
+        return;
+    }
+    const char *st = jstr(res->json, "status");
+    const char *cus = jcustomer(res->json);
+    if (st == NULL || strcmp(st, "complete") != 0 || cus == NULL) {
+        rv_info("portal: session %s is not a completed checkout with a customer", sid);
+        rv_respond_error(req, 401, "Checkout session is not complete",
+                         "WWW-Authenticate: Bearer\r\n");
+        return;
+    }
+    create_portal(req, cus);
+}
+
+/* 1 when the request carries "Authorization: Bearer <RIVET_API_TOKEN>". */
+static int bearer_ok(rv_request_t *req) {
+    rv_app_t *app = req->app;
+    size_t tl = strlen(app->cfg.api_token);
+    size_t n;
+    const char *h = rv_request_header(req, "authorization", &n);
+    if (tl == 0 || h == NULL || n < 7 || strncasecmp(h, "Bearer ", 7) != 0) return 0;
+    h += 7;
+    n -= 7;
+    /* The length is not secret; the contents are compared in constant time. */
+    return n == tl && rv_memeq_ct(h, app->cfg.api_token, tl) == 0;
+}
+
+void rv_handle_billing_portal(rv_request_t *req) {
+    if (rate_limited(req)) return;
+    cJSON *j = body_object(req, 1);
+    if (j == NULL) return;
+    verrs_t v = {0};
+    char customer[300] = "", session[300] = "";
+    const char *bc = opt_string(j, "customer_id", &v);
+    const char *bs = opt_string(j, "session_id", &v);
+    if (bc) snprintf(customer, sizeof customer, "%s", bc);
+    if (bs) snprintf(session, sizeof session, "%s", bs);
+    cJSON_Delete(j);
+    if (!customer[0] && rv_request_query(req, "customer_id", customer, sizeof customer) == RV_ERANGE)
+        verr(&v, "query", "customer_id", "Too long", "value_error");
+    if (!session[0] && rv_request_query(req, "session_id", session, sizeof session) == RV_ERANGE)
+        verr(&v, "query", "session_id", "Too long", "value_error");
+    if (v.n) {
+        respond_verrs(req, &v);
+        return;
+    }
+    if (customer[0]) {
+        /* Naming a customer is only for trusted servers: anyone else could open any billing. */
+        if (!bearer_ok(req)) {
+            rv_respond_error(req, 401, "A customer_id requires the API token",
+                             "WWW-Authenticate: Bearer\r\n");
+            return;
+        }
+        if (!rv_valid_customer_id(customer)) {
+            verr(&v, "body", "customer_id", "Must be a Stripe customer id (cus_...)", "value_error");
+            respond_verrs(req, &v);
+            return;
+        }
+        create_portal(req, customer);
+        return;
+    }
+    if (session[0]) {
+        if (!rv_valid_session_id(session)) {
+            verr(&v, "body", "session_id", "Must be a Checkout Session id (cs_...)", "value_error");
+            respond_verrs(req, &v);
+            return;
+        }
+        retrieve_session(req, session, CALL_PORTAL_LOOKUP, on_portal_session);
+        return;
+    }
+    rv_respond_error(req, 401, "Authentication required", "WWW-Authenticate: Bearer\r\n");
+}
+
+/* ---- OPTIONS (CORS preflight) --------------------------------------------------------------- */
+
+void rv_handle_preflight(rv_request_t *req) {
+    rv_app_t *app = req->app;
+    size_t n;
+    const char *origin = rv_request_header(req, "origin", &n);
+    char o[256];
+    if (origin == NULL || n == 0 || n >= sizeof o) {
+        rv_respond_error(req, 400, "Not a CORS preflight request", NULL);
+        return;
+    }
+    memcpy(o, origin, n);
+    o[n] = '\0';
+    if (!rv_strlist_contains(&app->cfg.cors_origins, o)) {
+        rv_respond_error(req, 403, "Origin not allowed", "Vary: Origin\r\n");
+        return;
+    }
+    rv_respond(req, 204, "text/plain", "", 0,
+               "Access-Control-Allow-Methods: GET, POST, OPTIONS\r\n"
+               "Access-Control-Allow-Headers: Content-Type, Authorization, Idempotency-Key, "
+               "X-Request-Id\r\n"
+               "Access-Control-Max-Age: 600\r\n");
+}

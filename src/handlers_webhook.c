@@ -1,0 +1,123 @@
+/* POST /api/webhooks/stripe: verify the signature over the raw body, map the event, and answer
+ * 200 only once Redis has durably taken it (or already had it); 503 otherwise, so that Stripe
+ * delivers it again. */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "rivet/app.h"
+#include "rivet/common.h"
+#include "rivet/json.h"
+#include "rivet/log.h"
+#include "rivet/provision.h"
+#include "rivet/webhook_sig.h"
+
+typedef struct webhook_ctx_s {
+    rv_request_t *req;
+    char event_id[256];
+    char event_type[128];
+} webhook_ctx_t;
+
+static void answer_ok(rv_request_t *req, const char *event_type) {
+    rv_buf_t b = RV_BUF_INIT;
+    if (rv_buf_puts(&b, "{\"status\":\"ok\",\"event_type\":") || rv_json_escape(&b, event_type) ||
+        rv_buf_puts(&b, "}")) {
+        rv_buf_free(&b);
+        rv_respond_error(req, 500, "Internal error", NULL);
+        return;
+    }
+    rv_respond_json(req, 200, b.data, b.len, NULL);
+    rv_buf_free(&b);
+}
+
+static void unavailable(rv_request_t *req) {
+    rv_app_t *app = req->app;
+    app->webhooks_unavailable++;
+    rv_respond_error(req, 503, "Provisioning queue unavailable; retry later", "Retry-After: 5\r\n");
+}
+
+static void on_enqueued(void *data, int err, int result, const char *stream_id) {
+    webhook_ctx_t *ctx = data;
+    rv_request_t *req = ctx->req;
+    rv_app_t *app = req->app;
+    if (err) {
+        rv_warn("webhook: %s %s not stored: redis %s", ctx->event_id, ctx->event_type,
+                rv_strerror(err));
+        unavailable(req);
+    } else {
+        if (result == RV_ENQ_ADDED) {
+            app->webhooks_enqueued++;
+            rv_info("webhook: %s %s enqueued as %s", ctx->event_id, ctx->event_type,
+                    stream_id ? stream_id : "?");
+        } else if (result == RV_ENQ_DUPLICATE) {
+            app->webhooks_duplicate++;
+            rv_info("webhook: %s %s duplicate, already enqueued", ctx->event_id, ctx->event_type);
+        } else {
+            app->webhooks_stale++;
+            rv_info("webhook: %s %s older than the subscription's last applied event, not "
+                    "enqueued", ctx->event_id, ctx->event_type);
+        }
+        answer_ok(req, ctx->event_type);
+    }
+    free(ctx);
+}
+
+void rv_handle_webhook(rv_request_t *req) {
+    rv_app_t *app = req->app;
+    const rv_config_t *cfg = &app->cfg;
+    size_t hlen;
+    const char *sig = rv_request_header(req, "stripe-signature", &hlen);
+    if (sig == NULL || rv_request_header_count(req, "stripe-signature") != 1 ||
+        rv_webhook_verify(sig, hlen, req->body, req->body_len,
+                          (const char *const *)cfg->webhook_secrets.v, cfg->webhook_secrets.n,
+                          (int64_t)time(NULL), cfg->webhook_tolerance) != 0) {
+        app->webhooks_rejected++;
+        rv_info("webhook: rejected: invalid signature (peer %s)", req->peer);
+        rv_respond_error(req, 400, "Invalid signature", NULL);
+        return;
+    }
+
+    rv_prices_t prices = {cfg->price_basic, cfg->price_pro, cfg->price_enterprise};
+    rv_prov_event_t ev;
+    memset(&ev, 0, sizeof ev);
+    int rc = rv_provision_map(req->body, req->body_len, &prices, &ev);
+    if (rc == RV_EPAYLOAD) {
+        app->webhooks_rejected++;
+        rv_info("webhook: rejected: signed body is not a Stripe event");
+        rv_prov_event_free(&ev);
+        rv_respond_error(req, 400, "Invalid payload", NULL);
+        return;
+    }
+    if (rc == RV_EIGNORED) {
+        app->webhooks_ignored++;
+        rv_info("webhook: %s %s acknowledged, nothing to provision", ev.event_id, ev.stripe_type);
+        answer_ok(req, ev.stripe_type);
+        rv_prov_event_free(&ev);
+        return;
+    }
+    if (rc != 0) {
+        rv_prov_event_free(&ev);
+        rv_respond_error(req, 500, "Internal error", NULL);
+        return;
+    }
+
+    webhook_ctx_t *ctx = calloc(1, sizeof *ctx);
+    if (ctx == NULL) {
+        rv_prov_event_free(&ev);
+        unavailable(req);
+        return;
+    }
+    ctx->req = req;
+    memcpy(ctx->event_id, ev.event_id, sizeof ctx->event_id);
+    memcpy(ctx->event_type, ev.stripe_type, sizeof ctx->event_type);
+    rc = app->queue ? rv_queue_enqueue(app->queue, &ev, on_enqueued, ctx) : RV_EUNAVAIL;
+    rv_prov_event_free(&ev);
+    if (rc != 0) {
+        rv_warn("webhook: %s %s not stored: redis %s", ctx->event_id, ctx->event_type,
+                rv_strerror(rc));
+        free(ctx);
+        unavailable(req);
+    }
+    /* Otherwise on_enqueued answers; if the client goes meanwhile the answer is dropped, but the
+     * event is stored all the same. */
+}
