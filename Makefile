@@ -98,4 +98,6 @@ run: deps $(BUILD)/rivetd
 clean:
 	rm -rf build
 
+-include mk/ops.mk
+-include bench/bench.mk
 -include $(wildcard $(BUILD)/src/*.d $(BUILD)/test/*/*.d)

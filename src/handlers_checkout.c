@@ -13,6 +13,7 @@
 #include "rivet/common.h"
 #include "rivet/json.h"
 #include "rivet/log.h"
+#include "rivet/metrics.h"
 #include "rivet/ratelimit.h"
 #include "rivet/validate.h"
 
@@ -22,13 +23,21 @@ typedef struct call_ctx_s {
     rv_request_t *req;
     rv_stripe_call_t *call;
     int kind;
+    uint64_t t0_ns;
     char session_id[256];
 } call_ctx_t;
+
+static const char *const op_names[] = {"checkout.sessions.create", "checkout.sessions.retrieve",
+                                       "checkout.sessions.retrieve",
+                                       "billing_portal.sessions.create"};
 
 /* ---- shared pieces ------------------------------------------------------------------------ */
 
 static void on_gone(rv_request_t *req, void *data) {
     call_ctx_t *ctx = data;
+    char labels[96];
+    snprintf(labels, sizeof labels, "operation=\"%s\",outcome=\"cancelled\"", op_names[ctx->kind]);
+    rv_metrics_count(RV_M_STRIPE_CALLS, labels, 1);
     if (ctx->call) rv_stripe_cancel(ctx->call);
     rv_respond_error(req, 499, "Client closed request", NULL);
     free(ctx);
@@ -39,13 +48,29 @@ static call_ctx_t *ctx_new(rv_request_t *req, int kind) {
     if (ctx == NULL) return NULL;
     ctx->req = req;
     ctx->kind = kind;
+    ctx->t0_ns = uv_hrtime();
     rv_request_on_gone(req, on_gone, ctx);
     return ctx;
 }
 
-/* The call has finished (its callback runs): the context and request part ways. */
-static rv_request_t *ctx_done(call_ctx_t *ctx) {
+/* The call has finished (its callback runs, res != NULL) or never started (res == NULL): the
+ * context and request part ways; a finished call is counted. */
+static rv_request_t *ctx_end(call_ctx_t *ctx, const rv_stripe_result_t *res) {
     rv_request_t *req = ctx->req;
+    if (res) {
+        const char *outcome = res->err == RV_ETIMEDOUT ? "timeout"
+                              : res->err              ? "unreachable"
+                              : res->status >= 200 && res->status < 300 ? "ok"
+                              : res->status >= 500 || res->status == 429 ? "stripe_error"
+                                                                         : "rejected";
+        char labels[96];
+        snprintf(labels, sizeof labels, "operation=\"%s\",outcome=\"%s\"", op_names[ctx->kind],
+                 outcome);
+        rv_metrics_count(RV_M_STRIPE_CALLS, labels, 1);
+        snprintf(labels, sizeof labels, "operation=\"%s\"", op_names[ctx->kind]);
+        if (res->attempts > 1) rv_metrics_count(RV_M_STRIPE_RETRIES, labels, res->attempts - 1);
+        rv_metrics_observe(RV_H_STRIPE_DURATION, labels, (double)(uv_hrtime() - ctx->t0_ns) / 1e9);
+    }
     rv_request_on_gone(req, NULL, NULL);
     free(ctx);
     return req;
@@ -173,7 +198,7 @@ static const char *opt_string(const cJSON *j, const char *key, verrs_t *v) {
 /* ---- POST /api/checkout/create ------------------------------------------------------------ */
 
 static void on_created(void *data, const rv_stripe_result_t *res) {
-    rv_request_t *req = ctx_done(data);
+    rv_request_t *req = ctx_end(data, res);
     if (!answered_ok(res)) {
         if (res->err == 0 && res->status == 400 && res->err_param &&
             strncmp(res->err_param, "line_items", 10) == 0) {
@@ -288,7 +313,7 @@ void rv_handle_checkout_create(rv_request_t *req) {
                  : RV_ENOMEM;
     cJSON_Delete(j);
     if (rc) {
-        if (ctx) ctx_done(ctx);
+        if (ctx) ctx_end(ctx, NULL);
         rv_warn("stripe: checkout: cannot start the call: %s", rv_strerror(rc));
         rv_respond_error(req, 502, "Payment service error", NULL);
     }
@@ -311,7 +336,7 @@ static const char *session_email(const cJSON *s) {
 }
 
 static void on_session(void *data, const rv_stripe_result_t *res) {
-    rv_request_t *req = ctx_done(data);
+    rv_request_t *req = ctx_end(data, res);
     rv_app_t *app = req->app;
     if (res->err == 0 && res->status == 404) {
         rv_respond_error(req, 404, "Checkout session not found", NULL);
@@ -378,7 +403,7 @@ static void retrieve_session(rv_request_t *req, const char *id, int kind, rv_str
     }
     rv_buf_free(&path);
     if (rc) {
-        if (ctx) ctx_done(ctx);
+        if (ctx) ctx_end(ctx, NULL);
         rv_warn("stripe: cannot start the call: %s", rv_strerror(rc));
         rv_respond_error(req, 502, "Payment service error", NULL);
     }
@@ -403,7 +428,7 @@ void rv_handle_checkout_success(rv_request_t *req) {
 /* ---- POST /api/billing/portal --------------------------------------------------------------- */
 
 static void on_portal(void *data, const rv_stripe_result_t *res) {
-    rv_request_t *req = ctx_done(data);
+    rv_request_t *req = ctx_end(data, res);
     if (!answered_ok(res)) {
         stripe_failed(req, res, "billing_portal.sessions.create");
         return;
@@ -430,7 +455,7 @@ static void create_portal(rv_request_t *req, const char *customer) {
                                   on_portal, ctx, &ctx->call)
                  : RV_ENOMEM;
     if (rc) {
-        if (ctx) ctx_done(ctx);
+        if (ctx) ctx_end(ctx, NULL);
         rv_warn("stripe: portal: cannot start the call: %s", rv_strerror(rc));
         rv_respond_error(req, 502, "Payment service error", NULL);
     }
@@ -440,7 +465,7 @@ static void on_portal_session(void *data, const rv_stripe_result_t *res) {
     call_ctx_t *ctx = data;
     char sid[256];
     memcpy(sid, ctx->session_id, sizeof sid);
-    rv_request_t *req = ctx_done(ctx);
+    rv_request_t *req = ctx_end(ctx, res);
     if (res->err == 0 && res->status == 404) {
         rv_respond_error(req, 401, "Unknown checkout session", "WWW-Authenticate: Bearer\r\n");
         return;

@@ -30,9 +30,9 @@ static void answer_ok(rv_request_t *req, const char *event_type) {
     rv_buf_free(&b);
 }
 
-static void unavailable(rv_request_t *req) {
+static void unavailable(rv_request_t *req, const char *event_type) {
     rv_app_t *app = req->app;
-    app->webhooks_unavailable++;
+    rv_app_webhook_outcome(app, event_type, "unavailable");
     rv_respond_error(req, 503, "Provisioning queue unavailable; retry later", "Retry-After: 5\r\n");
 }
 
@@ -43,17 +43,17 @@ static void on_enqueued(void *data, int err, int result, const char *stream_id) 
     if (err) {
         rv_warn("webhook: %s %s not stored: redis %s", ctx->event_id, ctx->event_type,
                 rv_strerror(err));
-        unavailable(req);
+        unavailable(req, ctx->event_type);
     } else {
         if (result == RV_ENQ_ADDED) {
-            app->webhooks_enqueued++;
+            rv_app_webhook_outcome(app, ctx->event_type, "enqueued");
             rv_info("webhook: %s %s enqueued as %s", ctx->event_id, ctx->event_type,
                     stream_id ? stream_id : "?");
         } else if (result == RV_ENQ_DUPLICATE) {
-            app->webhooks_duplicate++;
+            rv_app_webhook_outcome(app, ctx->event_type, "duplicate");
             rv_info("webhook: %s %s duplicate, already enqueued", ctx->event_id, ctx->event_type);
         } else {
-            app->webhooks_stale++;
+            rv_app_webhook_outcome(app, ctx->event_type, "stale");
             rv_info("webhook: %s %s older than the subscription's last applied event, not "
                     "enqueued", ctx->event_id, ctx->event_type);
         }
@@ -71,7 +71,7 @@ void rv_handle_webhook(rv_request_t *req) {
         rv_webhook_verify(sig, hlen, req->body, req->body_len,
                           (const char *const *)cfg->webhook_secrets.v, cfg->webhook_secrets.n,
                           (int64_t)time(NULL), cfg->webhook_tolerance) != 0) {
-        app->webhooks_rejected++;
+        rv_app_webhook_outcome(app, "unknown", "rejected");
         rv_info("webhook: rejected: invalid signature (peer %s)", req->peer);
         rv_respond_error(req, 400, "Invalid signature", NULL);
         return;
@@ -82,14 +82,14 @@ void rv_handle_webhook(rv_request_t *req) {
     memset(&ev, 0, sizeof ev);
     int rc = rv_provision_map(req->body, req->body_len, &prices, &ev);
     if (rc == RV_EPAYLOAD) {
-        app->webhooks_rejected++;
+        rv_app_webhook_outcome(app, "unknown", "rejected");
         rv_info("webhook: rejected: signed body is not a Stripe event");
         rv_prov_event_free(&ev);
         rv_respond_error(req, 400, "Invalid payload", NULL);
         return;
     }
     if (rc == RV_EIGNORED) {
-        app->webhooks_ignored++;
+        rv_app_webhook_outcome(app, ev.stripe_type, "ignored");
         rv_info("webhook: %s %s acknowledged, nothing to provision", ev.event_id, ev.stripe_type);
         answer_ok(req, ev.stripe_type);
         rv_prov_event_free(&ev);
@@ -103,8 +103,8 @@ void rv_handle_webhook(rv_request_t *req) {
 
     webhook_ctx_t *ctx = calloc(1, sizeof *ctx);
     if (ctx == NULL) {
+        unavailable(req, ev.stripe_type);
         rv_prov_event_free(&ev);
-        unavailable(req);
         return;
     }
     ctx->req = req;
@@ -115,8 +115,8 @@ void rv_handle_webhook(rv_request_t *req) {
     if (rc != 0) {
         rv_warn("webhook: %s %s not stored: redis %s", ctx->event_id, ctx->event_type,
                 rv_strerror(rc));
+        unavailable(req, ctx->event_type);
         free(ctx);
-        unavailable(req);
     }
     /* Otherwise on_enqueued answers; if the client goes meanwhile the answer is dropped, but the
      * event is stored all the same. */

@@ -154,6 +154,7 @@ static void server_opts(rv_app_t *app, rv_server_opts_t *o, const char *name,
     o->nroutes = n;
     o->app = app;
     o->decorate = rv_app_decorate;
+    o->on_done = rv_app_on_done;
 }
 
 static int start(rv_app_t *app) {

@@ -29,13 +29,6 @@ typedef struct rv_app_s {
     uv_prepare_t log_flush;
     int stopping;
     int exit_code;
-    /* Webhook outcomes, for the log and metrics. */
-    uint64_t webhooks_enqueued;
-    uint64_t webhooks_duplicate;
-    uint64_t webhooks_stale;
-    uint64_t webhooks_ignored;
-    uint64_t webhooks_rejected;
-    uint64_t webhooks_unavailable;
 } rv_app_t;
 
 /* The route tables of the public and the admin listener. */
@@ -53,8 +46,17 @@ void rv_handle_checkout_create(rv_request_t *req);
 void rv_handle_checkout_success(rv_request_t *req);
 void rv_handle_billing_portal(rv_request_t *req);
 void rv_handle_preflight(rv_request_t *req);
+void rv_handle_openapi(rv_request_t *req);
+void rv_handle_docs(rv_request_t *req);
+void rv_handle_metrics(rv_request_t *req);
 
 /* Add CORS headers for an allowed Origin (the server's decorate hook). */
 void rv_app_decorate(rv_request_t *req, int status, rv_buf_t *headers);
+
+/* Count an answered request in the metrics (the server's on_done hook). */
+void rv_app_on_done(rv_request_t *req, int status, size_t bytes, double ms);
+
+/* Count a webhook delivery: type is the Stripe event type ("unknown" when unverified). */
+void rv_app_webhook_outcome(rv_app_t *app, const char *type, const char *outcome);
 
 #endif

@@ -1,0 +1,1 @@
+# Operations: embedding of the API description, install and uninstall.
