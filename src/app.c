@@ -1,8 +1,12 @@
 /* Route tables, CORS decoration, and the daemon's start and orderly stop. */
 #include "rivet/app.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "rivet/common.h"
 #include "rivet/log.h"
@@ -74,4 +78,88 @@ void rv_app_webhook_outcome(rv_app_t *app, const char *type, const char *outcome
     char labels[128];
     snprintf(labels, sizeof labels, "type=\"%s\",outcome=\"%s\"", type, outcome);
     rv_metrics_count(RV_M_WEBHOOK_EVENTS, labels, 1);
+}
+
+#define CONFIG_FILE_MAX (1024 * 1024)
+
+/* Read a whole file of at most CONFIG_FILE_MAX bytes. Returns a malloc'd string or NULL. */
+char *rv_read_config_file(const char *path, char *err, size_t errlen) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        snprintf(err, errlen, "config: cannot open %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    rv_buf_t b = RV_BUF_INIT;
+    b.limit = CONFIG_FILE_MAX;
+    char chunk[8192];
+    for (;;) {
+        ssize_t n = read(fd, chunk, sizeof chunk);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) {
+            snprintf(err, errlen, "config: cannot read %s: %s", path, strerror(errno));
+            goto fail;
+        }
+        if (n == 0) break;
+        if (rv_buf_append(&b, chunk, (size_t)n)) {
+            snprintf(err, errlen, "config: %s is larger than %d bytes", path, CONFIG_FILE_MAX);
+            goto fail;
+        }
+    }
+    close(fd);
+    if (b.data == NULL && rv_buf_append(&b, "", 0)) return NULL;
+    if (strlen(b.data) != b.len) {
+        snprintf(err, errlen, "config: %s contains a NUL byte", path);
+        rv_buf_free(&b);
+        return NULL;
+    }
+    return rv_buf_steal(&b, NULL);
+fail:
+    close(fd);
+    rv_buf_free(&b);
+    return NULL;
+}
+
+typedef struct kvlist_s {
+    char **kv; /* "KEY=VALUE" */
+    size_t n;
+} kvlist_t;
+
+static int collect(void *ud, const char *key, const char *val) {
+    kvlist_t *l = ud;
+    char **v = realloc(l->kv, (l->n + 1) * sizeof *v);
+    if (v == NULL) return RV_ENOMEM;
+    l->kv = v;
+    size_t len = strlen(key) + strlen(val) + 2;
+    if ((v[l->n] = malloc(len)) == NULL) return RV_ENOMEM;
+    snprintf(v[l->n], len, "%s=%s", key, val);
+    l->n++;
+    return 0;
+}
+
+int rv_app_load_config(rv_config_t *cfg, const char *const *envp, const char *text,
+                       const char *prev_text, char *err, size_t errlen) {
+    kvlist_t prev = {0};
+    const char **env = NULL;
+    size_t n = 0;
+    int rc = 0;
+    if (prev_text && rv_config_parse_file(prev_text, collect, &prev, NULL) != 0) prev.n = 0;
+    for (const char *const *e = envp; e && *e; e++) n++;
+    env = calloc(n + 1, sizeof *env);
+    if (env == NULL) {
+        rc = RV_ENOMEM;
+        snprintf(err, errlen, "config: out of memory");
+        goto out;
+    }
+    n = 0;
+    for (const char *const *e = envp; e && *e; e++) {
+        int from_file = 0;
+        for (size_t i = 0; i < prev.n && !from_file; i++) from_file = strcmp(prev.kv[i], *e) == 0;
+        if (!from_file) env[n++] = *e;
+    }
+    rc = rv_config_load(cfg, env, text, err, errlen);
+out:
+    for (size_t i = 0; i < prev.n; i++) free(prev.kv[i]);
+    free(prev.kv);
+    free(env);
+    return rc;
 }

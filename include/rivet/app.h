@@ -25,11 +25,36 @@ typedef struct rv_app_s {
     struct rv_ratelimit_s *ratelimit;
     uv_signal_t sig_term;
     uv_signal_t sig_int;
+    uv_signal_t sig_hup;
     uv_timer_t shutdown_timer;
+    uv_timer_t watchdog_timer;
     uv_prepare_t log_flush;
     int stopping;
     int exit_code;
+    const char *config_path;   /* --config FILE, or NULL */
+    char *config_text;         /* the file as last loaded (for reloads), or NULL */
+    int listen_fd;             /* inherited public socket, or -1 to bind LISTEN */
+    int admin_fd;              /* inherited admin socket, or -1 to bind ADMIN_LISTEN */
+    int worker_index;          /* 0 when single-process */
+    int parent_fd;             /* pipe to the supervisor ("R" ready, "W" alive), or -1 */
+    uint64_t watchdog_usec;    /* sd_notify watchdog interval, 0 when off */
 } rv_app_t;
+
+/* Load the configuration from envp and the file text, where a key whose environment value is
+ * exactly the one prev_text gave it counts as coming from the file (so a reload sees a changed
+ * file even when systemd also passed the old file as EnvironmentFile). */
+int rv_app_load_config(rv_config_t *cfg, const char *const *envp, const char *text,
+                       const char *prev_text, char *err, size_t errlen);
+
+/* Run one worker's loop until it stops; returns the exit status. */
+int rv_worker_run(rv_app_t *app);
+
+/* Run WORKERS processes sharing the listening sockets; returns the exit status. */
+int rv_supervise(rv_app_t *app);
+
+/* Read a whole configuration file (at most 1 MiB). Returns a malloc'd string or NULL with a
+ * one-line reason in err. */
+char *rv_read_config_file(const char *path, char *err, size_t errlen);
 
 /* The route tables of the public and the admin listener. */
 extern const rv_route_t rv_public_routes[];

@@ -1,0 +1,309 @@
+/* One worker: the libuv loop with its listeners, Redis and Stripe clients; readiness and
+ * watchdog notifications; SIGHUP reload; SIGTERM drains requests in flight, then stops. */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "rivet/app.h"
+#include "rivet/common.h"
+#include "rivet/log.h"
+#include "rivet/ratelimit.h"
+#include "rivet/sd.h"
+
+extern char **environ;
+
+static void tell_parent(rv_app_t *app, char what) {
+    if (app->parent_fd < 0) return;
+    ssize_t n;
+    do {
+        n = write(app->parent_fd, &what, 1);
+    } while (n < 0 && errno == EINTR);
+}
+
+/* ---- stop ------------------------------------------------------------------------------- */
+
+static void finish(rv_app_t *app) {
+    if (app->stopping == 2) return;
+    app->stopping = 2;
+    uv_timer_stop(&app->shutdown_timer);
+    if (app->stripe) rv_stripe_close(app->stripe);
+    app->stripe = NULL;
+    if (app->http) rv_http_client_close(app->http);
+    app->http = NULL;
+    if (app->queue) rv_queue_close(app->queue, NULL, NULL);
+    app->queue = NULL;
+    uv_close((uv_handle_t *)&app->sig_term, NULL);
+    uv_close((uv_handle_t *)&app->sig_int, NULL);
+    uv_close((uv_handle_t *)&app->sig_hup, NULL);
+    uv_close((uv_handle_t *)&app->shutdown_timer, NULL);
+    uv_close((uv_handle_t *)&app->watchdog_timer, NULL);
+    uv_close((uv_handle_t *)&app->log_flush, NULL);
+    rv_info("rivetd: stopped");
+}
+
+static void maybe_finish(rv_app_t *app) {
+    if (app->pub.nconns || app->pub.inflight) return;
+    if (app->admin_enabled && (app->admin.nconns || app->admin.inflight)) return;
+    finish(app);
+}
+
+static void on_drained(rv_server_t *s) { maybe_finish(s->opts.app); }
+
+static void on_shutdown_timeout(uv_timer_t *t) {
+    rv_app_t *app = t->data;
+    rv_warn("rivetd: shutdown timeout: closing %zu connections with %zu requests in flight",
+            app->pub.nconns + app->admin.nconns, app->pub.inflight + app->admin.inflight);
+    rv_server_close(&app->pub);
+    if (app->admin_enabled) rv_server_close(&app->admin);
+    /* Handlers told that their clients have gone answer at once or when their work fails. */
+    finish(app);
+}
+
+static void begin_stop(rv_app_t *app, int signum) {
+    if (app->stopping) {
+        rv_warn("rivetd: second signal: stopping now");
+        on_shutdown_timeout(&app->shutdown_timer);
+        return;
+    }
+    app->stopping = 1;
+    rv_sd_notify("STOPPING=1\nSTATUS=Stopping: finishing requests in flight");
+    rv_info("rivetd: %s: stopping (%zu requests in flight, up to %llu ms)", strsignal(signum),
+            app->pub.inflight + app->admin.inflight,
+            (unsigned long long)app->cfg.shutdown_timeout_ms);
+    uv_timer_start(&app->shutdown_timer, on_shutdown_timeout, app->cfg.shutdown_timeout_ms, 0);
+    rv_server_drain(&app->pub, on_drained);
+    if (app->admin_enabled) rv_server_drain(&app->admin, on_drained);
+}
+
+/* ---- reload ----------------------------------------------------------------------------- */
+
+/* Swap a field so that the new configuration keeps the running value (freed with the old). */
+#define KEEP(field)                                                                           \
+    do {                                                                                      \
+        __typeof__(next.field) tmp_ = next.field;                                             \
+        next.field = app->cfg.field;                                                          \
+        app->cfg.field = tmp_;                                                                \
+    } while (0)
+
+static void reload(rv_app_t *app) {
+    char err[256];
+    char *text = NULL;
+    if (app->config_path && (text = rv_read_config_file(app->config_path, err, sizeof err)) == NULL) {
+        rv_error("rivetd: reload refused, keeping the running configuration: %s", err);
+        return;
+    }
+    rv_config_t next;
+    if (rv_app_load_config(&next, (const char *const *)environ, text, app->config_text, err,
+                           sizeof err) != 0) {
+        rv_error("rivetd: reload refused, keeping the running configuration: %s", err);
+        free(text);
+        return;
+    }
+    /* Sockets, processes, Redis and HTTP limits are fixed for the life of the process. */
+    if (strcmp(next.listen, app->cfg.listen) || strcmp(next.admin_listen, app->cfg.admin_listen) ||
+        next.workers != app->cfg.workers || strcmp(next.redis_url, app->cfg.redis_url) ||
+        strcmp(next.redis_stream, app->cfg.redis_stream) ||
+        next.max_body_bytes != app->cfg.max_body_bytes ||
+        next.max_header_bytes != app->cfg.max_header_bytes ||
+        next.max_connections != app->cfg.max_connections)
+        rv_warn("rivetd: reload: listener, worker, Redis and HTTP limit settings take effect only "
+                "after a restart");
+    KEEP(listen);
+    KEEP(admin_listen);
+    KEEP(listen_addr);
+    KEEP(admin_addr);
+    KEEP(workers);
+    KEEP(redis_url);
+    KEEP(redis_stream);
+    KEEP(redis_dedupe_ttl);
+    KEEP(redis_timeout_ms);
+    KEEP(max_body_bytes);
+    KEEP(max_header_bytes);
+    KEEP(max_connections);
+    KEEP(header_timeout_ms);
+    KEEP(body_timeout_ms);
+    KEEP(idle_timeout_ms);
+
+    rv_stripe_opts_t so = {next.stripe_api_base, next.stripe_secret_key, next.stripe_api_version,
+                           next.stripe_timeout_ms, next.stripe_max_retries};
+    if (app->stripe && rv_stripe_configure(app->stripe, &so) != 0) {
+        rv_error("rivetd: reload refused: the Stripe client did not take the new settings");
+        rv_config_free(&next);
+        free(text);
+        return;
+    }
+    if (next.rate_limit_per_min != app->cfg.rate_limit_per_min) {
+        rv_ratelimit_free(app->ratelimit);
+        app->ratelimit = NULL;
+        if (next.rate_limit_per_min)
+            rv_ratelimit_new(next.rate_limit_per_min, 20, 65536, &app->ratelimit);
+    }
+    rv_config_t old = app->cfg;
+    app->cfg = next;
+    rv_config_free(&old);
+    free(app->config_text);
+    app->config_text = text;
+    rv_log_set_level(app->cfg.log_level);
+    rv_info("rivetd: configuration reloaded");
+}
+
+/* ---- signals, watchdog, log flushing ----------------------------------------------------- */
+
+static void on_signal(uv_signal_t *sig, int signum) {
+    rv_app_t *app = sig->data;
+    if (signum == SIGHUP) {
+        reload(app);
+        return;
+    }
+    begin_stop(app, signum);
+}
+
+static void on_watchdog(uv_timer_t *t) {
+    rv_app_t *app = t->data;
+    /* Sent from the loop itself: a loop that stops turning stops these, and is restarted. */
+    if (app->parent_fd >= 0) {
+        tell_parent(app, 'W');
+        return;
+    }
+    char status[256];
+    snprintf(status, sizeof status,
+             "WATCHDOG=1\nSTATUS=%zu connections, %zu requests in flight, Redis %s, %zu Stripe "
+             "calls in flight",
+             app->pub.nconns + app->admin.nconns, app->pub.inflight + app->admin.inflight,
+             app->queue && rv_queue_ready(app->queue) ? "connected" : "unavailable",
+             app->stripe ? rv_stripe_inflight(app->stripe) : (size_t)0);
+    rv_sd_notify(status);
+}
+
+static void on_prepare(uv_prepare_t *p) {
+    rv_app_t *app = p->data;
+    rv_log_flush();
+    /* A handler may have answered its last request after the listeners drained. */
+    if (app->stopping == 1) maybe_finish(app);
+}
+
+/* ---- start ------------------------------------------------------------------------------ */
+
+static void server_opts(rv_app_t *app, rv_server_opts_t *o, const char *name,
+                        const rv_route_t *routes, size_t n) {
+    memset(o, 0, sizeof *o);
+    o->name = name;
+    o->max_url_bytes = app->cfg.max_header_bytes < 8192 ? app->cfg.max_header_bytes : 8192;
+    o->max_header_bytes = app->cfg.max_header_bytes;
+    o->max_body_bytes = app->cfg.max_body_bytes;
+    o->max_connections = app->cfg.max_connections;
+    o->header_timeout_ms = app->cfg.header_timeout_ms;
+    o->body_timeout_ms = app->cfg.body_timeout_ms;
+    o->idle_timeout_ms = app->cfg.idle_timeout_ms;
+    o->routes = routes;
+    o->nroutes = n;
+    o->app = app;
+    o->decorate = rv_app_decorate;
+    o->on_done = rv_app_on_done;
+}
+
+static int listen_on(rv_server_t *s, int fd, const struct sockaddr_storage *addr,
+                     const char *what) {
+    int rc = fd >= 0 ? rv_server_listen_fd(s, fd) : rv_server_listen(s, (struct sockaddr *)addr, 0);
+    if (rc) rv_error("rivetd: cannot listen on %s: %s", what, uv_strerror(rc));
+    return rc;
+}
+
+static int start(rv_app_t *app) {
+    rv_config_t *cfg = &app->cfg;
+    rv_server_opts_t o;
+    int rc;
+
+    uv_prepare_init(app->loop, &app->log_flush);
+    app->log_flush.data = app;
+    uv_prepare_start(&app->log_flush, on_prepare);
+    uv_timer_init(app->loop, &app->shutdown_timer);
+    uv_timer_init(app->loop, &app->watchdog_timer);
+    app->shutdown_timer.data = app->watchdog_timer.data = app;
+    uv_signal_init(app->loop, &app->sig_term);
+    uv_signal_init(app->loop, &app->sig_int);
+    uv_signal_init(app->loop, &app->sig_hup);
+    app->sig_term.data = app->sig_int.data = app->sig_hup.data = app;
+    uv_signal_start(&app->sig_term, on_signal, SIGTERM);
+    uv_signal_start(&app->sig_int, on_signal, SIGINT);
+    uv_signal_start(&app->sig_hup, on_signal, SIGHUP);
+
+    rv_queue_opts_t qo = {cfg->redis_url, cfg->redis_stream, cfg->redis_dedupe_ttl,
+                          cfg->redis_timeout_ms};
+    if ((rc = rv_queue_init(app->loop, &qo, &app->queue)) != 0) {
+        rv_error("rivetd: redis: %s", rv_strerror(rc));
+        return rc;
+    }
+    if ((rc = rv_http_client_init(app->loop, &app->http)) != 0) {
+        rv_error("rivetd: http client: %s", rv_strerror(rc));
+        return rc;
+    }
+    rv_stripe_opts_t so = {cfg->stripe_api_base, cfg->stripe_secret_key, cfg->stripe_api_version,
+                           cfg->stripe_timeout_ms, cfg->stripe_max_retries};
+    if ((rc = rv_stripe_init(app->http, app->loop, &so, &app->stripe)) != 0) {
+        rv_error("rivetd: stripe: %s", rv_strerror(rc));
+        return rc;
+    }
+    if (cfg->rate_limit_per_min &&
+        (rc = rv_ratelimit_new(cfg->rate_limit_per_min, 20, 65536, &app->ratelimit)) != 0) {
+        rv_error("rivetd: rate limiter: %s", rv_strerror(rc));
+        return rc;
+    }
+
+    server_opts(app, &o, "public", rv_public_routes, rv_public_nroutes);
+    if ((rc = rv_server_init(&app->pub, app->loop, &o)) != 0) return rc;
+    if ((rc = listen_on(&app->pub, app->listen_fd, &cfg->listen_addr, cfg->listen)) != 0) return rc;
+    if (cfg->admin_listen[0] || app->admin_fd >= 0) {
+        server_opts(app, &o, "admin", rv_admin_routes, rv_admin_nroutes);
+        if ((rc = rv_server_init(&app->admin, app->loop, &o)) != 0) return rc;
+        app->admin_enabled = 1;
+        if ((rc = listen_on(&app->admin, app->admin_fd, &cfg->admin_addr, cfg->admin_listen)) != 0)
+            return rc;
+    }
+    if (app->watchdog_usec || app->parent_fd >= 0) {
+        uint64_t ms = app->watchdog_usec ? app->watchdog_usec / 2000 : 1000;
+        if (app->parent_fd >= 0) ms = 1000;
+        uv_timer_start(&app->watchdog_timer, on_watchdog, ms ? ms : 1, ms ? ms : 1);
+    }
+    rv_info("rivetd %s: %s %s%s%s%s (stripe %s, redis stream %s)", RV_VERSION,
+            app->listen_fd >= 0 ? "serving inherited socket for" : "listening on", cfg->listen,
+            app->admin_enabled ? ", admin " : "", app->admin_enabled ? cfg->admin_listen : "",
+            app->worker_index ? " (worker)" : "", cfg->stripe_api_base, cfg->redis_stream);
+    char status[300];
+    snprintf(status, sizeof status, "READY=1\nSTATUS=Listening on %s; Redis %s", cfg->listen,
+             rv_queue_ready(app->queue) ? "connected" : "connecting");
+    if (app->parent_fd >= 0) {
+        tell_parent(app, 'R');
+    } else {
+        rv_sd_notify(status);
+    }
+    return 0;
+}
+
+static void close_walk(uv_handle_t *h, void *arg) {
+    if (!uv_is_closing(h)) uv_close(h, NULL);
+}
+
+int rv_worker_run(rv_app_t *app) {
+    signal(SIGPIPE, SIG_IGN);
+    app->loop = uv_default_loop();
+    if (start(app) != 0) {
+        app->exit_code = 1;
+        if (app->pub.loop) rv_server_close(&app->pub);
+        if (app->admin_enabled) rv_server_close(&app->admin);
+        finish(app);
+    }
+    uv_run(app->loop, UV_RUN_DEFAULT);
+    /* Anything still open (after a failed start) is closed here so the loop can be released. */
+    uv_walk(app->loop, close_walk, NULL);
+    uv_run(app->loop, UV_RUN_DEFAULT);
+    int rc = uv_loop_close(app->loop);
+    if (rc) rv_warn("rivetd: loop closed with handles open: %s", uv_strerror(rc));
+    rv_log_flush();
+    rv_ratelimit_free(app->ratelimit);
+    app->ratelimit = NULL;
+    return app->exit_code;
+}
