@@ -89,7 +89,8 @@ test: deps
 	$(MAKE) check
 	$(MAKE) SAN=1 BUILD=build/san check
 
-bench: deps $(BUILD)/rivetd
+bench: $(BUILD)/rivetd
+	@deps/install.sh bench
 	@bench/run.sh $(BUILD)
 
 run: deps $(BUILD)/rivetd

@@ -1,8 +1,12 @@
 #!/bin/sh
 # Install the Debian packages rivetd builds, tests and runs with, only those that are missing.
 set -eu
+# Usage: deps/install.sh [bench]   ("bench" adds nginx, for the comparison in make bench)
 pkgs="build-essential pkg-config libuv1-dev libcurl4-openssl-dev libcjson-dev libmbedtls-dev
-libhiredis-dev libcmocka-dev node-llhttp redis-server python3 wrk curl"
+libhiredis-dev libcmocka-dev node-llhttp redis-server python3 wrk curl procps systemd chromium"
+if [ "${1:-}" = bench ]; then
+    pkgs="$pkgs nginx-light"
+fi
 missing=""
 for p in $pkgs; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"

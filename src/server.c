@@ -70,6 +70,7 @@ static void conn_close(rv_conn_t *c);
 static void conn_advance(rv_conn_t *c);
 static void conn_fail(rv_conn_t *c, int status, const char *detail);
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 
 /* ---- small helpers ------------------------------------------------------------------------ */
 
@@ -285,6 +286,8 @@ static int header_piece(rv_conn_t *c, int is_value, const char *at, size_t len) 
         r->hoff[r->nheaders * 4 + 3] = 0;
         r->nheaders++;
         r->last_cb = 1;
+    } else if (is_value && r->nheaders == 0) {
+        return reject(c, 400, "Invalid header name");
     } else if (is_value && r->last_cb == 1) {
         rc = rv_buf_append(&r->hbuf, "", 1);
         r->hoff[(r->nheaders - 1) * 4 + 2] = r->hbuf.len;
@@ -305,6 +308,18 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len) {
     return header_piece(p->data, 1, at, len);
 }
 
+/* RFC 9110 token: the only characters a header name may have. */
+static int token(const char *s, size_t n) {
+    if (n == 0) return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              (ch && strchr("!#$%&'*+-.^_`|~", ch))))
+            return 0;
+    }
+    return 1;
+}
+
 static int on_headers_complete(llhttp_t *p) {
     rv_conn_t *c = p->data;
     rv_request_t *r = c->req;
@@ -320,6 +335,7 @@ static int on_headers_complete(llhttp_t *p) {
         h->value = o[2] ? r->hbuf.data + o[2] : "";
         h->value_len = o[2] ? o[3] : 0;
         if (o[2] == 0) r->hbuf.data[o[0] + o[1]] = '\0';
+        if (!token(h->name, h->name_len)) return reject(c, 400, "Invalid header name");
         if (rv_strieq(h->name, h->name_len, "content-length")) r->saw_cl = 1;
         if (rv_strieq(h->name, h->name_len, "transfer-encoding")) r->saw_te = 1;
         if (rv_strieq(h->name, h->name_len, "expect")) {
@@ -409,7 +425,7 @@ static void finish_write(rv_conn_t *c, int status) {
             conn_close(c);
             return;
         }
-        if (!c->reading && uv_read_start((uv_stream_t *)&c->tcp, NULL, on_read) == 0)
+        if (!c->reading && uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
             c->reading = 1;
         timer_set(c, T_LINGER, LINGER_MS);
         return;
@@ -589,7 +605,7 @@ static void conn_advance(rv_conn_t *c) {
             break;
         }
         if (c->pbuf == NULL) {
-            if (!c->reading && uv_read_start((uv_stream_t *)&c->tcp, NULL, on_read) == 0)
+            if (!c->reading && uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
                 c->reading = 1;
             if (c->state == CONN_IDLE) timer_set(c, T_IDLE, c->srv->opts.idle_timeout_ms);
             break;
@@ -608,10 +624,10 @@ static void conn_advance(rv_conn_t *c) {
     c->advancing = 0;
 }
 
-/* Keep bytes the parser must not see yet (a request is being answered). */
+/* Keep bytes the parser must not see yet (a request is being answered). Bytes already read are
+ * always kept; the caller stops reading once PENDING_MAX is held, which bounds the buffer. */
 static int stash(rv_conn_t *c, const char *data, size_t len) {
     size_t have = c->plen - c->poff;
-    if (have + len > PENDING_MAX) return RV_ERANGE;
     char *p = malloc(have + len);
     if (p == NULL) return RV_ENOMEM;
     if (have) memcpy(p, c->pbuf + c->poff, have);
@@ -652,11 +668,14 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
     if (c->state == CONN_LINGER) return;
     if (c->state == CONN_HANDLING || c->state == CONN_WRITING || c->pbuf) {
         /* Pipelined input while a request is answered: hold it, within bounds. */
-        int rc = stash(c, buf->base, (size_t)nread);
-        if (rc) {
+        if (stash(c, buf->base, (size_t)nread)) {
+            conn_close(c);
+            return;
+        }
+        if (c->plen - c->poff >= PENDING_MAX) {
+            /* Backpressure: read no more until the held input has been answered. */
             uv_read_stop(st);
             c->reading = 0;
-            if (rc == RV_ENOMEM) conn_close(c);
         }
         return;
     }
@@ -786,7 +805,7 @@ static void refuse(rv_server_t *s) {
     if (uv_accept((uv_stream_t *)&s->listener, (uv_stream_t *)t) == 0) {
         static const char msg[] =
             "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-            "Content-Length: 35\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+            "Content-Length: 34\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
             "{\"detail\":\"Too many connections\"}\n";
         uv_buf_t b = uv_buf_init((char *)msg, sizeof msg - 1);
         uv_try_write((uv_stream_t *)t, &b, 1);

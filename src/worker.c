@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "rivet/app.h"
@@ -212,11 +213,26 @@ static int listen_on(rv_server_t *s, int fd, const struct sockaddr_storage *addr
     return rc;
 }
 
+/* Each connection is a descriptor: take the hard limit, and say so when MAX_CONNECTIONS cannot
+ * be reached within it. */
+static void raise_fd_limit(const rv_config_t *cfg) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (rl.rlim_cur != RLIM_INFINITY && (rlim_t)cfg->max_connections + 256 > rl.rlim_cur)
+        rv_warn("rivetd: MAX_CONNECTIONS=%u but only %llu file descriptors are allowed; raise "
+                "LimitNOFILE", cfg->max_connections, (unsigned long long)rl.rlim_cur);
+}
+
 static int start(rv_app_t *app) {
     rv_config_t *cfg = &app->cfg;
     rv_server_opts_t o;
     int rc;
 
+    raise_fd_limit(cfg);
     uv_prepare_init(app->loop, &app->log_flush);
     app->log_flush.data = app;
     uv_prepare_start(&app->log_flush, on_prepare);
@@ -305,5 +321,6 @@ int rv_worker_run(rv_app_t *app) {
     rv_log_flush();
     rv_ratelimit_free(app->ratelimit);
     app->ratelimit = NULL;
+    rv_http_global_cleanup();
     return app->exit_code;
 }

@@ -32,6 +32,7 @@ typedef struct rv_http_opts_s {
     size_t max_response_bytes;   /* 0: 1 MiB */
 } rv_http_opts_t;
 
+/* Create a client on loop; the first call in the process also runs curl_global_init. */
 int rv_http_client_init(uv_loop_t *loop, rv_http_client_t **out);
 
 /* Start a request. Returns 0 (cb will be called once, never from inside this call) or an error
@@ -50,5 +51,8 @@ size_t rv_http_inflight(const rv_http_client_t *c);
 
 /* Abort every request (no callbacks) and release the client once its handles have closed. */
 void rv_http_client_close(rv_http_client_t *c);
+
+/* curl_global_cleanup, once every client has been closed, at process exit. */
+void rv_http_global_cleanup(void);
 
 #endif

@@ -84,7 +84,8 @@ void rv_stripe_cancel(rv_stripe_call_t *c);
 /* Calls in flight (tries and waits). */
 size_t rv_stripe_inflight(const rv_stripe_t *s);
 
-/* Cancel every call and release the object (the http client is not closed). */
+/* Cancel every call and release the object (the http client is not closed; close it after
+ * this, since calls in flight hold its requests). */
 void rv_stripe_close(rv_stripe_t *s);
 
 #endif

@@ -748,7 +748,7 @@ typedef struct {
 static ssize_t fill(int fd, rbuf_t *b, int64_t deadline)
 {
     if (b->cap - b->len < 16384) {
-        size_t ncap = b->cap == 0 ? 32768 : b->cap * 2;
+        size_t ncap = b->cap < 16384 ? 32768 : b->cap * 2;
         if (ncap > TH_MAX_BUFFER) {
             ncap = TH_MAX_BUFFER;
         }
