@@ -4,8 +4,13 @@
 set -u
 suite=$1; build=$2; shift 2
 export RIVET_BUILD="$build"
-export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:halt_on_error=1}"
-export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
+# Sanitizer reports of every process (tests and the daemons they start) go to files, so a report
+# from a child process that a test does not look at still fails the run.
+reports="$build/sanitizer-reports/$suite"
+rm -rf "$reports"
+mkdir -p "$reports"
+export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:halt_on_error=1:log_path=$PWD/$reports/asan}"
+export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1:log_path=$PWD/$reports/ubsan}"
 failed=""
 n=0
 for t in "$@"; do
@@ -15,6 +20,10 @@ for t in "$@"; do
         failed="$failed $t"
     fi
 done
+if [ -n "$(ls -A "$reports")" ]; then
+    for f in "$reports"/*; do echo "== sanitizer report $f"; cat "$f"; done
+    failed="$failed (sanitizer reports)"
+fi
 if [ -n "$failed" ]; then
     echo "FAILED ($suite, $build):$failed"
     exit 1
