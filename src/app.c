@@ -23,6 +23,8 @@ const rv_route_t rv_public_routes[] = {
     {"POST", "/api/billing/portal", rv_handle_billing_portal, "billing_portal"},
     {"OPTIONS", "/api/billing/portal", rv_handle_preflight, "preflight"},
     {"POST", "/api/webhooks/stripe", rv_handle_webhook, "webhook"},
+    {"GET", "/openapi.json", rv_handle_openapi, "openapi"},
+    {"GET", "/docs", rv_handle_docs, "docs"},
 };
 const size_t rv_public_nroutes = RV_ARRAY_LEN(rv_public_routes);
 

@@ -200,6 +200,12 @@ static const char *opt_string(const cJSON *j, const char *key, verrs_t *v) {
 static void on_created(void *data, const rv_stripe_result_t *res) {
     rv_request_t *req = ctx_end(data, res);
     if (!answered_ok(res)) {
+        if (res->err == 0 && res->err_type && strcmp(res->err_type, "idempotency_error") == 0) {
+            /* The caller reused its Idempotency-Key for another checkout: its mistake. */
+            rv_respond_error(req, 409, "Idempotency-Key was already used with other parameters",
+                             NULL);
+            return;
+        }
         if (res->err == 0 && res->status == 400 && res->err_param &&
             strncmp(res->err_param, "line_items", 10) == 0) {
             /* Stripe does not know the configured price of this tier. */

@@ -24,7 +24,7 @@
 #define MAX_RESPONSE_HEADERS (64u * 1024u)
 /* Enough connections for a burst of checkouts over HTTP/1.1; over HTTP/2 one connection carries
  * up to 100 streams, so this is rarely reached. */
-#define MAX_HOST_CONNECTIONS 256L
+#define MAX_HOST_CONNECTIONS 1024L
 #define MAX_CACHED_CONNECTIONS 256L
 
 typedef struct sock_s {

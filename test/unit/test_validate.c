@@ -15,13 +15,13 @@
 
 /* ---- helpers ------------------------------------------------------------------------------ */
 
-#define EXPECT_VALID(fn, s)                                                                      \
-    do {                                                                                         \
-        if (!fn(s)) fail_msg("%s(\"%s\") rejected a valid input", #fn, s);                        \
+#define EXPECT_VALID(fn, s)                                                                        \
+    do {                                                                                           \
+        if (!fn(s)) fail_msg("%s(\"%s\") rejected a valid input", #fn, s);                         \
     } while (0)
-#define EXPECT_INVALID(fn, s)                                                                    \
-    do {                                                                                         \
-        if (fn(s)) fail_msg("%s(\"%s\") accepted an invalid input", #fn, s);                      \
+#define EXPECT_INVALID(fn, s)                                                                      \
+    do {                                                                                           \
+        if (fn(s)) fail_msg("%s(\"%s\") accepted an invalid input", #fn, s);                       \
     } while (0)
 
 /* An address of exactly total bytes with a local part of local bytes, built from 'a' labels
@@ -29,7 +29,8 @@
 static void make_email(char *out, size_t cap, size_t local, size_t total) {
     assert_true(total + 1 <= cap && local + 1 + 6 <= total);
     size_t k = 0;
-    for (size_t i = 0; i < local; i++) out[k++] = 'l';
+    for (size_t i = 0; i < local; i++)
+        out[k++] = 'l';
     out[k++] = '@';
     size_t body = total - local - 1 - 4;
     for (size_t i = 0; i < body; i++) {
@@ -175,7 +176,9 @@ static void customer_ids(void **state) {
 static char *origin_v[] = {"https://rivet.io", "https://www.rivet.io", "http://localhost:3000"};
 static const rv_strlist_t origins = {origin_v, 3};
 
-static int redirect_ok(const char *url) { return rv_valid_redirect(url, &origins); }
+static int redirect_ok(const char *url) {
+    return rv_valid_redirect(url, &origins);
+}
 
 static void redirect_allowed(void **state) {
     EXPECT_VALID(redirect_ok, "https://rivet.io");
@@ -344,15 +347,24 @@ static void addr_bounds(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(email_good),          cmocka_unit_test(email_dots),
-        cmocka_unit_test(email_domain),        cmocka_unit_test(email_shape),
-        cmocka_unit_test(email_lengths),       cmocka_unit_test(session_ids),
-        cmocka_unit_test(customer_ids),        cmocka_unit_test(redirect_allowed),
-        cmocka_unit_test(redirect_other_origin), cmocka_unit_test(redirect_tricks),
-        cmocka_unit_test(redirect_default_port), cmocka_unit_test(redirect_length),
-        cmocka_unit_test(redirect_empty_list), cmocka_unit_test(addr_untrusted_peer),
-        cmocka_unit_test(addr_trusted_peer),   cmocka_unit_test(addr_proxy_chain),
-        cmocka_unit_test(addr_garbage),        cmocka_unit_test(addr_bounds),
+        cmocka_unit_test(email_good),
+        cmocka_unit_test(email_dots),
+        cmocka_unit_test(email_domain),
+        cmocka_unit_test(email_shape),
+        cmocka_unit_test(email_lengths),
+        cmocka_unit_test(session_ids),
+        cmocka_unit_test(customer_ids),
+        cmocka_unit_test(redirect_allowed),
+        cmocka_unit_test(redirect_other_origin),
+        cmocka_unit_test(redirect_tricks),
+        cmocka_unit_test(redirect_default_port),
+        cmocka_unit_test(redirect_length),
+        cmocka_unit_test(redirect_empty_list),
+        cmocka_unit_test(addr_untrusted_peer),
+        cmocka_unit_test(addr_trusted_peer),
+        cmocka_unit_test(addr_proxy_chain),
+        cmocka_unit_test(addr_garbage),
+        cmocka_unit_test(addr_bounds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
