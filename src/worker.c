@@ -145,8 +145,9 @@ static void reload(rv_app_t *app) {
     rv_config_t old = app->cfg;
     app->cfg = next;
     rv_config_free(&old);
-    free(app->config_text);
-    app->config_text = text;
+    /* app->config_text stays the file as it was at start: the environment was built from that
+     * text (EnvironmentFile=), so every reload compares against it. */
+    free(text);
     rv_log_set_level(app->cfg.log_level);
     rv_info("rivetd: configuration reloaded");
 }

@@ -32,7 +32,7 @@ typedef struct rv_app_s {
     int stopping;
     int exit_code;
     const char *config_path;   /* --config FILE, or NULL */
-    char *config_text;         /* the file as last loaded (for reloads), or NULL */
+    char *config_text;         /* the file as it was at start (for reloads), or NULL */
     int listen_fd;             /* inherited public socket, or -1 to bind LISTEN */
     int admin_fd;              /* inherited admin socket, or -1 to bind ADMIN_LISTEN */
     int worker_index;          /* 0 when single-process */
