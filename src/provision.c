@@ -310,7 +310,7 @@ static int map_object(const cJSON *obj, const rv_prices_t *prices, rv_prov_event
     return 0;
 }
 
-int rv_provision_map(const char *json, size_t len, const rv_prices_t *prices,
+static int map_event(const char *json, size_t len, const rv_prices_t *prices,
                      rv_prov_event_t *out) {
     memset(out, 0, sizeof *out);
     if (json == NULL || len == 0) return RV_EPAYLOAD;
@@ -343,10 +343,54 @@ done:
         out->customer_id[0] = out->subscription_id[0] = out->email[0] = '\0';
         out->tier[0] = out->status[0] = '\0';
         out->ordered = out->sets_entitlement = 0;
-        free(out->data_json);
+        cJSON_free(out->data_json);
         out->data_json = NULL;
     }
     cJSON_Delete(root);
+    return rc;
+}
+
+/* A webhook's JSON tree lives only while it is mapped: its many small nodes are taken from a
+ * bump arena that is reset afterwards, instead of one malloc and free each. Allocations that do
+ * not fit fall back to malloc. Single-threaded, and nothing else uses cJSON meanwhile. */
+#define ARENA_SIZE (256 * 1024)
+static _Alignas(16) unsigned char arena[ARENA_SIZE];
+static size_t arena_used;
+
+static void *arena_alloc(size_t n) {
+    size_t need = (n + 15) & ~(size_t)15;
+    if (need >= n && need <= ARENA_SIZE - arena_used) {
+        void *p = arena + arena_used;
+        arena_used += need;
+        return p;
+    }
+    return malloc(n);
+}
+
+static void arena_free(void *p) {
+    unsigned char *c = p;
+    if (c >= arena && c < arena + ARENA_SIZE) return;
+    free(p);
+}
+
+int rv_provision_map(const char *json, size_t len, const rv_prices_t *prices,
+                     rv_prov_event_t *out) {
+    cJSON_Hooks hooks = {arena_alloc, arena_free};
+    arena_used = 0;
+    cJSON_InitHooks(&hooks);
+    int rc = map_event(json, len, prices, out);
+    if (out->data_json) {
+        /* The caller frees data_json with free(): move it out of the arena. */
+        char *text = strdup(out->data_json);
+        cJSON_free(out->data_json);
+        out->data_json = text;
+        if (text == NULL) {
+            out->type = NULL;
+            rc = RV_ENOMEM;
+        }
+    }
+    cJSON_InitHooks(NULL);
+    arena_used = 0;
     return rc;
 }
 

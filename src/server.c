@@ -162,6 +162,7 @@ static rv_request_t *request_new(rv_conn_t *c) {
     memcpy(r->peer, c->peer, sizeof r->peer);
     r->url.limit = c->srv->opts.max_url_bytes;
     r->hbuf.limit = c->srv->opts.max_header_bytes;
+    rv_buf_reserve(&r->hbuf, 1024); /* most requests' headers fit: no regrowth */
     r->bodybuf.limit = c->srv->opts.max_body_bytes;
     return r;
 }
@@ -352,6 +353,9 @@ static int on_headers_complete(llhttp_t *p) {
     r->keep_alive = llhttp_should_keep_alive(p);
     if (r->saw_cl && p->content_length > c->srv->opts.max_body_bytes)
         return reject(c, 413, "Request body too large");
+    /* One allocation for a body whose size is announced (and within the limit). */
+    if (r->saw_cl && p->content_length > 0 && rv_buf_reserve(&r->bodybuf, p->content_length))
+        return reject(c, 503, "Server out of memory");
     int has_body = (r->saw_cl && p->content_length > 0) || r->saw_te;
     if (has_body) {
         timer_set(c, T_BODY, c->srv->opts.body_timeout_ms);
