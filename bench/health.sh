@@ -5,13 +5,23 @@ set -eu
 build=${1:-build}
 top=$(cd "$(dirname "$0")/.." && pwd)
 . "$top/bench/lib.sh"
-dur=${BENCH_SECONDS:-10}
+dur=${BENCH_SECONDS:-5}
 pids=""
 tmp=$(mktemp -d)
 cleanup() { for p in $pids; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$tmp"; }
 trap cleanup EXIT
 
-rate() { wrk -t1 -c64 -d"${dur}s" "$1" | awk '/Requests\/sec/ {print $2}'; }
+rounds=${BENCH_ROUNDS:-3}
+# The best of several runs: a loopback figure on a shared 2-core machine is noisy, and noise only
+# ever makes a run slower.
+rate() {
+    best=0
+    for _ in $(seq "$rounds"); do
+        r=$(wrk -t1 -c64 -d"${dur}s" "$1" | awk '/Requests\/sec/ {print $2}')
+        best=$(awk -v a="$best" -v b="$r" 'BEGIN{print (b > a) ? b : a}')
+    done
+    echo "$best"
+}
 
 run_rivetd() { # workers
     port=$(free_port)
@@ -26,7 +36,7 @@ run_rivetd() { # workers
 
 r1=$(run_rivetd 1)
 r2=$(run_rivetd 2)
-echo "health: rivetd, 1 worker:  $r1 req/s   (wrk -t1 -c64 -d${dur}s, LOG_LEVEL=warn)"
+echo "health: rivetd, 1 worker:  $r1 req/s   (best of $rounds x wrk -t1 -c64 -d${dur}s, LOG_LEVEL=warn)"
 echo "health: rivetd, 2 workers: $r2 req/s"
 
 if command -v nginx >/dev/null; then
