@@ -179,7 +179,10 @@ static void test_unit_settings(void **state) {
     char *svc = xread_file("systemd/rivetd.service");
     static const char *const want[] = {
         "Type=notify", "NotifyAccess=main", "WatchdogSec=30s", "Restart=on-failure",
-        "ExecStart=/usr/local/bin/rivetd", "ExecReload=/bin/kill -HUP $MAINPID",
+        "ExecStart=/usr/local/bin/rivetd --config /run/rivetd/rivet.conf",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "ExecReload=+/usr/bin/install -m 0644 /etc/rivet/rivet.conf /run/rivetd/rivet.conf",
+        "RuntimeDirectoryMode=0700",
         "EnvironmentFile=/etc/rivet/rivet.conf", "DynamicUser=yes", "Requires=rivetd.socket",
         "CapabilityBoundingSet=", "AmbientCapabilities=", "NoNewPrivileges=yes",
         "ProtectSystem=strict", "PrivateUsers=yes", "MemoryDenyWriteExecute=yes",
@@ -225,7 +228,7 @@ static void test_verify_installed_units(void **state) {
     snprintf(path, sizeof path, "%s/etc/systemd/system/rivetd.service", dir);
     char *svc = xread_file(path);
     char want[600];
-    snprintf(want, sizeof want, "ExecStart=%s/usr/bin/rivetd", dir);
+    snprintf(want, sizeof want, "ExecStart=%s/usr/bin/rivetd --config /run/rivetd/rivet.conf", dir);
     if (!has_line(svc, want)) fail_msg("the installed unit lacks %s", want);
     snprintf(want, sizeof want, "EnvironmentFile=%s/etc/rivet/rivet.conf", dir);
     if (!has_line(svc, want)) fail_msg("the installed unit lacks %s", want);
@@ -260,7 +263,7 @@ static void test_install_uninstall_destdir(void **state) {
     char path[512];
     snprintf(path, sizeof path, "%s/etc/systemd/system/rivetd.service", dir);
     char *svc = xread_file(path);
-    assert_true(has_line(svc, "ExecStart=/usr/local/bin/rivetd"));
+    assert_true(has_line(svc, "ExecStart=/usr/local/bin/rivetd --config /run/rivetd/rivet.conf"));
     assert_true(has_line(svc, "EnvironmentFile=/etc/rivet/rivet.conf"));
     assert_null(strstr(svc, dir));
     free(svc);
@@ -316,8 +319,8 @@ static void test_install_prefix(void **state) {
     char path[512];
     snprintf(path, sizeof path, "%s/etc/systemd/system/rivetd.service", dir);
     char *svc = xread_file(path);
-    assert_true(has_line(svc, "ExecStart=/opt/rivet/bin/rivetd"));
-    assert_false(has_line(svc, "ExecStart=/usr/local/bin/rivetd"));
+    assert_true(has_line(svc, "ExecStart=/opt/rivet/bin/rivetd --config /run/rivetd/rivet.conf"));
+    assert_false(has_line(svc, "ExecStart=/usr/local/bin/rivetd --config /run/rivetd/rivet.conf"));
     free(svc);
     snprintf(args, sizeof args, "uninstall DESTDIR='%s' PREFIX=/opt/rivet", dir);
     xmake(args);
