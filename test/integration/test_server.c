@@ -1250,12 +1250,59 @@ static int group_teardown(void **state) {
     return st == 0 ? 0 : -1;
 }
 
+/* LISTEN takes an IPv6 address in brackets; the server answers over IPv6. */
+static int connect6(int port) {
+    int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in6 a;
+    memset(&a, 0, sizeof a);
+    a.sin6_family = AF_INET6;
+    a.sin6_port = htons((uint16_t)port);
+    a.sin6_addr = in6addr_loopback;
+    if (fd < 0) return -1;
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static void test_ipv6_listen(void **state) {
+    int port = th_free_port(), aport = th_free_port();
+    char listen_kv[64], admin_kv[64], bin[512];
+    snprintf(listen_kv, sizeof listen_kv, "LISTEN=[::1]:%d", port);
+    snprintf(admin_kv, sizeof admin_kv, "ADMIN_LISTEN=[::1]:%d", aport);
+    snprintf(bin, sizeof bin, "%s/rivetd", th_build_dir());
+    const char *const env[] = {listen_kv, admin_kv, "STRIPE_SECRET_KEY=" TH_STRIPE_KEY,
+                               "STRIPE_WEBHOOK_SECRET=" TH_WEBHOOK_SECRET,
+                               "STRIPE_PRICE_BASIC=" TH_PRICE_BASIC,
+                               "STRIPE_PRICE_PRO=" TH_PRICE_PRO,
+                               "STRIPE_PRICE_ENTERPRISE=" TH_PRICE_ENTERPRISE,
+                               "REDIS_URL=redis://127.0.0.1:1/0", NULL};
+    const char *const argv[] = {bin, NULL};
+    th_proc_t *p = proc_slot();
+    if (th_spawn(p, argv, env) != 0) fail_msg("cannot start %s", bin);
+    int fd = -1;
+    int64_t deadline = mono_ms() + 5000;
+    while ((fd = connect6(port)) < 0 && mono_ms() < deadline) usleep(20000);
+    if (fd < 0) fail_msg("nothing answers on [::1]:%d", port);
+    static const char req[] = "GET /health HTTP/1.1\r\nHost: [::1]\r\nConnection: close\r\n\r\n";
+    assert_int_equal(th_send(fd, req, sizeof req - 1), 0);
+    th_response_t r;
+    assert_int_equal(th_read_response(fd, &r, 0, 5000), 0);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "{\"status\":\"healthy\",\"service\":\"rivet-api\"}");
+    th_response_free(&r);
+    th_close(fd);
+    stop_clean(p);
+}
+
 #define T(fn) cmocka_unit_test_teardown(fn, cleanup)
 
 int main(void) {
     const struct CMUnitTest tests[] = {
         T(test_health),
         T(test_root),
+        T(test_ipv6_listen),
         T(test_ready_without_redis),
         T(test_head),
         T(test_keep_alive),
