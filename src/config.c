@@ -353,7 +353,8 @@ static int get_origins(ctx_t *c, const char *key, const char *def, rv_strlist_t 
             rc = fail(c, "config: %s must be a comma-separated list of http(s) origins", key);
             break;
         }
-        const char *after = raw.v[i] + strcspn(raw.v[i] + 8, "/?#") + 8;
+        const char *host = strstr(raw.v[i], "://") + 3; /* present: rv_url_origin checked */
+        const char *after = host + strcspn(host, "/?#");
         if (*after && strcmp(after, "/") != 0) {
             rc = fail(c, "config: %s must list origins (scheme://host[:port]) without paths", key);
             break;
