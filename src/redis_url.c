@@ -12,13 +12,6 @@
 /* Redis's default is 16 databases; a server can be configured with more, never this many. */
 #define DB_MAX 10000
 
-static int hexval(char c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
 /* Percent-decode s[0..n) into out (size cap, NUL-terminated). Rejects bad escapes, a decoded NUL
  * or control character, and anything that does not fit. */
 static int pct_decode(const char *s, size_t n, char *out, size_t cap) {
@@ -27,7 +20,7 @@ static int pct_decode(const char *s, size_t n, char *out, size_t cap) {
         unsigned char c = (unsigned char)s[i];
         if (c == '%') {
             if (i + 2 >= n) return RV_EINVAL;
-            int hi = hexval(s[i + 1]), lo = hexval(s[i + 2]);
+            int hi = rv_hexval(s[i + 1]), lo = rv_hexval(s[i + 2]);
             if (hi < 0 || lo < 0) return RV_EINVAL;
             c = (unsigned char)(hi * 16 + lo);
             i += 2;

@@ -195,13 +195,6 @@ size_t rv_request_header_count(const rv_request_t *r, const char *name) {
     return n;
 }
 
-static int hexval(int c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
 int rv_request_query(const rv_request_t *r, const char *name, char *out, size_t outlen) {
     size_t nl = strlen(name);
     const char *p = r->query;
@@ -215,9 +208,9 @@ int rv_request_query(const rv_request_t *r, const char *name, char *out, size_t 
                 int ch = (unsigned char)*v;
                 if (ch == '+') {
                     ch = ' ';
-                } else if (ch == '%' && end - v >= 3 && hexval(v[1]) >= 0 &&
-                           hexval(v[2]) >= 0) {
-                    ch = hexval(v[1]) * 16 + hexval(v[2]);
+                } else if (ch == '%' && end - v >= 3 && rv_hexval(v[1]) >= 0 &&
+                           rv_hexval(v[2]) >= 0) {
+                    ch = rv_hexval(v[1]) * 16 + rv_hexval(v[2]);
                     v += 2;
                 }
                 if (ch == 0 || k + 1 >= outlen) return RV_ERANGE;

@@ -40,6 +40,9 @@ int rv_memeq_ct(const void *a, const void *b, size_t n);
 /* Case-insensitive ASCII comparison of a counted string with a C string: 1 when equal. */
 int rv_strieq(const char *a, size_t alen, const char *b);
 
+/* The value of a hexadecimal digit (either case), or -1. */
+int rv_hexval(int c);
+
 /* Milliseconds since an arbitrary point (CLOCK_MONOTONIC). */
 uint64_t rv_now_ms(void);
 
