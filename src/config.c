@@ -569,9 +569,10 @@ int rv_config_dump(const rv_config_t *cfg, rv_buf_t *out) {
     rc |= dump_list(out, "TRUST_PROXY", &cfg->trust_proxy);
     /* The URL may carry a password: show only where it points. */
     rv_redis_url_t ru;
-    if (rv_redis_url_parse(cfg->redis_url, &ru) == 0 && ru.path[0])
+    int parsed = rv_redis_url_parse(cfg->redis_url, &ru) == 0;
+    if (parsed && ru.path[0])
         rc |= rv_buf_printf(out, "REDIS_URL=unix://%s?db=%d\n", ru.path, ru.db);
-    else if (rv_redis_url_parse(cfg->redis_url, &ru) == 0)
+    else if (parsed)
         rc |= rv_buf_printf(out, "REDIS_URL=redis://%s%s%s%s%s:%d/%d\n", ru.user,
                             ru.pass[0] ? ":<redacted>" : "", ru.user[0] || ru.pass[0] ? "@" : "",
                             strchr(ru.host, ':') ? "[" : "", ru.host, ru.port, ru.db);
