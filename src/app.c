@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,25 +14,25 @@
 #include "rivet/metrics.h"
 
 const rv_route_t rv_public_routes[] = {
-    {"GET", "/health", rv_handle_health, "health"},
-    {"GET", "/ready", rv_handle_ready, "ready"},
-    {"GET", "/", rv_handle_root, "root"},
-    {"POST", "/api/checkout/create", rv_handle_checkout_create, "checkout_create"},
-    {"OPTIONS", "/api/checkout/create", rv_handle_preflight, "preflight"},
-    {"GET", "/api/checkout/success", rv_handle_checkout_success, "checkout_success"},
-    {"OPTIONS", "/api/checkout/success", rv_handle_preflight, "preflight"},
-    {"POST", "/api/billing/portal", rv_handle_billing_portal, "billing_portal"},
-    {"OPTIONS", "/api/billing/portal", rv_handle_preflight, "preflight"},
-    {"POST", "/api/webhooks/stripe", rv_handle_webhook, "webhook"},
-    {"GET", "/openapi.json", rv_handle_openapi, "openapi"},
-    {"GET", "/docs", rv_handle_docs, "docs"},
+    {"GET", "/health", rv_handle_health, "health", 0},
+    {"GET", "/ready", rv_handle_ready, "ready", 0},
+    {"GET", "/", rv_handle_root, "root", 0},
+    {"POST", "/api/checkout/create", rv_handle_checkout_create, "checkout_create", 0},
+    {"OPTIONS", "/api/checkout/create", rv_handle_preflight, "preflight", 0},
+    {"GET", "/api/checkout/success", rv_handle_checkout_success, "checkout_success", 0},
+    {"OPTIONS", "/api/checkout/success", rv_handle_preflight, "preflight", 0},
+    {"POST", "/api/billing/portal", rv_handle_billing_portal, "billing_portal", 0},
+    {"OPTIONS", "/api/billing/portal", rv_handle_preflight, "preflight", 0},
+    {"POST", "/api/webhooks/stripe", rv_handle_webhook, "webhook", RV_BODY_CONFIGURED},
+    {"GET", "/openapi.json", rv_handle_openapi, "openapi", 0},
+    {"GET", "/docs", rv_handle_docs, "docs", 0},
 };
 const size_t rv_public_nroutes = RV_ARRAY_LEN(rv_public_routes);
 
 const rv_route_t rv_admin_routes[] = {
-    {"GET", "/health", rv_handle_health, "health"},
-    {"GET", "/ready", rv_handle_ready, "ready"},
-    {"GET", "/metrics", rv_handle_metrics, "metrics"},
+    {"GET", "/health", rv_handle_health, "health", 0},
+    {"GET", "/ready", rv_handle_ready, "ready", 0},
+    {"GET", "/metrics", rv_handle_metrics, "metrics", 0},
 };
 const size_t rv_admin_nroutes = RV_ARRAY_LEN(rv_admin_routes);
 
@@ -86,9 +87,21 @@ void rv_app_webhook_outcome(rv_app_t *app, const char *type, const char *outcome
 
 /* Read a whole file of at most CONFIG_FILE_MAX bytes. Returns a malloc'd string or NULL. */
 char *rv_read_config_file(const char *path, char *err, size_t errlen) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO that has no writer would otherwise wait for one. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
         snprintf(err, errlen, "config: cannot open %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        snprintf(err, errlen, "config: %s is not a regular file", path);
+        close(fd);
+        return NULL;
+    }
+    if (st.st_size > CONFIG_FILE_MAX) {
+        snprintf(err, errlen, "config: %s is larger than %d bytes", path, CONFIG_FILE_MAX);
+        close(fd);
         return NULL;
     }
     rv_buf_t b = RV_BUF_INIT;

@@ -122,7 +122,7 @@ static const char *const known_keys[] = {
     "REDIRECT_ORIGINS", "CORS_ORIGINS", "TELEGRAM_BOT", "RIVET_API_TOKEN", "LISTEN",
     "ADMIN_LISTEN", "WORKERS", "RATE_LIMIT_PER_MIN", "TRUST_PROXY", "REDIS_URL", "REDIS_STREAM",
     "REDIS_DEDUPE_TTL", "REDIS_TIMEOUT_MS", "MAX_BODY_BYTES", "MAX_HEADER_BYTES",
-    "MAX_CONNECTIONS", "HEADER_TIMEOUT_MS", "BODY_TIMEOUT_MS", "IDLE_TIMEOUT_MS",
+    "MAX_BODY_BUFFER", "MAX_CONNECTIONS", "HEADER_TIMEOUT_MS", "BODY_TIMEOUT_MS", "IDLE_TIMEOUT_MS",
     "SHUTDOWN_TIMEOUT_MS", "LOG_LEVEL",
 };
 #define NKEYS RV_ARRAY_LEN(known_keys)
@@ -462,6 +462,11 @@ static int load(rv_config_t *cfg, ctx_t *c) {
     cfg->max_body_bytes = (size_t)u;
     if ((rc = get_u64(c, "MAX_HEADER_BYTES", 16384, 1024, 1048576, &u))) return rc;
     cfg->max_header_bytes = (size_t)u;
+    if ((rc = get_u64(c, "MAX_BODY_BUFFER", 67108864, 65536, (uint64_t)1 << 40, &u))) return rc;
+    cfg->max_body_buffer = (size_t)u;
+    if (cfg->max_body_buffer < cfg->max_body_bytes + cfg->max_header_bytes)
+        return fail(c, "config: MAX_BODY_BUFFER must hold at least one request of "
+                       "MAX_BODY_BYTES + MAX_HEADER_BYTES");
     if ((rc = get_unsigned(c, "MAX_CONNECTIONS", 10000, 1, 1000000, &cfg->max_connections)))
         return rc;
     if ((rc = get_u64(c, "HEADER_TIMEOUT_MS", 10000, 10, 3600000, &cfg->header_timeout_ms)))
@@ -579,8 +584,11 @@ int rv_config_dump(const rv_config_t *cfg, rv_buf_t *out) {
     rc |= rv_buf_printf(out, "REDIS_STREAM=%s\nREDIS_DEDUPE_TTL=%llu\nREDIS_TIMEOUT_MS=%llu\n",
                         cfg->redis_stream, (unsigned long long)cfg->redis_dedupe_ttl,
                         (unsigned long long)cfg->redis_timeout_ms);
-    rc |= rv_buf_printf(out, "MAX_BODY_BYTES=%zu\nMAX_HEADER_BYTES=%zu\nMAX_CONNECTIONS=%u\n",
-                        cfg->max_body_bytes, cfg->max_header_bytes, cfg->max_connections);
+    rc |= rv_buf_printf(out,
+                        "MAX_BODY_BYTES=%zu\nMAX_HEADER_BYTES=%zu\nMAX_BODY_BUFFER=%zu\n"
+                        "MAX_CONNECTIONS=%u\n",
+                        cfg->max_body_bytes, cfg->max_header_bytes, cfg->max_body_buffer,
+                        cfg->max_connections);
     rc |= rv_buf_printf(out,
                         "HEADER_TIMEOUT_MS=%llu\nBODY_TIMEOUT_MS=%llu\nIDLE_TIMEOUT_MS=%llu\n"
                         "SHUTDOWN_TIMEOUT_MS=%llu\nLOG_LEVEL=%s\n",

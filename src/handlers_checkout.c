@@ -88,8 +88,10 @@ static void respond_buf(rv_request_t *req, int status, rv_buf_t *b, int rc) {
 /* Stripe could not do it: 502 (504 when the deadline passed), with Stripe's request id for
  * support, never Stripe's message or anything about keys. */
 static void stripe_failed(rv_request_t *req, const rv_stripe_result_t *res, const char *op) {
+    /* One line per failed call of an anonymous client: bounded while Stripe is down. */
+    static rv_log_limit_t lim = {.what = "stripe: calls failed"};
     int status = res->err == RV_ETIMEDOUT ? 504 : 502;
-    rv_warn("stripe: %s failed: %s, HTTP %d, type=%s code=%s param=%s request_id=%s attempts=%u "
+    rv_warn_limited(&lim, "stripe: %s failed: %s, HTTP %d, type=%s code=%s param=%s request_id=%s attempts=%u "
             "message=%s",
             op, res->err ? rv_strerror(res->err) : "answered", res->status,
             res->err_type ? res->err_type : "-", res->err_code ? res->err_code : "-",
@@ -126,9 +128,13 @@ static int rate_limited(rv_request_t *req) {
     rv_app_t *app = req->app;
     if (app->ratelimit == NULL) return 0;
     char addr[64];
-    size_t xl = 0;
-    const char *xff = rv_request_header(req, "x-forwarded-for", &xl);
-    rv_client_addr(req->peer, xff, xl, &app->cfg.trust_proxy, addr, sizeof addr);
+    /* Several X-Forwarded-For lines are one list (RFC 9110 §5.3): a proxy may append its own
+     * line after the client's, and the right-most entries are the ones proxies vouch for. */
+    rv_buf_t xff = RV_BUF_INIT;
+    int lines = rv_request_header_join(req, "x-forwarded-for", &xff);
+    rv_client_addr(req->peer, lines > 0 ? xff.data : NULL, xff.len, &app->cfg.trust_proxy, addr,
+                   sizeof addr);
+    rv_buf_free(&xff);
     unsigned retry = 1;
     if (rv_ratelimit_take(app->ratelimit, addr, uv_now(app->loop), &retry)) return 0;
     char hdr[48];

@@ -23,9 +23,11 @@
 #define DEFAULT_MAX_RESPONSE (1024u * 1024u)
 #define MAX_RESPONSE_HEADERS (64u * 1024u)
 /* Enough connections for a burst of checkouts over HTTP/1.1; over HTTP/2 one connection carries
- * up to 100 streams, so this is rarely reached. */
+ * up to 100 streams, so this is rarely reached. The cache keeps as many as may be open at once:
+ * a smaller cache closes connections after a burst only for the next burst to open them again,
+ * a TLS handshake each. Idle ones are closed by libcurl after its idle time (118 s). */
 #define MAX_HOST_CONNECTIONS 1024L
-#define MAX_CACHED_CONNECTIONS 256L
+#define MAX_CACHED_CONNECTIONS MAX_HOST_CONNECTIONS
 
 typedef struct sock_s {
     uv_poll_t poll;

@@ -1,4 +1,4 @@
-/* Logging: one line per record to stderr. Info and debug lines are gathered in a buffer that the
+/* Logging: one line per record to stderr, in printable ASCII (anything else is escaped). Info and debug lines are gathered in a buffer that the
  * loop flushes once per iteration; warnings and errors are written at once. */
 #include "rivet/log.h"
 
@@ -36,7 +36,42 @@ void rv_log_set_level(int level) { log_level = level; }
 
 int rv_log_enabled(int level) { return level >= log_level; }
 
-void rv_log_flush(void) {
+#define LIMIT_PERIOD_MS 1000
+
+static rv_log_limit_t *limits; /* limits that have suppressed lines at some time */
+
+static void limit_report(rv_log_limit_t *l, uint64_t now) {
+    unsigned n = l->suppressed;
+    l->suppressed = 0;
+    if (n)
+        rv_log(RV_LOG_WARN, "%s: %u similar lines suppressed in the last %.1f s", l->what, n,
+               (double)(now - l->start_ms) / 1000.0);
+}
+
+int rv_log_limit(rv_log_limit_t *l) {
+    uint64_t now = rv_now_ms();
+    if (l->start_ms && now - l->start_ms < LIMIT_PERIOD_MS) {
+        l->suppressed++;
+        if (!l->listed) {
+            l->listed = 1;
+            l->next = limits;
+            limits = l;
+        }
+        return 0;
+    }
+    limit_report(l, now);
+    l->start_ms = now;
+    return 1;
+}
+
+static void limits_report_due(void) {
+    if (limits == NULL) return;
+    uint64_t now = rv_now_ms();
+    for (rv_log_limit_t *l = limits; l; l = l->next)
+        if (l->suppressed && now - l->start_ms >= LIMIT_PERIOD_MS) limit_report(l, now);
+}
+
+static void write_out(void) {
     size_t off = 0;
     while (off < log_len) {
         ssize_t w = write(STDERR_FILENO, log_buf + off, log_len - off);
@@ -44,6 +79,11 @@ void rv_log_flush(void) {
         off += (size_t)w;
     }
     log_len = 0;
+}
+
+void rv_log_flush(void) {
+    limits_report_due();
+    write_out();
 }
 
 void rv_log(int level, const char *fmt, ...) {
@@ -61,7 +101,9 @@ void rv_log(int level, const char *fmt, ...) {
     size_t l = (size_t)snprintf(line, sizeof line, "%s ", level_names[level & 3]);
     for (size_t i = 0; i < rlen; i++) {
         unsigned char c = (unsigned char)raw[i];
-        if (c < 0x20 || c == 0x7f) {
+        /* Bytes above 0x7f are escaped too: a log line is ASCII whatever a client sent, so no
+         * reader of the journal meets invalid UTF-8. */
+        if (c < 0x20 || c >= 0x7f) {
             l += (size_t)snprintf(line + l, sizeof line - l, "\\x%02x", c);
         } else {
             line[l++] = (char)c;
@@ -69,8 +111,8 @@ void rv_log(int level, const char *fmt, ...) {
     }
     line[l++] = '\n';
 
-    if (log_len + l > sizeof log_buf) rv_log_flush();
+    if (log_len + l > sizeof log_buf) write_out();
     memcpy(log_buf + log_len, line, l);
     log_len += l;
-    if (level >= RV_LOG_WARN) rv_log_flush();
+    if (level >= RV_LOG_WARN) write_out();
 }

@@ -3,9 +3,17 @@
  * A connection handles one request at a time. When llhttp completes a message it pauses; the
  * bytes after it (pipelined requests) wait in the connection's pending buffer until the answer
  * has been written, so answers go out in order and a client that does not read its answers can
- * make the server hold at most one answer and one read's worth of input. The request object
- * belongs to the handler until it answers; if the client disconnects first, the request is
- * detached from the connection (req->conn = NULL) and the later answer is simply dropped. */
+ * make the server hold at most one answer and PENDING_MAX bytes of input. The request object
+ * belongs to the handler until it answers; if the client resets the connection first, the
+ * request is detached from the connection (req->conn = NULL) and the later answer is dropped.
+ * A client that only shuts down its sending side still gets its answers.
+ *
+ * Input is refused strictly (RFC 9112): llhttp runs without any lenient flag, and what it lets
+ * through that a server must refuse is refused here: a missing, repeated or malformed Host,
+ * obs-fold line folding, HTTP/0.9 request lines and versions other than 1.0 and 1.1, transfer
+ * codings other than chunked, unbounded chunk extensions. Trailer fields are read, bounded like
+ * headers, and discarded. Every byte of request input held is counted in one budget for the
+ * process (max_input_buffer), so no number of clients can make it hold more. */
 #include "rivet/server.h"
 
 #include <arpa/inet.h>
@@ -25,6 +33,12 @@
 #define MAX_HEADERS 100
 #define PENDING_MAX (READ_BUF_SIZE * 2)
 #define LINGER_MS 2000
+/* Stripe sends no chunk extensions; a few hundred bytes covers any legitimate use, and an
+ * unbounded extension would be read without ever being stored or limited. */
+#define MAX_CHUNK_EXT 1024
+/* Reads of a connection whose input cannot be parsed now, or while the budget is spent, are
+ * kept this small so that what they stash stays within reach of the budget. */
+#define MIN_READ 1024
 
 enum conn_state {
     CONN_IDLE,     /* waiting for the first byte of a request */
@@ -53,10 +67,14 @@ struct rv_conn_s {
     int advancing;
     int error_status; /* set by a parser callback that rejects the request */
     const char *error_detail;
+    const char *error_headers; /* extra header lines for that answer, or NULL */
     int close_after;  /* the answer being written is the connection's last */
+    int peer_eof;     /* the client shut down its sending side: answer what it sent, then close */
     char *wbuf;       /* the answer being written */
     char *pbuf;       /* unparsed input: pbuf[poff .. plen) */
     size_t poff, plen;
+    const char *exec_base; /* the input llhttp_execute is running over */
+    char prev_nonws;  /* the last byte before exec_base that was not SP or HTAB */
     char peer[64];
 };
 
@@ -145,6 +163,44 @@ static void request_id_generate(char *out, size_t outlen) {
 
 static void timer_set(rv_conn_t *c, int kind, uint64_t ms);
 
+/* ---- the input budget -------------------------------------------------------------------- */
+
+/* Bytes of request input the process holds: URL, header and body buffers of requests being
+ * read, and pipelined input waiting its turn, over every connection of every server. */
+static size_t input_held;
+
+size_t rv_server_input_held(void) { return input_held; }
+
+static size_t input_room(const rv_server_t *s) {
+    size_t limit = s->opts.max_input_buffer;
+    if (limit == 0) return SIZE_MAX;
+    return input_held < limit ? limit - input_held : 0;
+}
+
+/* Count n more bytes held for r. Returns RV_EUNAVAIL when that passes the budget: the caller
+ * refuses the request, and freeing it gives the bytes back. */
+static int held_add(rv_server_t *s, rv_request_t *r, size_t n) {
+    r->held += n;
+    input_held += n;
+    if (n && s->opts.max_input_buffer && input_held > s->opts.max_input_buffer) return RV_EUNAVAIL;
+    return 0;
+}
+
+/* Append to one of r's buffers, counting what the buffer grew by. */
+static int held_append(rv_server_t *s, rv_request_t *r, rv_buf_t *b, const char *at, size_t len) {
+    size_t cap = b->cap;
+    int rc = rv_buf_append(b, at, len);
+    if (rc) return rc;
+    return held_add(s, r, b->cap - cap);
+}
+
+static void pending_free(rv_conn_t *c) {
+    input_held -= c->plen;
+    free(c->pbuf);
+    c->pbuf = NULL;
+    c->poff = c->plen = 0;
+}
+
 /* ---- requests ----------------------------------------------------------------------------- */
 
 static rv_request_t *request_new(rv_conn_t *c) {
@@ -163,11 +219,14 @@ static rv_request_t *request_new(rv_conn_t *c) {
     r->url.limit = c->srv->opts.max_url_bytes;
     r->hbuf.limit = c->srv->opts.max_header_bytes;
     rv_buf_reserve(&r->hbuf, 1024); /* most requests' headers fit: no regrowth */
-    r->bodybuf.limit = c->srv->opts.max_body_bytes;
+    r->held = r->hbuf.cap;
+    input_held += r->held;
+    r->bodybuf.limit = RV_BODY_SMALL; /* until the route is known */
     return r;
 }
 
 static void request_free(rv_request_t *r) {
+    input_held -= r->held;
     rv_buf_free(&r->url);
     rv_buf_free(&r->hbuf);
     rv_buf_free(&r->bodybuf);
@@ -185,6 +244,19 @@ const char *rv_request_header(const rv_request_t *r, const char *name, size_t *l
         }
     }
     return NULL;
+}
+
+int rv_request_header_join(const rv_request_t *r, const char *name, rv_buf_t *out) {
+    int n = 0;
+    rv_buf_reset(out);
+    for (size_t i = 0; r->headers && i < r->nheaders; i++) {
+        if (!rv_strieq(r->headers[i].name, r->headers[i].name_len, name)) continue;
+        int rc = n ? rv_buf_append(out, ", ", 2) : 0;
+        if (rc == 0) rc = rv_buf_append(out, r->headers[i].value, r->headers[i].value_len);
+        if (rc) return rc;
+        n++;
+    }
+    return n;
 }
 
 size_t rv_request_header_count(const rv_request_t *r, const char *name) {
@@ -236,7 +308,22 @@ void rv_request_on_gone(rv_request_t *r, rv_request_gone_cb cb, void *data) {
 static int reject(rv_conn_t *c, int status, const char *detail) {
     c->error_status = status;
     c->error_detail = detail;
+    c->error_headers = NULL;
     return HPE_USER;
+}
+
+/* The answer for a buffer that could not take more input. */
+static int reject_buf(rv_conn_t *c, int rc, int too_large, const char *detail) {
+    static rv_log_limit_t busy = {.what = "http: input budget spent"};
+    if (rc == RV_ERANGE) return reject(c, too_large, detail);
+    if (rc == RV_EUNAVAIL) {
+        rv_warn_limited(&busy, "http: %s: %zu bytes of request input held, the most allowed: "
+                        "refusing new input with 503 (MAX_BODY_BUFFER)", c->peer, input_held);
+        reject(c, 503, "Server busy: too much request input is buffered; retry later");
+        c->error_headers = "Retry-After: 1\r\n";
+        return HPE_USER;
+    }
+    return reject(c, 503, "Server out of memory");
 }
 
 static int on_message_begin(llhttp_t *p) {
@@ -245,33 +332,84 @@ static int on_message_begin(llhttp_t *p) {
         return reject(c, 503, "Server out of memory");
     c->state = CONN_READING;
     timer_set(c, T_HEADER, c->srv->opts.header_timeout_ms);
+    if (input_room(c->srv) == 0) return reject_buf(c, RV_EUNAVAIL, 0, NULL);
     return 0;
 }
 
 static int on_url(llhttp_t *p, const char *at, size_t len) {
     rv_conn_t *c = p->data;
+    /* A request-target is visible ASCII (RFC 9112 §3.2, RFC 3986): llhttp lets a tab and bytes
+     * above 0x7f through, which no route has and no log should carry raw. */
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)at[i];
+        if (ch <= 0x20 || ch >= 0x7f) return reject(c, 400, "Invalid character in request target");
+    }
     c->req->method = llhttp_method_name((llhttp_method_t)p->method);
-    int rc = rv_buf_append(&c->req->url, at, len);
-    if (rc == RV_ERANGE) return reject(c, 414, "Request URL too long");
-    if (rc) return reject(c, 503, "Server out of memory");
+    int rc = held_append(c->srv, c->req, &c->req->url, at, len);
+    if (rc) return reject_buf(c, rc, 414, "Request URL too long");
+    return 0;
+}
+
+static int on_version(llhttp_t *p, const char *at, size_t len) {
+    rv_conn_t *c = p->data;
+    rv_request_t *r = c->req;
+    /* Kept to tell a well-formed version this server does not speak (505) from a malformed
+     * request line (400) when llhttp refuses either. */
+    for (size_t i = 0; i < len && r->saw_version < (int)sizeof r->version - 1; i++)
+        r->version[r->saw_version++] = at[i];
+    if (r->saw_version == 0) r->saw_version = 1;
+    return 0;
+}
+
+/* obs-fold (RFC 9112 §5.2): a field line that begins with SP or HTAB continues the previous
+ * value. llhttp accepts it and drops the line break, so a folded "Transfer-Encoding:\r\n chunked"
+ * would be read as chunked here and perhaps not by a proxy in front: a smuggling vector. A value
+ * piece is folded when the last byte before it, skipping blanks, ends a line. */
+static int folded(rv_conn_t *c, const char *at) {
+    const char *q = at;
+    while (q > c->exec_base && (q[-1] == ' ' || q[-1] == '\t')) q--;
+    char before = q > c->exec_base ? q[-1] : c->prev_nonws;
+    return before == '\n';
+}
+
+/* Trailer fields (after the last chunk) are never headers: count them against the header
+ * limits and forget them. */
+static int trailer_piece(rv_conn_t *c, int is_value, const char *at, size_t len) {
+    rv_request_t *r = c->req;
+    if (is_value && folded(c, at)) return reject(c, 400, "Obsolete line folding is not allowed");
+    if (!is_value && r->last_cb != 1) {
+        if (++r->ntrailers > MAX_HEADERS) return reject(c, 431, "Too many trailer fields");
+    }
+    r->last_cb = is_value ? 2 : 1;
+    r->trailer_bytes += len;
+    if (r->trailer_bytes > c->srv->opts.max_header_bytes)
+        return reject(c, 431, "Request trailer fields too large");
     return 0;
 }
 
 /* Headers are gathered in one buffer as "name\0value\0" with four offsets per header. */
 static int header_piece(rv_conn_t *c, int is_value, const char *at, size_t len) {
     rv_request_t *r = c->req;
+    rv_server_t *s = c->srv;
     int rc = 0;
-    if (r->url.len + r->hbuf.len + len > c->srv->opts.max_header_bytes)
+    if (r->in_trailers) return trailer_piece(c, is_value, at, len);
+    if (is_value && folded(c, at)) return reject(c, 400, "Obsolete line folding is not allowed");
+    if (r->url.len + r->hbuf.len + len > s->opts.max_header_bytes)
         return reject(c, 431, "Request headers too large");
     if (!is_value && r->last_cb != 1) {
         /* A new header begins: close the previous value. */
         if (r->nheaders >= MAX_HEADERS) return reject(c, 431, "Too many request headers");
-        if (r->last_cb == 2) rc = rv_buf_append(&r->hbuf, "", 1);
+        if (r->last_cb == 2) rc = held_append(s, r, &r->hbuf, "", 1);
+        if (rc) return reject_buf(c, rc, 431, "Request headers too large");
         if (r->nheaders == r->hcap) {
             size_t cap = r->hcap ? r->hcap * 2 : 16;
             size_t *h = realloc(r->hoff, cap * 4 * sizeof *h);
             if (h == NULL) return reject(c, 503, "Server out of memory");
             r->hoff = h;
+            if ((rc = held_add(s, r, (cap - r->hcap) * 4 * sizeof *h)) != 0) {
+                r->hcap = cap;
+                return reject_buf(c, rc, 431, NULL);
+            }
             r->hcap = cap;
         }
         r->hoff[r->nheaders * 4] = r->hbuf.len;
@@ -283,13 +421,12 @@ static int header_piece(rv_conn_t *c, int is_value, const char *at, size_t len) 
     } else if (is_value && r->nheaders == 0) {
         return reject(c, 400, "Invalid header name");
     } else if (is_value && r->last_cb == 1) {
-        rc = rv_buf_append(&r->hbuf, "", 1);
+        rc = held_append(s, r, &r->hbuf, "", 1);
         r->hoff[(r->nheaders - 1) * 4 + 2] = r->hbuf.len;
         r->last_cb = 2;
     }
-    if (rc == 0) rc = rv_buf_append(&r->hbuf, at, len);
-    if (rc == RV_ERANGE) return reject(c, 431, "Request headers too large");
-    if (rc) return reject(c, 503, "Server out of memory");
+    if (rc == 0) rc = held_append(s, r, &r->hbuf, at, len);
+    if (rc) return reject_buf(c, rc, 431, "Request headers too large");
     r->hoff[(r->nheaders - 1) * 4 + (is_value ? 3 : 1)] += len;
     return 0;
 }
@@ -300,6 +437,20 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len) {
 
 static int on_header_value(llhttp_t *p, const char *at, size_t len) {
     return header_piece(p->data, 1, at, len);
+}
+
+static int on_chunk_extension(llhttp_t *p, const char *at, size_t len) {
+    rv_conn_t *c = p->data;
+    /* The ";" or "=" before each piece counts too: ";a;a;a..." is all separators. */
+    c->req->ext_bytes += len + 1;
+    if (c->req->ext_bytes > MAX_CHUNK_EXT) return reject(c, 400, "Chunk extensions too long");
+    return 0;
+}
+
+static int on_chunk_complete(llhttp_t *p) {
+    rv_conn_t *c = p->data;
+    c->req->ext_bytes = 0;
+    return 0;
 }
 
 /* RFC 9110 token: the only characters a header name may have. */
@@ -314,13 +465,70 @@ static int token(const char *s, size_t n) {
     return 1;
 }
 
+/* RFC 9112 §3.2: Host = uri-host [ ":" port ]; a reg-name, an IPv4 address or an IP-literal in
+ * brackets. No userinfo, path, blanks or controls. An empty value is allowed. */
+static int host_valid(const char *s, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              (ch && strchr("-._~!$&'()*+,;=%:[]", ch))))
+            return 0;
+    }
+    return 1;
+}
+
+/* Skip optional whitespace at both ends of [*s, *s + *n). */
+static void trim_ows(const char **s, size_t *n) {
+    while (*n && (**s == ' ' || **s == '\t')) {
+        (*s)++;
+        (*n)--;
+    }
+    while (*n && ((*s)[*n - 1] == ' ' || (*s)[*n - 1] == '\t')) (*n)--;
+}
+
+/* The path of the request target. origin-form is "/path?query"; absolute-form (RFC 9112
+ * §3.2.2, which a server must accept) is "http://authority/path?query", whose authority is then
+ * the target's host. Returns 0 with *path set inside url, or -1 for any other form. */
+static int target_path(char *url, char **path) {
+    if (url[0] == '/') {
+        *path = url;
+        return 0;
+    }
+    size_t skip;
+    if (strncasecmp(url, "http://", 7) == 0)
+        skip = 7;
+    else if (strncasecmp(url, "https://", 8) == 0)
+        skip = 8;
+    else
+        return -1;
+    char *p = url + skip + strcspn(url + skip, "/?#");
+    if (p == url + skip || *p == '#') return -1;
+    if (*p == '/') {
+        *path = p;
+        return 0;
+    }
+    /* "http://host?q": the path is "/". The authority is not used, so its last byte can
+     * become that "/". */
+    p[-1] = '/';
+    *path = p - 1;
+    return 0;
+}
+
+/* Check what llhttp lets through but RFC 9112 says a server must refuse; find the route, whose
+ * body limit then applies. */
 static int on_headers_complete(llhttp_t *p) {
     rv_conn_t *c = p->data;
     rv_request_t *r = c->req;
-    if (rv_buf_append(&r->hbuf, "", 1)) return reject(c, 503, "Server out of memory");
+    rv_server_t *s = c->srv;
+    int rc = held_append(s, r, &r->hbuf, "", 1);
+    if (rc) return reject_buf(c, rc, 431, "Request headers too large");
+    if (!r->saw_version) return reject(c, 400, "HTTP/0.9 requests are not supported");
+    if (p->http_major != 1 || p->http_minor > 1)
+        return reject(c, 505, "Only HTTP/1.0 and HTTP/1.1 are supported");
     /* A header with an empty value never saw on_header_value: its value offset is still 0. */
     r->headers = calloc(r->nheaders ? r->nheaders : 1, sizeof *r->headers);
     if (r->headers == NULL) return reject(c, 503, "Server out of memory");
+    int hosts = 0, tes = 0;
     for (size_t i = 0; i < r->nheaders; i++) {
         size_t *o = &r->hoff[i * 4];
         rv_header_t *h = &r->headers[i];
@@ -330,33 +538,79 @@ static int on_headers_complete(llhttp_t *p) {
         h->value_len = o[2] ? o[3] : 0;
         if (o[2] == 0) r->hbuf.data[o[0] + o[1]] = '\0';
         if (!token(h->name, h->name_len)) return reject(c, 400, "Invalid header name");
+        if (rv_strieq(h->name, h->name_len, "host")) {
+            hosts++;
+            if (!host_valid(h->value, h->value_len)) return reject(c, 400, "Invalid Host header");
+        }
         if (rv_strieq(h->name, h->name_len, "content-length")) r->saw_cl = 1;
-        if (rv_strieq(h->name, h->name_len, "transfer-encoding")) r->saw_te = 1;
+        if (rv_strieq(h->name, h->name_len, "transfer-encoding")) {
+            r->saw_te = 1;
+            tes++;
+            const char *v = h->value;
+            size_t vl = h->value_len;
+            trim_ows(&v, &vl);
+            /* llhttp refuses codings that do not end in chunked; the others it would pass on
+             * still encoded, which this server cannot decode (RFC 9112 §6.1: 501). */
+            if (!rv_strieq(v, vl, "chunked"))
+                return reject(c, 501, "Transfer codings other than chunked are not supported");
+        }
         if (rv_strieq(h->name, h->name_len, "expect")) {
             if (!rv_strieq(h->value, h->value_len, "100-continue"))
                 return reject(c, 417, "Unsupported Expect header");
             r->expect_continue = 1;
         }
     }
+    if (hosts > 1) return reject(c, 400, "More than one Host header");
+    if (hosts == 0 && p->http_minor == 1) return reject(c, 400, "Missing Host header");
+    if (tes > 1) return reject(c, 400, "More than one Transfer-Encoding header");
     if (r->saw_cl && r->saw_te)
         return reject(c, 400, "Content-Length and Transfer-Encoding together are not allowed");
     if (p->upgrade) return reject(c, 400, "Protocol upgrades are not supported");
     r->method = llhttp_method_name((llhttp_method_t)p->method);
     r->head = p->method == HTTP_HEAD;
     r->keep_alive = llhttp_should_keep_alive(p);
-    if (r->saw_cl && p->content_length > c->srv->opts.max_body_bytes)
-        return reject(c, 413, "Request body too large");
-    /* One allocation for a body whose size is announced (and within the limit). */
-    if (r->saw_cl && p->content_length > 0 && rv_buf_reserve(&r->bodybuf, p->content_length))
-        return reject(c, 503, "Server out of memory");
+
+    /* Route now: the route decides how large a body may be. */
+    if ((rc = held_append(s, r, &r->url, "", 0)) != 0) return reject_buf(c, rc, 414, NULL);
+    char *path;
+    if (target_path(r->url.data, &path) != 0) return reject(c, 400, "Request target must be a path");
+    char *q = strchr(path, '?');
+    if (q) {
+        *q = '\0';
+        r->query = q + 1;
+    }
+    r->path = path;
+    r->path_len = strlen(path);
+    r->match_rc = rv_router_match(s->opts.routes, s->opts.nroutes, r->method, r->path,
+                                  r->path_len, &r->match, NULL, 0);
+    size_t limit = RV_BODY_SMALL;
+    if (r->match_rc == 0 && r->match->max_body) limit = r->match->max_body;
+    if (limit > s->opts.max_body_bytes) limit = s->opts.max_body_bytes;
+    r->bodybuf.limit = limit;
+
+    if (r->saw_cl && p->content_length > limit) return reject(c, 413, "Request body too large");
+    /* One allocation for a body whose size is announced (and within the limit); it counts
+     * against the budget from the moment it is announced. */
+    if (r->saw_cl && p->content_length > 0) {
+        size_t cap = r->bodybuf.cap;
+        if (input_room(s) < p->content_length) return reject_buf(c, RV_EUNAVAIL, 0, NULL);
+        if (rv_buf_reserve(&r->bodybuf, p->content_length))
+            return reject(c, 503, "Server out of memory");
+        if ((rc = held_add(s, r, r->bodybuf.cap - cap)) != 0) return reject_buf(c, rc, 413, NULL);
+    }
+    r->in_trailers = 1;
+    r->last_cb = 0;
     int has_body = (r->saw_cl && p->content_length > 0) || r->saw_te;
     if (has_body) {
-        timer_set(c, T_BODY, c->srv->opts.body_timeout_ms);
+        timer_set(c, T_BODY, s->opts.body_timeout_ms);
         if (r->expect_continue && r->bodybuf.len == 0) {
-            /* The client waits for this before sending the body it announced. */
+            /* The client waits for this before sending the body it announced. It is the first
+             * thing written on a connection whose previous answers are all out, so the socket
+             * takes it whole; a client that cannot take 25 bytes is cut off. */
             static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
             uv_buf_t b = uv_buf_init((char *)cont, sizeof cont - 1);
-            uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+            if (uv_try_write((uv_stream_t *)&c->tcp, &b, 1) != (int)b.len)
+                return reject(c, 400, "Client does not read");
         }
     }
     return 0;
@@ -364,9 +618,8 @@ static int on_headers_complete(llhttp_t *p) {
 
 static int on_body(llhttp_t *p, const char *at, size_t len) {
     rv_conn_t *c = p->data;
-    int rc = rv_buf_append(&c->req->bodybuf, at, len);
-    if (rc == RV_ERANGE) return reject(c, 413, "Request body too large");
-    if (rc) return reject(c, 503, "Server out of memory");
+    int rc = held_append(c->srv, c->req, &c->req->bodybuf, at, len);
+    if (rc) return reject_buf(c, rc, 413, "Request body too large");
     return 0;
 }
 
@@ -382,14 +635,17 @@ static void settings_init(void) {
     llhttp_settings_init(&settings);
     settings.on_message_begin = on_message_begin;
     settings.on_url = on_url;
+    settings.on_version = on_version;
     settings.on_header_field = on_header_field;
     settings.on_header_value = on_header_value;
     settings.on_headers_complete = on_headers_complete;
+    settings.on_chunk_extension_name = on_chunk_extension;
+    settings.on_chunk_extension_value = on_chunk_extension;
+    settings.on_chunk_complete = on_chunk_complete;
     settings.on_body = on_body;
     settings.on_message_complete = on_message_complete;
     done = 1;
 }
-
 /* ---- answers ------------------------------------------------------------------------------ */
 
 static void access_log(rv_request_t *r, int status, size_t bytes, double ms) {
@@ -413,11 +669,7 @@ static void finish_write(rv_conn_t *c, int status) {
         /* Send FIN, then read and discard until the client closes, so that input still in
          * flight does not turn into a reset that destroys the answer before it is read. */
         c->state = CONN_LINGER;
-        if (c->pbuf) {
-            free(c->pbuf);
-            c->pbuf = NULL;
-            c->poff = c->plen = 0;
-        }
+        pending_free(c);
         if (uv_shutdown(&c->sreq, (uv_stream_t *)&c->tcp, NULL) != 0) {
             conn_close(c);
             return;
@@ -526,24 +778,14 @@ static void dispatch(rv_conn_t *c) {
     rv_server_t *s = c->srv;
     timer_set(c, T_NONE, 0);
     c->state = CONN_HANDLING;
-    if (rv_buf_append(&r->url, "", 0) || rv_buf_append(&r->bodybuf, "", 0)) {
-        conn_fail(c, 503, "Server out of memory");
+    int rc = held_append(s, r, &r->bodybuf, "", 0);
+    if (rc) {
+        reject_buf(c, rc, 413, "Request body too large");
+        conn_fail(c, c->error_status, c->error_detail);
         return;
     }
     r->body = r->bodybuf.data;
     r->body_len = r->bodybuf.len;
-    char *url = r->url.data;
-    if (url[0] != '/') {
-        conn_fail(c, 400, "Request target must be a path");
-        return;
-    }
-    char *q = strchr(url, '?');
-    if (q) {
-        *q = '\0';
-        r->query = q + 1;
-    }
-    r->path = url;
-    r->path_len = strlen(url);
     size_t idlen;
     const char *rid = rv_request_header(r, "x-request-id", &idlen);
     if (rid && request_id_sane(rid, idlen)) {
@@ -552,43 +794,82 @@ static void dispatch(rv_conn_t *c) {
     } else {
         request_id_generate(r->request_id, sizeof r->request_id);
     }
-    char allow[128];
-    const rv_route_t *route = NULL;
-    int rc = rv_router_match(s->opts.routes, s->opts.nroutes, r->method, r->path, r->path_len,
-                             &route, allow, sizeof allow);
-    if (rc == RV_ENOTFOUND) {
+    if (r->match_rc == RV_ENOTFOUND) {
         rv_respond_error(r, 404, "Not Found", NULL);
         return;
     }
-    if (rc == RV_EMETHOD) {
-        char hdr[160];
+    if (r->match_rc == RV_EMETHOD) {
+        char allow[128], hdr[160];
+        const rv_route_t *none;
+        rv_router_match(s->opts.routes, s->opts.nroutes, r->method, r->path, r->path_len, &none,
+                        allow, sizeof allow);
         snprintf(hdr, sizeof hdr, "Allow: %s\r\n", allow);
         rv_respond_error(r, 405, "Method Not Allowed", hdr);
         return;
     }
-    r->route = route;
+    r->route = r->match;
     s->inflight++;
-    route->fn(r);
+    r->route->fn(r);
+}
+
+/* The status for a parse error llhttp found itself: 505 for a well-formed version other than
+ * 1.0 and 1.1 ("HTTP/1.2"); 400 for anything else, a request line with junk after the version
+ * included. An unknown method is a 400 too: llhttp cannot tell a method it does not know from
+ * bytes that are not HTTP at all. */
+static int parse_error_status(const rv_conn_t *c, llhttp_errno_t err) {
+    const char *v = c->req ? c->req->version : "";
+    int well_formed = strlen(v) == 3 && v[0] >= '0' && v[0] <= '9' && v[1] == '.' &&
+                      v[2] >= '0' && v[2] <= '9';
+    return err == HPE_INVALID_VERSION && well_formed && strcmp(v, "1.0") && strcmp(v, "1.1") ? 505
+                                                                                            : 400;
+}
+
+/* Remember the last byte before the next input that is not a blank (see folded()). */
+static void note_tail(rv_conn_t *c, const char *data, size_t used) {
+    while (used > 0 && (data[used - 1] == ' ' || data[used - 1] == '\t')) used--;
+    if (used > 0) c->prev_nonws = data[used - 1];
 }
 
 /* Parse input from data; returns the number of bytes consumed. A completed request is
  * dispatched; a malformed one is answered with an error. */
 static size_t conn_parse(rv_conn_t *c, const char *data, size_t len) {
+    c->exec_base = data;
     llhttp_errno_t err = llhttp_execute(&c->parser, data, len);
-    if (err == HPE_OK) return len;
+    c->exec_base = NULL;
+    if (err == HPE_OK) {
+        note_tail(c, data, len);
+        return len;
+    }
     if (err == HPE_PAUSED) {
         size_t used = (size_t)(llhttp_get_error_pos(&c->parser) - data);
+        note_tail(c, data, used);
         dispatch(c);
         return used;
     }
     if (c->error_status) {
         conn_fail(c, c->error_status, c->error_detail);
     } else {
+        int status = parse_error_status(c, err);
         rv_debug("http: %s: parse error %s (%s)", c->peer, llhttp_errno_name(err),
                  llhttp_get_error_reason(&c->parser));
-        conn_fail(c, 400, "Malformed HTTP request");
+        conn_fail(c, status,
+                  status == 505 ? "Only HTTP/1.0 and HTTP/1.1 are supported"
+                                : "Malformed HTTP request");
     }
     return len;
+}
+
+/* The client sent all it will send: a request it left unfinished is answered 400. */
+static void conn_input_ended(rv_conn_t *c) {
+    if (c->state == CONN_READING) {
+        /* llhttp_finish tells a message that ends at EOF from one cut short; a request is
+         * never complete at EOF without having completed before, so this is an error. */
+        llhttp_errno_t err = llhttp_finish(&c->parser);
+        rv_debug("http: %s: input ended inside a request (%s)", c->peer, llhttp_errno_name(err));
+        conn_fail(c, 400, "Incomplete request");
+        return;
+    }
+    conn_close(c);
 }
 
 /* Parse pending input while the connection is ready for a new request; start reading when
@@ -602,6 +883,10 @@ static void conn_advance(rv_conn_t *c) {
             break;
         }
         if (c->pbuf == NULL) {
+            if (c->peer_eof) {
+                conn_input_ended(c);
+                break;
+            }
             if (!c->reading && uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
                 c->reading = 1;
             if (c->state == CONN_IDLE) timer_set(c, T_IDLE, c->srv->opts.idle_timeout_ms);
@@ -612,57 +897,90 @@ static void conn_advance(rv_conn_t *c) {
         size_t used = conn_parse(c, buf + off, len - off);
         if (c->pbuf != buf) break; /* closed meanwhile */
         c->poff += used;
-        if (c->poff >= c->plen) {
-            free(c->pbuf);
-            c->pbuf = NULL;
-            c->poff = c->plen = 0;
-        }
+        if (c->poff >= c->plen) pending_free(c);
     }
     c->advancing = 0;
 }
 
 /* Keep bytes the parser must not see yet (a request is being answered). Bytes already read are
- * always kept; the caller stops reading once PENDING_MAX is held, which bounds the buffer. */
+ * always kept; reads are sized (on_alloc) so that this stays within PENDING_MAX and the input
+ * budget. */
 static int stash(rv_conn_t *c, const char *data, size_t len) {
     size_t have = c->plen - c->poff;
     char *p = malloc(have + len);
     if (p == NULL) return RV_ENOMEM;
     if (have) memcpy(p, c->pbuf + c->poff, have);
     memcpy(p + have, data, len);
-    free(c->pbuf);
+    pending_free(c);
     c->pbuf = p;
-    c->poff = 0;
     c->plen = have + len;
+    input_held += c->plen;
     return 0;
 }
 
 /* ---- connection I/O ----------------------------------------------------------------------- */
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+    rv_conn_t *c = h->data;
     /* One buffer for every connection: read callbacks consume or copy it before returning. */
     if (read_buf_busy) {
         buf->base = NULL;
         buf->len = 0;
         return;
     }
+    size_t room = input_room(c->srv);
+    size_t want = READ_BUF_SIZE;
+    if (c->state == CONN_HANDLING || c->state == CONN_WRITING || c->pbuf) {
+        /* Whatever is read now is held until the request before it is answered. */
+        size_t have = c->plen - c->poff;
+        want = have < PENDING_MAX ? PENDING_MAX - have : 0;
+        if (want > room) want = room;
+        if (want == 0) {
+            buf->base = NULL; /* on_read stops reading; the next answer resumes it */
+            buf->len = 0;
+            return;
+        }
+    } else if (c->state != CONN_LINGER && room < READ_BUF_SIZE) {
+        /* Input parsed at once is checked against the budget as it is stored; what a small
+         * read leaves over for later stays small. */
+        want = room > MIN_READ ? room : MIN_READ;
+    }
+    if (want > READ_BUF_SIZE) want = READ_BUF_SIZE;
     read_buf_busy = 1;
     buf->base = read_buf;
-    buf->len = sizeof read_buf;
+    buf->len = want;
 }
 
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
     rv_conn_t *c = rv_container_of((uv_tcp_t *)st, rv_conn_t, tcp);
     if (buf->base == read_buf) read_buf_busy = 0;
     if (nread == 0 || c->state == CONN_CLOSING) return;
-    if (nread < 0) {
-        if (nread == UV_EOF && c->state == CONN_READING) {
-            /* A request cut short: llhttp_finish tells a complete message from a torn one. */
-            llhttp_finish(&c->parser);
+    if (nread == UV_ENOBUFS) {
+        /* No room for input held: wait until this connection's answer is out. */
+        uv_read_stop(st);
+        c->reading = 0;
+        return;
+    }
+    if (nread == UV_EOF) {
+        /* The client will send nothing more; it may still be reading (a half-close). Answer
+         * what it sent, then close. */
+        uv_read_stop(st);
+        c->reading = 0;
+        c->peer_eof = 1;
+        if (c->state == CONN_LINGER) {
+            conn_close(c);
+        } else if (c->state == CONN_IDLE || c->state == CONN_READING) {
+            if (c->pbuf == NULL) conn_input_ended(c);
         }
+        /* Handling or writing: finish_write closes once the answers are out. */
+        return;
+    }
+    if (nread < 0) {
+        /* A reset or another error: the client is gone. */
         conn_close(c);
         return;
     }
-    if (c->state == CONN_LINGER) return;
+    if (c->state == CONN_LINGER || c->error_status) return; /* closing: input is discarded */
     if (c->state == CONN_HANDLING || c->state == CONN_WRITING || c->pbuf) {
         /* Pipelined input while a request is answered: hold it, within bounds. */
         if (stash(c, buf->base, (size_t)nread)) {
@@ -725,16 +1043,15 @@ static void conn_fail(rv_conn_t *c, int status, const char *detail) {
     }
     if (c->error_status == 0) c->error_status = status;
     timer_set(c, T_NONE, 0);
-    if (c->reading) {
-        /* Keep reading during the answer only to notice the close; input is discarded. */
-        c->state = CONN_HANDLING;
-    }
+    /* Reading goes on during the answer only to notice the close; input is discarded. */
+    c->state = CONN_HANDLING;
+    pending_free(c);
     r->keep_alive = 0;
     if (r->path == NULL || r->path[0] == '\0') {
         r->path = "-";
         r->path_len = 1;
     }
-    rv_respond_error(r, status, detail, NULL);
+    rv_respond_error(r, status, detail, status == c->error_status ? c->error_headers : NULL);
 }
 
 static void on_conn_closed(uv_handle_t *h) {
@@ -765,8 +1082,7 @@ static void conn_close(rv_conn_t *c) {
             request_free(r);
         }
     }
-    free(c->pbuf);
-    c->pbuf = NULL;
+    pending_free(c);
     if (c->prev) c->prev->next = c->next; else s->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     s->nconns--;
@@ -812,13 +1128,15 @@ static void refuse(rv_server_t *s) {
 
 static void on_connection(uv_stream_t *ls, int status) {
     rv_server_t *s = ls->data;
+    static rv_log_limit_t accept_failed = {.what = "http: accept failed"};
+    static rv_log_limit_t conn_limit = {.what = "http: connection limit reached"};
     if (status < 0) {
-        rv_warn("http: accept failed: %s", uv_strerror(status));
+        rv_warn_limited(&accept_failed, "http: accept failed: %s", uv_strerror(status));
         return;
     }
     if (s->nconns >= s->opts.max_connections) {
-        rv_warn("http: %s: connection limit (%u) reached, refusing", s->opts.name,
-                s->opts.max_connections);
+        rv_warn_limited(&conn_limit, "http: %s: connection limit (%u) reached, refusing",
+                        s->opts.name, s->opts.max_connections);
         refuse(s);
         return;
     }

@@ -291,9 +291,10 @@ static void finish(rv_stripe_call_t *c, int err) {
 }
 
 static void log_failed_try(const rv_stripe_call_t *c, const rv_http_response_t *res) {
+    static rv_log_limit_t lim = {.what = "stripe: tries failed"};
     const char *method = c->post ? "POST" : "GET";
     if (res->err != 0) {
-        rv_warn("stripe: %s %s try %u failed: %s (%s)", method, c->path, c->attempts,
+        rv_warn_limited(&lim, "stripe: %s %s try %u failed: %s (%s)", method, c->path, c->attempts,
                 rv_strerror(res->err), res->err_text ? res->err_text : "-");
         return;
     }
@@ -301,7 +302,7 @@ static void log_failed_try(const rv_stripe_call_t *c, const rv_http_response_t *
     const char *type = e ? jstr(e, "type") : NULL;
     const char *code = e ? jstr(e, "code") : NULL;
     const char *msg = e ? jstr(e, "message") : NULL;
-    rv_warn("stripe: %s %s try %u failed: HTTP %d type=%s code=%s request_id=%s message=%.300s",
+    rv_warn_limited(&lim, "stripe: %s %s try %u failed: HTTP %d type=%s code=%s request_id=%s message=%.300s",
             method, c->path, c->attempts, res->status, type ? type : "-", code ? code : "-",
             c->last.request_id ? c->last.request_id : "-", msg ? msg : "-");
 }

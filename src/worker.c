@@ -89,13 +89,9 @@ static void begin_stop(rv_app_t *app, int signum) {
         app->cfg.field = tmp_;                                                                \
     } while (0)
 
-static void reload(rv_app_t *app) {
+/* Apply the configuration file's text (NULL when there is no file). */
+static void reload_apply(rv_app_t *app, char *text) {
     char err[256];
-    char *text = NULL;
-    if (app->config_path && (text = rv_read_config_file(app->config_path, err, sizeof err)) == NULL) {
-        rv_error("rivetd: reload refused, keeping the running configuration: %s", err);
-        return;
-    }
     rv_config_t next;
     if (rv_app_load_config(&next, (const char *const *)environ, text, app->config_text, err,
                            sizeof err) != 0) {
@@ -109,6 +105,7 @@ static void reload(rv_app_t *app) {
         strcmp(next.redis_stream, app->cfg.redis_stream) ||
         next.max_body_bytes != app->cfg.max_body_bytes ||
         next.max_header_bytes != app->cfg.max_header_bytes ||
+        next.max_body_buffer != app->cfg.max_body_buffer ||
         next.max_connections != app->cfg.max_connections)
         rv_warn("rivetd: reload: listener, worker, Redis and HTTP limit settings take effect only "
                 "after a restart");
@@ -123,6 +120,7 @@ static void reload(rv_app_t *app) {
     KEEP(redis_timeout_ms);
     KEEP(max_body_bytes);
     KEEP(max_header_bytes);
+    KEEP(max_body_buffer);
     KEEP(max_connections);
     KEEP(header_timeout_ms);
     KEEP(body_timeout_ms);
@@ -152,12 +150,62 @@ static void reload(rv_app_t *app) {
     rv_info("rivetd: configuration reloaded");
 }
 
+/* The file is read in libuv's thread pool: a path on a hung network file system must not stop
+ * the loop. rv_read_config_file refuses anything but a regular file, so a FIFO fails at once. */
+static void reload_read(uv_work_t *w) {
+    rv_app_t *app = w->data;
+    app->reload_text = rv_read_config_file(app->config_path, app->reload_err,
+                                           sizeof app->reload_err);
+}
+
+static void reload_start(rv_app_t *app);
+
+static void reload_read_done(uv_work_t *w, int status) {
+    rv_app_t *app = w->data;
+    char *text = app->reload_text;
+    app->reload_text = NULL;
+    app->reloading = 0;
+    if (status != 0 || app->stopping) {
+        free(text);
+        return;
+    }
+    if (text == NULL) {
+        rv_error("rivetd: reload refused, keeping the running configuration: %s",
+                 app->reload_err);
+    } else {
+        reload_apply(app, text);
+    }
+    if (app->reload_again) {
+        app->reload_again = 0;
+        reload_start(app);
+    }
+}
+
+static void reload_start(rv_app_t *app) {
+    if (app->config_path == NULL) {
+        reload_apply(app, NULL);
+        return;
+    }
+    if (app->reloading) {
+        /* At most one read at a time, however often SIGHUP comes; the last one is not lost. */
+        app->reload_again = 1;
+        return;
+    }
+    app->reload_work.data = app;
+    int rc = uv_queue_work(app->loop, &app->reload_work, reload_read, reload_read_done);
+    if (rc) {
+        rv_error("rivetd: reload refused: cannot read the configuration: %s", uv_strerror(rc));
+        return;
+    }
+    app->reloading = 1;
+}
+
 /* ---- signals, watchdog, log flushing ----------------------------------------------------- */
 
 static void on_signal(uv_signal_t *sig, int signum) {
     rv_app_t *app = sig->data;
     if (signum == SIGHUP) {
-        reload(app);
+        reload_start(app);
         return;
     }
     begin_stop(app, signum);
@@ -196,6 +244,7 @@ static void server_opts(rv_app_t *app, rv_server_opts_t *o, const char *name,
     o->max_url_bytes = app->cfg.max_header_bytes < 8192 ? app->cfg.max_header_bytes : 8192;
     o->max_header_bytes = app->cfg.max_header_bytes;
     o->max_body_bytes = app->cfg.max_body_bytes;
+    o->max_input_buffer = app->cfg.max_body_buffer;
     o->max_connections = app->cfg.max_connections;
     o->header_timeout_ms = app->cfg.header_timeout_ms;
     o->body_timeout_ms = app->cfg.body_timeout_ms;

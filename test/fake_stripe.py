@@ -278,6 +278,7 @@ class Fake:
         self.customers = {}
         self.idempotency = collections.OrderedDict()
         self.requests = collections.deque(maxlen=MAX_LOGGED_REQUESTS)
+        self.connections_opened = 0
 
     # The returned action is (kind, delay_s, status, headers, body): kind "answer", "drop" or
     # "hang"; body is a JSON-serialisable object.
@@ -625,6 +626,10 @@ class Fake:
             return 200, {"ok": True}
         if path == "/_fake/requests" and req.method == "GET":
             return 200, list(self.requests)
+        if path == "/_fake/stats" and req.method == "GET":
+            # Connections accepted since the last reset, and open now (this one included).
+            return 200, {"connections_opened": self.connections_opened,
+                         "connections_open": len(self.conns)}
         m = re.match(r"^/_fake/sessions/([^/]+)/(complete|expire)$", path)
         if m and req.method == "POST":
             data = self.sessions.get(m.group(1))
@@ -762,6 +767,7 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport):
         self.transport = transport
         self.conns.add(self)
+        self.fake.connections_opened += 1
 
     def connection_lost(self, exc):
         self.conns.discard(self)
@@ -898,6 +904,7 @@ async def serve(args):
     fake = Fake(args)
     loop = asyncio.get_running_loop()
     conns = set()
+    fake.conns = conns
     server = await loop.create_server(lambda: Connection(fake, conns), args.host, args.port,
                                       reuse_address=True, backlog=1024)
     port = server.sockets[0].getsockname()[1]

@@ -29,6 +29,11 @@ typedef struct rv_app_s {
     uv_timer_t shutdown_timer;
     uv_timer_t watchdog_timer;
     uv_prepare_t log_flush;
+    uv_work_t reload_work;     /* reads the configuration file off the loop */
+    int reloading;             /* a reload is reading the file */
+    int reload_again;          /* SIGHUP came meanwhile: read once more when it is done */
+    char *reload_text;         /* what the read gave, or NULL with reload_err */
+    char reload_err[256];
     int stopping;
     int exit_code;
     const char *config_path;   /* --config FILE, or NULL */
@@ -52,8 +57,9 @@ int rv_worker_run(rv_app_t *app);
 /* Run WORKERS processes sharing the listening sockets; returns the exit status. */
 int rv_supervise(rv_app_t *app);
 
-/* Read a whole configuration file (at most 1 MiB). Returns a malloc'd string or NULL with a
- * one-line reason in err. */
+/* Read a whole configuration file (a regular file of at most 1 MiB: a FIFO or a device could
+ * block the reader or never end). Returns a malloc'd string or NULL with a one-line reason in
+ * err. It may block on a slow file system: the running daemon calls it off the loop. */
 char *rv_read_config_file(const char *path, char *err, size_t errlen);
 
 /* The route tables of the public and the admin listener. */

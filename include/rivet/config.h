@@ -46,6 +46,7 @@ typedef struct rv_config_s {
     uint64_t redis_timeout_ms;
     size_t max_body_bytes;
     size_t max_header_bytes;
+    size_t max_body_buffer;    /* request input held at once by the process (503 beyond) */
     unsigned max_connections;
     uint64_t header_timeout_ms;
     uint64_t body_timeout_ms;

@@ -53,7 +53,16 @@ struct rv_request_s {
     rv_buf_t bodybuf;
     int saw_cl;
     int saw_te;
+    int saw_version;           /* the request line had an HTTP-version (not HTTP/0.9 style) */
+    char version[4];           /* its digits as sent ("1.1"), for telling 505 from 400 */
     int expect_continue;
+    int in_trailers;           /* the header section is complete; fields now are trailers */
+    size_t trailer_bytes;      /* trailer section so far, bounded like headers and discarded */
+    size_t ntrailers;
+    size_t ext_bytes;          /* chunk extensions of the current chunk */
+    const rv_route_t *match;   /* the route found when the headers completed, or NULL */
+    int match_rc;              /* 0, RV_ENOTFOUND or RV_EMETHOD */
+    size_t held;               /* bytes of this request's buffers counted in the input budget */
     uint64_t t0_ns;
 };
 
@@ -61,7 +70,10 @@ typedef struct rv_server_opts_s {
     const char *name;            /* "public", "admin": for logs */
     size_t max_url_bytes;        /* 414 */
     size_t max_header_bytes;     /* 431, request line and headers together */
-    size_t max_body_bytes;       /* 413 */
+    size_t max_body_bytes;       /* 413; a route's own limit (rv_route_t.max_body) is lower */
+    size_t max_input_buffer;     /* request input held at once (bodies, headers, pipelined
+                                    bytes) by every connection of the process together: 503
+                                    with Retry-After beyond; 0: unlimited */
     unsigned max_connections;    /* beyond: answered 503 and closed */
     uint64_t header_timeout_ms;  /* request line and headers: 408 */
     uint64_t body_timeout_ms;    /* body: 408 */
@@ -108,6 +120,14 @@ void rv_server_close(rv_server_t *s);
 
 /* The first header named name (case-insensitive), or NULL; *len gets its length if given. */
 const char *rv_request_header(const rv_request_t *r, const char *name, size_t *len);
+
+/* Every line of a header, joined with ", " in the order received, into out (RFC 9110 §5.3: field
+ * lines of one name are one list). Returns the number of lines (0 when absent; out is then
+ * empty), or RV_ENOMEM / RV_ERANGE (past out's limit). */
+int rv_request_header_join(const rv_request_t *r, const char *name, rv_buf_t *out);
+
+/* Bytes of request input held now by every server of the process (the input budget's use). */
+size_t rv_server_input_held(void);
 
 /* How many times a header occurs. */
 size_t rv_request_header_count(const rv_request_t *r, const char *name);

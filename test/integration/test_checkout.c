@@ -18,6 +18,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -743,6 +744,14 @@ static void deadline(void **state) {
     checkout_ok(CHECKOUT_BODY, sid, sizeof sid);
 }
 
+/* Leave with a reset (SO_LINGER of 0): how a client that is gone looks to the server. A plain
+ * close only ends the client's sending side, and the server still answers. */
+static void reset_close(int fd) {
+    struct linger lg = {1, 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    th_close(fd);
+}
+
 static int gone_logged(void *ud) {
     return log_line_has("/api/checkout/create 499", "client-gone");
 }
@@ -759,7 +768,7 @@ static void client_gone_mid_call(void **state) {
              strlen(CHECKOUT_BODY), CHECKOUT_BODY);
     assert_int_equal(th_send_str(fd, req), 0);
     pause_ms(100);
-    th_close(fd);
+    reset_close(fd);
     if (!th_eventually(gone_logged, NULL, 3000))
         fail_msg("rivetd did not log the checkout as 499 client-gone");
     /* A checkout that also waits a second spans the moment the first call's answer arrives, so
@@ -777,7 +786,7 @@ static void client_gone_mid_call(void **state) {
         fd = th_connect(rivetd.port);
         assert_true(fd >= 0);
         assert_int_equal(th_send_str(fd, req), 0);
-        th_close(fd);
+        reset_close(fd);
     }
     /* Again a checkout that outlasts the abandoned calls' answers. */
     checkout_ok(CHECKOUT_BODY, sid, sizeof sid);
@@ -861,6 +870,67 @@ static void thousand_in_flight(void **state) {
                   (long long)worst);
     assert_int_equal(ok, INFLIGHT);
     assert_int_equal(fake_count("POST", SESSIONS), INFLIGHT);
+}
+
+/* ---- connections to Stripe are kept for the next burst ---------------------------------------
+ */
+
+#define BURST 300
+
+static int fake_connections_opened(void) {
+    th_response_t r;
+    if (th_request(fake.port, "GET", "/_fake/stats", NULL, NULL, &r) != 0)
+        fail_msg("fake: GET /_fake/stats: no answer");
+    assert_int_equal(r.status, 200);
+    cJSON *j = body_json(&r);
+    th_response_free(&r);
+    const cJSON *n = cJSON_GetObjectItemCaseSensitive(j, "connections_opened");
+    if (!cJSON_IsNumber(n)) fail_msg("fake: stats without connections_opened");
+    int v = n->valueint;
+    cJSON_Delete(j);
+    return v;
+}
+
+/* BURST checkouts at once, every one answered 200. */
+static void checkout_burst(void) {
+    static int fds[BURST];
+    char req[512];
+    snprintf(req, sizeof req,
+             "POST /api/checkout/create HTTP/1.1\r\nHost: t\r\n" JSON_CT
+             "Content-Length: %zu\r\n\r\n%s",
+             strlen(CHECKOUT_BODY), CHECKOUT_BODY);
+    for (int i = 0; i < BURST; i++) {
+        fds[i] = th_connect(rivetd.port);
+        if (fds[i] < 0) fail_msg("connection %d: %s", i, strerror(errno));
+        if (th_send_str(fds[i], req) != 0) fail_msg("send %d: %s", i, strerror(errno));
+    }
+    for (int i = 0; i < BURST; i++) {
+        th_response_t r;
+        if (th_read_response(fds[i], &r, 0, 30000) != 0) fail_msg("checkout %d: no answer", i);
+        assert_status(&r, 200);
+        th_response_free(&r);
+        th_close(fds[i]);
+    }
+}
+
+/* A burst of checkouts larger than a small connection cache would make libcurl close what it
+ * cannot keep and open new connections for the next burst: against Stripe, a TLS handshake
+ * each. Two bursts of BURST concurrent calls: the second one reuses what the first opened (a
+ * connection or two may be replaced: libcurl may open one while another is being returned). */
+static void stripe_connections_reused(void **state) {
+    const char *const env[] = {"MAX_CONNECTIONS=4000", NULL};
+    start_rivetd(env);
+    fake_config("{\"latency_ms\":300}");
+    checkout_burst();
+    int first = fake_connections_opened();
+    checkout_burst();
+    /* Each stats request comes on a connection of its own. */
+    int second = fake_connections_opened() - first - 1;
+    print_message("burst 1 opened %d connections to Stripe, burst 2 opened %d\n", first, second);
+    if (first < BURST / 2) fail_msg("the calls were not concurrent (%d connections)", first);
+    if (second > BURST / 100)
+        fail_msg("the second burst of %d checkouts opened %d new connections to Stripe", BURST,
+                 second);
 }
 
 /* ---- GET /api/checkout/success ------------------------------------------------------------ */
@@ -1406,6 +1476,7 @@ int main(void) {
         T(deadline),
         T(client_gone_mid_call),
         T(thousand_in_flight),
+        T(stripe_connections_reused),
         T(success_open),
         T(success_completed),
         T(success_expired),

@@ -898,6 +898,36 @@ static void sighup_environment_wins(void **state) {
     stop_clean(p);
 }
 
+/* A configuration path that turns into a FIFO (or a hung network file) must not freeze the
+ * loop on SIGHUP: opening a FIFO with no writer blocks, and so would reading it. The reload is
+ * refused, traffic goes on, and a regular file again reloads as usual. */
+static void sighup_fifo_never_blocks(void **state) {
+    th_proc_t *p = slot();
+    prepare(p);
+    char path[300];
+    snprintf(path, sizeof path, "%.200s/rivetd.env", p->dir);
+    write_config(path, NULL, "CORS_ORIGINS=https://b.example\n");
+    start_t o = {.no_test_keys = 1, .config = path};
+    spawn_rivetd(p, &o);
+    wait_port(p);
+    assert_int_equal(unlink(path), 0);
+    assert_int_equal(mkfifo(path, 0600), 0);
+    kill(p->pid, SIGHUP);
+    log_wait_t lw = {p, "reload refused", "regular file", 1};
+    if (!th_eventually(log_reached, &lw, TO))
+        fail_log(p, "no log line saying the reload was refused: a FIFO is not a regular file");
+    for (int i = 0; i < 5; i++) {
+        int64_t t0 = mono_ms();
+        expect_health(p->port);
+        if (mono_ms() - t0 > 1000) fail_log(p, "/health took over a second after SIGHUP");
+    }
+    expect_preflight(p, "https://b.example", 204);
+    assert_int_equal(unlink(path), 0);
+    write_config(path, NULL, "CORS_ORIGINS=https://a.example\n");
+    reload_until(p, "https://a.example", 204);
+    stop_clean(p);
+}
+
 /* ---- WORKERS --------------------------------------------------------------------------------- */
 
 /* Live (not zombie) children of parent, from /proc/<pid>/stat; up to max pids into out. */
@@ -1123,6 +1153,7 @@ int main(void) {
         cmocka_unit_test_teardown(admin_metrics_redis_up, teardown),
         cmocka_unit_test_teardown(sighup_reload, teardown),
         cmocka_unit_test_teardown(sighup_environment_file, teardown),
+        cmocka_unit_test_teardown(sighup_fifo_never_blocks, teardown),
         cmocka_unit_test_teardown(sighup_environment_wins, teardown),
         cmocka_unit_test_teardown(workers_restart, teardown),
         cmocka_unit_test_teardown(sigterm_finishes_request, teardown),

@@ -19,15 +19,15 @@ static void h_preflight(rv_request_t *req) { (void)req; }
 static void h_dup(rv_request_t *req) { (void)req; }
 
 static const rv_route_t routes[] = {
-    {"GET", "/health", h_health, "health"},
-    {"GET", "/", h_root, "root"},
-    {"POST", "/api/checkout/create", h_checkout, "checkout"},
-    {"OPTIONS", "/api/checkout/create", h_preflight, "preflight"},
+    {"GET", "/health", h_health, "health", 0},
+    {"GET", "/", h_root, "root", 0},
+    {"POST", "/api/checkout/create", h_checkout, "checkout", 0},
+    {"OPTIONS", "/api/checkout/create", h_preflight, "preflight", 0},
     /* Two routes for one method and path, and an explicit HEAD: Allow must list each once. */
-    {"GET", "/dup", h_dup, "dup1"},
-    {"HEAD", "/dup", h_dup, "dup-head"},
-    {"GET", "/dup", h_dup, "dup2"},
-    {"POST", "/dup", h_dup, "dup-post"},
+    {"GET", "/dup", h_dup, "dup1", 0},
+    {"HEAD", "/dup", h_dup, "dup-head", 0},
+    {"GET", "/dup", h_dup, "dup2", 0},
+    {"POST", "/dup", h_dup, "dup-post", 0},
 };
 #define NROUTES RV_ARRAY_LEN(routes)
 
