@@ -49,3 +49,14 @@ mid=$(rss_kib $pid)
 wrk -t1 -c64 -d10s "http://127.0.0.1:$port/health" >/dev/null
 after=$(rss_kib $pid)
 echo "memory: constant load, RSS before/after 10 s/after 20 s: $before / $mid / $after KiB"
+
+# Anonymous attacks on a daemon with the default limits (MAX_BODY_BUFFER, MAX_CONNECTIONS):
+# bodies, headers, pipelined input and answers it could be made to hold.
+kill "$pid"; wait "$pid" 2>/dev/null || true
+port=$(free_port)
+env $RIVETD_ENV LISTEN=127.0.0.1:$port ADMIN_LISTEN= REDIS_URL=redis://127.0.0.1:1/0 \
+    "$top/$build/rivetd" 2>"$tmp/h.log" &
+pid=$!
+pids="$pids $pid"
+wait_port "$port"
+python3 "$top/bench/hostile_memory.py" "$port" "$pid"

@@ -91,12 +91,13 @@ static void stripe_failed(rv_request_t *req, const rv_stripe_result_t *res, cons
     /* One line per failed call of an anonymous client: bounded while Stripe is down. */
     static rv_log_limit_t lim = {.what = "stripe: calls failed"};
     int status = res->err == RV_ETIMEDOUT ? 504 : 502;
-    rv_warn_limited(&lim, "stripe: %s failed: %s, HTTP %d, type=%s code=%s param=%s request_id=%s attempts=%u "
-            "message=%s",
-            op, res->err ? rv_strerror(res->err) : "answered", res->status,
-            res->err_type ? res->err_type : "-", res->err_code ? res->err_code : "-",
-            res->err_param ? res->err_param : "-", res->request_id ? res->request_id : "-",
-            res->attempts, res->err_message ? res->err_message : "-");
+    rv_warn_limited(&lim,
+                    "stripe: %s failed: %s, HTTP %d, type=%s code=%s param=%s request_id=%s "
+                    "attempts=%u message=%s",
+                    op, res->err ? rv_strerror(res->err) : "answered", res->status,
+                    res->err_type ? res->err_type : "-", res->err_code ? res->err_code : "-",
+                    res->err_param ? res->err_param : "-", res->request_id ? res->request_id : "-",
+                    res->attempts, res->err_message ? res->err_message : "-");
     rv_buf_t b = RV_BUF_INIT;
     int rc = rv_buf_puts(&b, status == 504 ? "{\"detail\":\"Payment service timeout\""
                                            : "{\"detail\":\"Payment service error\"");

@@ -52,8 +52,8 @@ extern const unsigned char rv_openapi_json[];
 extern const size_t rv_openapi_json_len;
 
 void rv_handle_openapi(rv_request_t *req) {
-    rv_respond(req, 200, "application/json", (const char *)rv_openapi_json, rv_openapi_json_len,
-               "Cache-Control: public, max-age=300\r\n");
+    rv_respond_static(req, 200, "application/json", (const char *)rv_openapi_json,
+                      rv_openapi_json_len, "Cache-Control: public, max-age=300\r\n");
 }
 
 /* ---- rendering -------------------------------------------------------------------------- */
@@ -770,7 +770,7 @@ void rv_handle_docs(rv_request_t *req) {
         rv_respond_error(req, 500, "Internal error", NULL);
         return;
     }
-    rv_respond(req, 200, "text/html; charset=utf-8", docs_html, docs_len,
+    rv_respond_static(req, 200, "text/html; charset=utf-8", docs_html, docs_len,
                "Cache-Control: public, max-age=300\r\n"
                "Content-Security-Policy: default-src 'none'; style-src 'unsafe-inline'; "
                "base-uri 'none'; form-action 'none'; frame-ancestors 'none'\r\n"

@@ -1,5 +1,6 @@
-/* Logging: one line per record to stderr, in printable ASCII (anything else is escaped). Info and debug lines are gathered in a buffer that the
- * loop flushes once per iteration; warnings and errors are written at once. */
+/* Logging: one line per record to stderr, in printable ASCII (anything else is escaped). Info
+ * and debug lines are gathered in a buffer that the loop flushes once per iteration; warnings and
+ * errors are written at once. */
 #include "rivet/log.h"
 
 #include <stdarg.h>

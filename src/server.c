@@ -573,7 +573,8 @@ static int on_headers_complete(llhttp_t *p) {
     /* Route now: the route decides how large a body may be. */
     if ((rc = held_append(s, r, &r->url, "", 0)) != 0) return reject_buf(c, rc, 414, NULL);
     char *path;
-    if (target_path(r->url.data, &path) != 0) return reject(c, 400, "Request target must be a path");
+    if (target_path(r->url.data, &path) != 0)
+        return reject(c, 400, "Request target must be a path");
     char *q = strchr(path, '?');
     if (q) {
         *q = '\0';
@@ -689,31 +690,37 @@ static void on_written(uv_write_t *w, int status) {
     finish_write(c, status);
 }
 
-static void send_answer(rv_conn_t *c, char *data, size_t len) {
+/* Write the header block data (which the connection now owns) and then body, which is either
+ * inside data already (body_len 0) or static storage that outlives the write. */
+static void send_answer(rv_conn_t *c, char *data, size_t len, const char *body, size_t body_len) {
     c->state = CONN_WRITING;
     c->wbuf = data;
-    uv_buf_t b = uv_buf_init(data, (unsigned)len);
-    int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
-    if (n == (int)len) {
+    uv_buf_t b[2] = {uv_buf_init(data, (unsigned)len),
+                     uv_buf_init((char *)body, (unsigned)body_len)};
+    unsigned nb = body_len ? 2 : 1, first = 0;
+    int n = uv_try_write((uv_stream_t *)&c->tcp, b, nb);
+    if (n >= 0 && (size_t)n == len + body_len) {
         finish_write(c, 0);
         return;
     }
     if (n > 0) {
-        b.base += n;
-        b.len -= (size_t)n;
+        size_t done = (size_t)n;
+        while (done >= b[first].len) done -= b[first++].len;
+        b[first].base += done;
+        b[first].len -= done;
     } else if (n != UV_EAGAIN) {
         finish_write(c, n);
         return;
     }
-    if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_written) != 0) {
+    if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, b + first, nb - first, on_written) != 0) {
         finish_write(c, -1);
         return;
     }
     timer_set(c, T_WRITE, c->srv->opts.idle_timeout_ms);
 }
 
-void rv_respond(rv_request_t *r, int status, const char *content_type, const char *body,
-                size_t body_len, const char *extra_headers) {
+static void respond(rv_request_t *r, int status, const char *content_type, const char *body,
+                    size_t body_len, const char *extra_headers, int borrow) {
     rv_conn_t *c = r->conn;
     rv_server_t *s = r->server;
     double ms = (double)(now_ns() - r->t0_ns) / 1e6;
@@ -738,7 +745,7 @@ void rv_respond(rv_request_t *r, int status, const char *content_type, const cha
     if (rc == 0 && extra_headers) rc = rv_buf_puts(&h, extra_headers);
     if (rc == 0 && s->opts.decorate) s->opts.decorate(r, status, &h);
     if (rc == 0) rc = rv_buf_append(&h, "\r\n", 2);
-    if (rc == 0 && !r->head && body_len) rc = rv_buf_append(&h, body, body_len);
+    if (rc == 0 && !r->head && body_len && !borrow) rc = rv_buf_append(&h, body, body_len);
     size_t bytes = r->head ? 0 : body_len;
     access_log(r, status, bytes, ms);
     if (s->opts.on_done) s->opts.on_done(r, status, bytes, ms);
@@ -752,7 +759,17 @@ void rv_respond(rv_request_t *r, int status, const char *content_type, const cha
     c->close_after = close_after;
     size_t len;
     char *data = rv_buf_steal(&h, &len);
-    send_answer(c, data, len);
+    send_answer(c, data, len, body, borrow ? bytes : 0);
+}
+
+void rv_respond(rv_request_t *r, int status, const char *content_type, const char *body,
+                size_t body_len, const char *extra_headers) {
+    respond(r, status, content_type, body, body_len, extra_headers, 0);
+}
+
+void rv_respond_static(rv_request_t *r, int status, const char *content_type, const char *body,
+                       size_t body_len, const char *extra_headers) {
+    respond(r, status, content_type, body, body_len, extra_headers, 1);
 }
 
 void rv_respond_json(rv_request_t *r, int status, const char *json, size_t len,

@@ -302,9 +302,11 @@ static void log_failed_try(const rv_stripe_call_t *c, const rv_http_response_t *
     const char *type = e ? jstr(e, "type") : NULL;
     const char *code = e ? jstr(e, "code") : NULL;
     const char *msg = e ? jstr(e, "message") : NULL;
-    rv_warn_limited(&lim, "stripe: %s %s try %u failed: HTTP %d type=%s code=%s request_id=%s message=%.300s",
-            method, c->path, c->attempts, res->status, type ? type : "-", code ? code : "-",
-            c->last.request_id ? c->last.request_id : "-", msg ? msg : "-");
+    rv_warn_limited(&lim,
+                    "stripe: %s %s try %u failed: HTTP %d type=%s code=%s request_id=%s "
+                    "message=%.300s",
+                    method, c->path, c->attempts, res->status, type ? type : "-", code ? code : "-",
+                    c->last.request_id ? c->last.request_id : "-", msg ? msg : "-");
 }
 
 static double jitter(void) {

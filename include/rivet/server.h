@@ -148,6 +148,12 @@ void rv_request_on_gone(rv_request_t *r, rv_request_gone_cb cb, void *data);
 void rv_respond(rv_request_t *r, int status, const char *content_type, const char *body,
                 size_t body_len, const char *extra_headers);
 
+/* As rv_respond, for a body in storage that lives as long as the process (an embedded file, a
+ * page rendered once): it is written from where it is, never copied, so a client that does not
+ * read makes the server hold only the header block. */
+void rv_respond_static(rv_request_t *r, int status, const char *content_type, const char *body,
+                       size_t body_len, const char *extra_headers);
+
 /* Answer with a JSON text body. */
 void rv_respond_json(rv_request_t *r, int status, const char *json, size_t len,
                      const char *extra_headers);
