@@ -23,6 +23,7 @@ const char *rv_strerror(int err) {
     case RV_ECANCELED: return "cancelled";
     case RV_EUNAVAIL: return "unavailable";
     case RV_EIGNORED: return "ignored";
+    case RV_EMALFORMED: return "malformed content";
     default: break;
     }
     if (err < 0 && err > -10000) return uv_strerror(err);

@@ -1,6 +1,7 @@
 /* POST /api/webhooks/stripe: verify the signature over the raw body, map the event, and answer
  * 200 only once Redis has durably taken it (or already had it); 503 otherwise, so that Stripe
- * delivers it again. */
+ * delivers it again. A signed body that cannot be provisioned goes to the dead-letter stream
+ * with the reason and is acknowledged the same way. */
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -16,6 +17,7 @@ typedef struct webhook_ctx_s {
     rv_request_t *req;
     char event_id[256];
     char event_type[128];
+    char reason[128];
 } webhook_ctx_t;
 
 static void answer_ok(rv_request_t *req, const char *event_type) {
@@ -34,6 +36,53 @@ static void unavailable(rv_request_t *req, const char *event_type) {
     rv_app_t *app = req->app;
     rv_app_webhook_outcome(app, event_type, "unavailable");
     rv_respond_error(req, 503, "Provisioning queue unavailable; retry later", "Retry-After: 5\r\n");
+}
+
+static void on_dead_lettered(void *data, int err, int result, const char *stream_id) {
+    webhook_ctx_t *ctx = data;
+    rv_request_t *req = ctx->req;
+    rv_app_t *app = req->app;
+    const char *id = ctx->event_id[0] ? ctx->event_id : "-";
+    const char *type = ctx->event_type[0] ? ctx->event_type : "-";
+    if (err) {
+        rv_warn("webhook: %s %s not dead-lettered: redis %s", id, type, rv_strerror(err));
+        unavailable(req, ctx->event_type);
+    } else if (result == RV_ENQ_ADDED) {
+        rv_app_webhook_outcome(app, ctx->event_type, "dead_letter");
+        rv_error("webhook: %s %s dead-lettered as %s: %s", id, type, stream_id ? stream_id : "?",
+                 ctx->reason);
+        answer_ok(req, ctx->event_type);
+    } else {
+        rv_app_webhook_outcome(app, ctx->event_type, "duplicate");
+        rv_info("webhook: %s %s duplicate, already dead-lettered or enqueued", id, type);
+        answer_ok(req, ctx->event_type);
+    }
+    free(ctx);
+}
+
+/* Keep a signed body that cannot be provisioned, with the reason; answer once Redis has it. */
+static void dead_letter(rv_request_t *req, const rv_prov_event_t *ev) {
+    rv_app_t *app = req->app;
+    webhook_ctx_t *ctx = calloc(1, sizeof *ctx);
+    if (ctx == NULL) {
+        unavailable(req, ev->stripe_type);
+        return;
+    }
+    ctx->req = req;
+    memcpy(ctx->event_id, ev->event_id, sizeof ctx->event_id);
+    memcpy(ctx->event_type, ev->stripe_type, sizeof ctx->event_type);
+    memcpy(ctx->reason, ev->reason, sizeof ctx->reason);
+    int rc = app->queue
+                 ? rv_queue_dead_letter(app->queue, ev->event_id, ev->stripe_type, ev->reason,
+                                        req->body, req->body_len, on_dead_lettered, ctx)
+                 : RV_EUNAVAIL;
+    if (rc != 0) {
+        rv_warn("webhook: %s %s not dead-lettered (%s): redis %s",
+                ev->event_id[0] ? ev->event_id : "-", ev->stripe_type[0] ? ev->stripe_type : "-",
+                ev->reason, rv_strerror(rc));
+        unavailable(req, ev->stripe_type);
+        free(ctx);
+    }
 }
 
 static void on_enqueued(void *data, int err, int result, const char *stream_id) {
@@ -81,11 +130,15 @@ void rv_handle_webhook(rv_request_t *req) {
     rv_prov_event_t ev;
     memset(&ev, 0, sizeof ev);
     int rc = rv_provision_map(req->body, req->body_len, &prices, &ev);
-    if (rc == RV_EPAYLOAD) {
-        rv_app_webhook_outcome(app, "unknown", "rejected");
-        rv_info("webhook: rejected: signed body is not a Stripe event");
+    /* The signature says Stripe sent exactly these bytes, so a delivery again brings the same
+     * bytes: a 4xx would only have Stripe retry for days and then flag the endpoint, and the
+     * event would be lost with the retries. Content that cannot be provisioned, and a signed body
+     * that is not a Stripe event at all, are kept in the dead-letter stream with the reason and
+     * acknowledged, and never reach the main stream, where one bad entry could stall a consumer
+     * group. An unsigned body was refused above and is never stored. */
+    if (rc == RV_EPAYLOAD || rc == RV_EMALFORMED) {
+        dead_letter(req, &ev);
         rv_prov_event_free(&ev);
-        rv_respond_error(req, 400, "Invalid payload", NULL);
         return;
     }
     if (rc == RV_EIGNORED) {

@@ -1,10 +1,17 @@
 /* Provisioning: turn a verified Stripe event into the provisioning event consumers read from the
  * stream. Stripe's payloads differ across API versions, so every field is looked for in each
- * place a version puts it. Pure: JSON in, struct and JSON text out. */
+ * place a version puts it. Pure: JSON in, struct and JSON text out.
+ *
+ * A signature proves who sent the bytes, not that they are fit to pass on: every value copied
+ * into the entry is checked here, because ids become Redis keys and the entry is read by
+ * consumers that may reject (and then stall on) anything that is not clean UTF-8 text. What
+ * fails is refused with a reason, for the dead-letter stream, and never reaches the main one. */
 #include "rivet/provision.h"
 
 #include <cJSON.h>
 #include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,6 +19,8 @@
 
 /* Bound on strings copied into data_json that have no field in the struct (ids, currency). */
 #define MAX_EXTRA_STR 255
+/* Stripe's ids (evt_, cus_, sub_, in_, cs_, ...) are letters, digits and underscores. */
+#define ID_SHAPE "1 to 255 letters, digits or underscores"
 
 typedef enum { KIND_CHECKOUT, KIND_SUBSCRIPTION, KIND_INVOICE } kind_t;
 
@@ -93,7 +102,7 @@ static int copy_str(char *dst, size_t size, const char *src) {
     return 0;
 }
 
-/* Ids and types end up in logs and Redis keys: only printable ASCII without blanks. */
+/* Event types end up in logs and metrics: only printable ASCII without blanks. */
 static int is_token(const char *s) {
     if (s[0] == '\0') return 0;
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
@@ -102,8 +111,117 @@ static int is_token(const char *s) {
     return 1;
 }
 
-static int bounded(const char *s) {
-    return s == NULL || strlen(s) <= MAX_EXTRA_STR;
+/* Ids become Redis keys ("rivet:customer:<id>"): only Stripe's own alphabet, so that no id can
+ * carry a separator, a blank, a glob character or a protocol line break. */
+int rv_provision_is_id(const char *s) {
+    size_t n = 0;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++, n++) {
+        unsigned char c = *p;
+        int ok =
+            (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+        if (!ok || n == RV_PROVISION_ID_MAX) return 0;
+    }
+    return n > 0;
+}
+
+/* NULL when s is well-formed UTF-8 (RFC 3629: shortest form, no surrogates, nothing above
+ * U+10FFFF) free of control characters (C0, DEL, C1); else what is wrong, as a phrase. Strict
+ * consumers refuse the first kind, and the second has no place in a name, an email or a status. */
+static const char *text_defect(const char *s) {
+    static const char not_utf8[] = "is not valid UTF-8";
+    static const char control[] = "contains a control character";
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p) {
+        unsigned c = *p;
+        if (c < 0x80) {
+            if (c < 0x20 || c == 0x7f) return control;
+            p++;
+            continue;
+        }
+        size_t more;
+        uint32_t cp, min;
+        if (c >= 0xc2 && c <= 0xdf) {
+            more = 1, cp = c & 0x1f, min = 0x80;
+        } else if (c >= 0xe0 && c <= 0xef) {
+            more = 2, cp = c & 0x0f, min = 0x800;
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            more = 3, cp = c & 0x07, min = 0x10000;
+        } else {
+            return not_utf8; /* a continuation byte, C0/C1 (always overlong), or F5..FF */
+        }
+        /* The terminating NUL is no continuation byte, so a truncated sequence stops here. */
+        for (size_t i = 1; i <= more; i++) {
+            if ((p[i] & 0xc0) != 0x80) return not_utf8;
+            cp = (cp << 6) | (p[i] & 0x3f);
+        }
+        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return not_utf8;
+        if (cp <= 0x9f) return control;
+        p += more + 1;
+    }
+    return NULL;
+}
+
+/* 1 when the JSON text has a \u0000 escape. cJSON decodes it into a NUL that silently ends the C
+ * string, so a value would reach the entry cut short. The text has parsed as JSON, where a
+ * backslash only ever starts an escape of two characters or \uXXXX; skipping both characters
+ * keeps an escaped backslash from being read as the start of the next escape. */
+static int has_escaped_nul(const char *json, size_t len) {
+    const char *end = json + len;
+    const char *p = json;
+    while ((p = memchr(p, '\\', (size_t)(end - p))) != NULL) {
+        if (end - p >= 6 && p[1] == 'u' && memcmp(p + 2, "0000", 4) == 0) return 1;
+        if (end - p <= 2) break;
+        p += 2;
+    }
+    return 0;
+}
+
+/* Fill out->reason and return rc. Reasons name the field and the defect and never quote the
+ * value: they go to logs and the dead-letter stream, and the value may be anything. */
+static int __attribute__((format(printf, 3, 4)))
+refuse(rv_prov_event_t *out, int rc, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(out->reason, sizeof out->reason, fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+/* Copy a Stripe id (NULL when absent) into a fixed field, or refuse it. */
+static int take_id(rv_prov_event_t *out, char *dst, size_t size, const char *src,
+                   const char *what) {
+    if (src != NULL && (!rv_provision_is_id(src) || strlen(src) >= size)) {
+        return refuse(out, RV_EMALFORMED, "%s is not a Stripe id (" ID_SHAPE ")", what);
+    }
+    return copy_str(dst, size, src);
+}
+
+/* Copy a text value (NULL when absent) into a fixed field, or refuse it. */
+static int take_text(rv_prov_event_t *out, char *dst, size_t size, const char *src,
+                     const char *what) {
+    if (src == NULL) return copy_str(dst, size, src);
+    const char *defect = text_defect(src);
+    if (defect != NULL) return refuse(out, RV_EMALFORMED, "%s %s", what, defect);
+    if (strlen(src) >= size) {
+        return refuse(out, RV_EMALFORMED, "%s is longer than %zu bytes", what, size - 1);
+    }
+    return copy_str(dst, size, src);
+}
+
+/* Check a value that goes only into data_json; NULL is absent and fine. */
+static int check_id(rv_prov_event_t *out, const char *s, const char *what) {
+    if (s == NULL || rv_provision_is_id(s)) return 0;
+    return refuse(out, RV_EMALFORMED, "%s is not a Stripe id (" ID_SHAPE ")", what);
+}
+
+static int check_text(rv_prov_event_t *out, const char *s, const char *what) {
+    if (s == NULL) return 0;
+    const char *defect = text_defect(s);
+    if (defect != NULL) return refuse(out, RV_EMALFORMED, "%s %s", what, defect);
+    if (strlen(s) > MAX_EXTRA_STR) {
+        return refuse(out, RV_EMALFORMED, "%s is longer than %d bytes", what, MAX_EXTRA_STR);
+    }
+    return 0;
 }
 
 static int price_is(const char *configured, const char *price) {
@@ -149,28 +267,36 @@ static int read_checkout(const cJSON *o, rv_prov_event_t *out, extra_t *x, const
     const char *email = get_str(o, "customer_email");
     if (email == NULL) email = get_str(get(o, "customer_details"), "email");
     if (email == NULL) email = customer_email_expanded(o);
-    if (copy_str(out->email, sizeof out->email, email) != 0) return RV_EPAYLOAD;
-    if (copy_str(out->subscription_id, sizeof out->subscription_id, get_ref(o, "subscription"))) {
-        return RV_EPAYLOAD;
+    int rc;
+    if ((rc = take_text(out, out->email, sizeof out->email, email, "email"))) return rc;
+    const char *sub = get_ref(o, "subscription");
+    if ((rc = take_id(out, out->subscription_id, sizeof out->subscription_id, sub,
+                      "subscription id"))) {
+        return rc;
     }
     /* A completed session carries no line items unless expanded, so the tier comes from the
      * metadata the checkout endpoint wrote. */
     *tier = metadata_tier(o);
-    if (copy_str(out->status, sizeof out->status, get_str(o, "payment_status"))) {
-        return RV_EPAYLOAD;
-    }
+    const char *status = get_str(o, "payment_status");
+    if ((rc = take_text(out, out->status, sizeof out->status, status, "status"))) return rc;
     x->has_amount_total = get_int(o, "amount_total", &x->amount_total) == 0;
     x->currency = get_str(o, "currency");
     x->checkout_session_id = get_str(o, "id");
-    return 0;
+    return check_id(out, x->checkout_session_id, "checkout session id");
 }
 
 static int read_subscription(const cJSON *o, const rv_prices_t *prices, rv_prov_event_t *out,
                              extra_t *x, const char **tier) {
-    if (copy_str(out->subscription_id, sizeof out->subscription_id, get_str(o, "id"))) {
-        return RV_EPAYLOAD;
+    const char *id = get_str(o, "id");
+    /* Without its id a subscription event cannot be ordered or applied to anything. */
+    if (id == NULL) return refuse(out, RV_EMALFORMED, "subscription without an id");
+    int rc;
+    if ((rc = take_id(out, out->subscription_id, sizeof out->subscription_id, id,
+                      "subscription id"))) {
+        return rc;
     }
-    if (copy_str(out->email, sizeof out->email, customer_email_expanded(o))) return RV_EPAYLOAD;
+    const char *email = customer_email_expanded(o);
+    if ((rc = take_text(out, out->email, sizeof out->email, email, "email"))) return rc;
 
     /* The price is what the customer pays for, so it wins over metadata, which a plan change
      * in the dashboard leaves stale. */
@@ -178,7 +304,8 @@ static int read_subscription(const cJSON *o, const rv_prices_t *prices, rv_prov_
     const char *price = price_of_line(item);
     *tier = price != NULL ? tier_of_price(prices, price) : metadata_tier(o);
 
-    if (copy_str(out->status, sizeof out->status, get_str(o, "status"))) return RV_EPAYLOAD;
+    const char *status = get_str(o, "status");
+    if ((rc = take_text(out, out->status, sizeof out->status, status, "status"))) return rc;
     /* Newer API versions moved the billing period from the subscription to its items. */
     x->has_period_end = get_int(o, "current_period_end", &x->period_end) == 0;
     if (!x->has_period_end) {
@@ -194,13 +321,17 @@ static int read_invoice(const cJSON *o, const rv_prices_t *prices, rv_prov_event
                         extra_t *x, const char **tier) {
     const char *email = get_str(o, "customer_email");
     if (email == NULL) email = customer_email_expanded(o);
-    if (copy_str(out->email, sizeof out->email, email) != 0) return RV_EPAYLOAD;
+    int rc;
+    if ((rc = take_text(out, out->email, sizeof out->email, email, "email"))) return rc;
 
     /* Older versions: invoice.subscription; newer: invoice.parent.subscription_details. */
     const cJSON *details = get(get(o, "parent"), "subscription_details");
     const char *sub = get_ref(o, "subscription");
     if (sub == NULL) sub = get_ref(details, "subscription");
-    if (copy_str(out->subscription_id, sizeof out->subscription_id, sub)) return RV_EPAYLOAD;
+    if ((rc = take_id(out, out->subscription_id, sizeof out->subscription_id, sub,
+                      "subscription id"))) {
+        return rc;
+    }
 
     const char *price = price_of_line(first_of(get(o, "lines")));
     if (price != NULL) {
@@ -210,13 +341,14 @@ static int read_invoice(const cJSON *o, const rv_prices_t *prices, rv_prov_event
         if (*tier == NULL) *tier = metadata_tier(get(o, "subscription_details"));
     }
 
-    if (copy_str(out->status, sizeof out->status, get_str(o, "status"))) return RV_EPAYLOAD;
+    const char *status = get_str(o, "status");
+    if ((rc = take_text(out, out->status, sizeof out->status, status, "status"))) return rc;
     x->has_amount_paid = get_int(o, "amount_paid", &x->amount_paid) == 0;
     x->has_amount_due = get_int(o, "amount_due", &x->amount_due) == 0;
     x->has_attempt_count = get_int(o, "attempt_count", &x->attempt_count) == 0;
     x->currency = get_str(o, "currency");
     x->invoice_id = get_str(o, "id");
-    return 0;
+    return check_id(out, x->invoice_id, "invoice id");
 }
 
 /* Helpers that add a member and remember whether any allocation failed. */
@@ -280,24 +412,31 @@ static int map_object(const cJSON *obj, const rv_prices_t *prices, rv_prov_event
         if (mode == NULL || strcmp(mode, "subscription") != 0) return RV_EIGNORED;
     }
 
-    if (copy_str(out->customer_id, sizeof out->customer_id, get_ref(obj, "customer"))) {
-        return RV_EPAYLOAD;
+    const char *customer = get_ref(obj, "customer");
+    int rc = take_id(out, out->customer_id, sizeof out->customer_id, customer, "customer id");
+    if (rc != 0) return rc;
+    /* Provisioning and entitlements are per customer: an entry that changes access without
+     * saying whose is of no use to anyone. An invoice may have no customer in Stripe's API; its
+     * entry then says "" and changes no entitlement. */
+    if (customer == NULL && r->kind == KIND_CHECKOUT) {
+        return refuse(out, RV_EMALFORMED, "completed subscription checkout without a customer");
+    }
+    if (customer == NULL && r->kind == KIND_SUBSCRIPTION) {
+        return refuse(out, RV_EMALFORMED, "subscription without a customer");
     }
     extra_t x;
     memset(&x, 0, sizeof x);
     x.cancel_at_period_end = -1;
     const char *tier = NULL;
-    int rc;
     switch (r->kind) {
     case KIND_CHECKOUT: rc = read_checkout(obj, out, &x, &tier); break;
     case KIND_SUBSCRIPTION: rc = read_subscription(obj, prices, out, &x, &tier); break;
     default: rc = read_invoice(obj, prices, out, &x, &tier); break;
     }
     if (rc != 0) return rc;
+    /* The tier is one of the plan names or "unknown", never Stripe's text. */
     if (copy_str(out->tier, sizeof out->tier, tier) != 0) return RV_EPAYLOAD;
-    if (!bounded(x.currency) || !bounded(x.invoice_id) || !bounded(x.checkout_session_id)) {
-        return RV_EPAYLOAD;
-    }
+    if ((rc = check_text(out, x.currency, "currency"))) return rc;
 
     out->type = r->type;
     out->ordered = r->ordered;
@@ -310,35 +449,57 @@ static int map_object(const cJSON *obj, const rv_prices_t *prices, rv_prov_event
     return 0;
 }
 
+/* Check the envelope (id, type, created, data.object). The id and the type are filled as soon
+ * as each is valid, even when something else is wrong, so that a refused event stays findable. */
+static int read_envelope(const cJSON *root, rv_prov_event_t *out, const cJSON **obj) {
+    const cJSON *id = get(root, "id");
+    const cJSON *type = get(root, "type");
+    int id_ok = cJSON_IsString(id) && rv_provision_is_id(id->valuestring) &&
+                copy_str(out->event_id, sizeof out->event_id, id->valuestring) == 0;
+    int type_ok = cJSON_IsString(type) && is_token(type->valuestring) &&
+                  copy_str(out->stripe_type, sizeof out->stripe_type, type->valuestring) == 0;
+    if (!id_ok) {
+        return refuse(out, RV_EPAYLOAD,
+                      "the event id is missing or not a Stripe id (" ID_SHAPE ")");
+    }
+    if (!type_ok) {
+        return refuse(out, RV_EPAYLOAD,
+                      "the event type is missing, empty, longer than %zu bytes or not printable "
+                      "ASCII",
+                      sizeof out->stripe_type - 1);
+    }
+    int64_t created;
+    if (get_int(root, "created", &created) != 0 || created < 0) {
+        return refuse(out, RV_EPAYLOAD, "the event's created is not a whole non-negative number");
+    }
+    *obj = get(get(root, "data"), "object");
+    if (!cJSON_IsObject(*obj)) return refuse(out, RV_EPAYLOAD, "the event has no data.object");
+    out->created = created;
+    out->livemode = cJSON_IsTrue(get(root, "livemode"));
+    return 0;
+}
+
 static int map_event(const char *json, size_t len, const rv_prices_t *prices,
                      rv_prov_event_t *out) {
     memset(out, 0, sizeof *out);
-    if (json == NULL || len == 0) return RV_EPAYLOAD;
+    if (json == NULL || len == 0) return refuse(out, RV_EPAYLOAD, "the body is empty");
     cJSON *root = cJSON_ParseWithLength(json, len);
     if (!cJSON_IsObject(root)) {
+        int rc = refuse(out, RV_EPAYLOAD,
+                        root ? "the body is not a JSON object" : "the body is not JSON");
         cJSON_Delete(root);
-        return RV_EPAYLOAD;
+        return rc;
     }
 
-    int rc = RV_EPAYLOAD;
-    const cJSON *id = get(root, "id");
-    const cJSON *type = get(root, "type");
-    const cJSON *data = get(root, "data");
-    const cJSON *obj = get(data, "object");
-    int64_t created;
-    if (!cJSON_IsString(id) || !cJSON_IsString(type) || !cJSON_IsObject(obj)) goto done;
-    if (get_int(root, "created", &created) != 0 || created < 0) goto done;
-    if (!is_token(id->valuestring) || !is_token(type->valuestring)) goto done;
-    if (copy_str(out->event_id, sizeof out->event_id, id->valuestring) != 0) goto done;
-    if (copy_str(out->stripe_type, sizeof out->stripe_type, type->valuestring) != 0) goto done;
-    out->created = created;
-    out->livemode = cJSON_IsTrue(get(root, "livemode"));
+    const cJSON *obj = NULL;
+    int rc = read_envelope(root, out, &obj);
+    if (rc == 0) rc = map_object(obj, prices, out);
+    if (rc == 0 && has_escaped_nul(json, len)) {
+        rc = refuse(out, RV_EMALFORMED, "a string in the event has an escaped NUL (\\u0000)");
+    }
 
-    rc = map_object(obj, prices, out);
-
-done:
     if (rc != 0) {
-        /* Only the identity of the event survives a refusal, for the log. */
+        /* Only the identity of the event and the reason survive a refusal. */
         out->type = NULL;
         out->customer_id[0] = out->subscription_id[0] = out->email[0] = '\0';
         out->tier[0] = out->status[0] = '\0';

@@ -11,8 +11,9 @@
  * inside the connect callback (hiredis 0.14 keeps using it when that callback returns), only from
  * timers and reply callbacks, where hiredis defers the free itself.
  *
- * Timeouts: commands on one connection are answered in order, so the enqueue commands in flight
- * form a FIFO and one timer watching its head is enough. The handshake has its own timer. */
+ * Timeouts: commands on one connection are answered in order, so the enqueue and dead-letter
+ * commands in flight form a FIFO and one timer watching its head is enough. The handshake has its
+ * own timer. */
 #include "rivet/queue.h"
 
 #include <hiredis/adapters/libuv.h>
@@ -25,6 +26,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include "rivet/common.h"
 #include "rivet/log.h"
@@ -40,6 +42,11 @@
 /* Stands in for the subscription or customer key of an event that has none, so that the script
  * always receives every key it could touch through KEYS. The script never reads or writes it. */
 #define DUMMY_KEY "rivet:none"
+#define DEAD_SUFFIX ":dead"
+/* Bound on the short text fields of a dead letter (reason, event type). */
+#define DEAD_FIELD_MAX 255
+#define STRINGIFY_(x) #x
+#define STRINGIFY(x) STRINGIFY_(x)
 
 /* KEYS: 1 event key, 2 stream, 3 subscription order key (or the dummy), 4 customer hash (or the
  * dummy). ARGV: 1 ttl, 2 type, 3 event id, 4 data JSON, 5 created, 6 ordered, 7 sets entitlement,
@@ -87,10 +94,30 @@ static const char enqueue_script[] =
     "end\n"
     "return {1, id}\n";
 
+/* KEYS: 1 event key (or the dummy), 2 dead-letter stream. ARGV: 1 ttl, 2 max entries, 3 reason,
+ * 4 event id ('' when unknown: no de-duplication), 5 event type, 6 received, 7 body. Returns
+ * {code, entry id}: 1 added, 2 duplicate. The event key is the main script's, so that an event id
+ * ends either in the stream or here, once. Dead letters are rare, so this script is sent whole
+ * with EVAL (Redis caches it by its digest) rather than loaded at every connection. */
+static const char dead_script[] =
+    "local dedupe = ARGV[4] ~= ''\n"
+    "if dedupe and redis.call('EXISTS', KEYS[1]) == 1 then return {2, ''} end\n"
+    "local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'reason', ARGV[3],\n"
+    "  'stripe_event_id', ARGV[4], 'stripe_event_type', ARGV[5], 'received', ARGV[6],\n"
+    "  'body', ARGV[7])\n"
+    "if dedupe then redis.call('SET', KEYS[1], 'dead', 'EX', tonumber(ARGV[1])) end\n"
+    "return {1, id}\n";
+
+enum { DARG_CMD, DARG_SCRIPT, DARG_NUMKEYS, DARG_KEY_EVENT, DARG_KEY_STREAM, DARG_TTL, DARG_MAX,
+       DARG_REASON, DARG_ID, DARG_TYPE, DARG_RECEIVED, DARG_BODY, DARGS };
+
 /* EVALSHA sha numkeys + 4 keys + 12 arguments. */
 enum { ARG_CMD, ARG_SCRIPT, ARG_NUMKEYS, ARG_KEY_EVENT, ARG_KEY_STREAM, ARG_KEY_SUB, ARG_KEY_CUST,
        ARG_TTL, ARG_TYPE, ARG_ID, ARG_DATA, ARG_CREATED, ARG_ORDERED, ARG_SETS, ARG_EMAIL,
        ARG_TIER, ARG_STATUS, ARG_SUB, ARG_CUST, NARGS };
+
+_Static_assert((int)DARGS <= (int)NARGS,
+               "a dead-letter command fits in a command's argument arrays");
 
 typedef struct cmd_s cmd_t;
 struct cmd_s {
@@ -111,6 +138,7 @@ struct rv_queue_s {
     rv_redis_url_t url; /* host holds the numeric address */
     char where[300];    /* address for log lines, never with credentials */
     char *stream;
+    char *dead_stream; /* stream + ":dead" */
     char ttl[24];
     uint64_t timeout_ms;
 
@@ -527,6 +555,10 @@ int rv_queue_enqueue(rv_queue_t *q, const rv_prov_event_t *ev, rv_enqueue_cb cb,
     if (!q || !ev || !cb || !ev->type || !ev->type[0] || !ev->data_json) return RV_EINVAL;
     size_t idlen = strnlen(ev->event_id, sizeof ev->event_id);
     if (idlen == 0 || idlen == sizeof ev->event_id) return RV_EINVAL;
+    /* These become keys: the mapping checked them already, and the queue does not rely on it. */
+    if (!rv_provision_is_id(ev->event_id)) return RV_EINVAL;
+    if (ev->customer_id[0] && !rv_provision_is_id(ev->customer_id)) return RV_EINVAL;
+    if (ev->subscription_id[0] && !rv_provision_is_id(ev->subscription_id)) return RV_EINVAL;
     if (q->closing || !q->ready || !q->ac) return RV_EUNAVAIL;
     if (q->npending >= MAX_PENDING) return RV_EUNAVAIL;
 
@@ -610,6 +642,100 @@ int rv_queue_enqueue(rv_queue_t *q, const rv_prov_event_t *ev, rv_enqueue_cb cb,
     return 0;
 }
 
+/* ---- dead letters --------------------------------------------------------------------------- */
+
+static void on_dead_reply(redisAsyncContext *ac, void *r, void *privdata) {
+    cmd_t *c = privdata;
+    rv_queue_t *q = c->q;
+    redisReply *reply = r;
+    const char *id = c->argvlen[DARG_ID] ? c->argv[DARG_ID] : "-";
+    list_unlink(q, c);
+    if (!reply) {
+        q->ready = 0;
+        cmd_finish(c, c->fail_err, 0, NULL);
+        return;
+    }
+    if (reply->type == REDIS_REPLY_ERROR) {
+        rv_warn("redis: dead letter for event %s not stored: %.200s", id, reply->str);
+        cmd_finish(c, RV_EUNAVAIL, 0, NULL);
+        return;
+    }
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+        reply->element[0]->type != REDIS_REPLY_INTEGER ||
+        reply->element[1]->type != REDIS_REPLY_STRING ||
+        reply->element[0]->integer < RV_ENQ_ADDED ||
+        reply->element[0]->integer > RV_ENQ_DUPLICATE) {
+        rv_warn("redis: dead letter for event %s: unexpected answer from the script", id);
+        cmd_finish(c, RV_EUNAVAIL, 0, NULL);
+        return;
+    }
+    int result = (int)reply->element[0]->integer;
+    cmd_finish(c, 0, result, result == RV_ENQ_ADDED ? reply->element[1]->str : NULL);
+}
+
+int rv_queue_dead_letter(rv_queue_t *q, const char *event_id, const char *stripe_type,
+                         const char *reason, const void *body, size_t len, rv_enqueue_cb cb,
+                         void *data) {
+    if (!q || !cb || !reason || (!body && len > 0)) return RV_EINVAL;
+    if (!event_id) event_id = "";
+    if (!stripe_type) stripe_type = "";
+    size_t idlen = strnlen(event_id, RV_PROVISION_ID_MAX + 1);
+    size_t typelen = strnlen(stripe_type, DEAD_FIELD_MAX + 1);
+    size_t reasonlen = strnlen(reason, DEAD_FIELD_MAX + 1);
+    if (idlen > 0 && !rv_provision_is_id(event_id)) return RV_EINVAL;
+    if (reasonlen == 0 || reasonlen > DEAD_FIELD_MAX || typelen > DEAD_FIELD_MAX) {
+        return RV_EINVAL;
+    }
+    if (q->closing || !q->ready || !q->ac) return RV_EUNAVAIL;
+    if (q->npending >= MAX_PENDING) return RV_EUNAVAIL;
+
+    static const char ekey_prefix[] = "rivet:event:";
+    char received[24];
+    int recvlen = snprintf(received, sizeof received, "%lld", (long long)time(NULL));
+    size_t total = sizeof ekey_prefix + idlen + reasonlen + 1 + idlen + 1 + typelen + 1 +
+                   (size_t)recvlen + 1 + len + 1;
+    cmd_t *c = malloc(sizeof *c + total);
+    if (!c) return RV_ENOMEM;
+    memset(c, 0, sizeof *c);
+    c->q = q;
+    c->cb = cb;
+    c->data = data;
+    c->fail_err = RV_EUNAVAIL;
+
+    size_t off = 0;
+    c->argv[DARG_CMD] = "EVAL";
+    c->argvlen[DARG_CMD] = 4;
+    c->argv[DARG_SCRIPT] = dead_script;
+    c->argvlen[DARG_SCRIPT] = sizeof dead_script - 1;
+    set_arg(c, DARG_NUMKEYS, "2");
+    if (idlen) {
+        memcpy(c->strs, ekey_prefix, sizeof ekey_prefix - 1);
+        off = sizeof ekey_prefix - 1;
+        put_arg(c, &off, DARG_KEY_EVENT, event_id, idlen);
+        c->argv[DARG_KEY_EVENT] = c->strs;
+        c->argvlen[DARG_KEY_EVENT] = sizeof ekey_prefix - 1 + idlen;
+    } else {
+        set_arg(c, DARG_KEY_EVENT, DUMMY_KEY);
+    }
+    set_arg(c, DARG_KEY_STREAM, q->dead_stream);
+    set_arg(c, DARG_TTL, q->ttl);
+    set_arg(c, DARG_MAX, STRINGIFY(RV_QUEUE_DEAD_MAX));
+    put_arg(c, &off, DARG_REASON, reason, reasonlen);
+    put_arg(c, &off, DARG_ID, event_id, idlen);
+    put_arg(c, &off, DARG_TYPE, stripe_type, typelen);
+    put_arg(c, &off, DARG_RECEIVED, received, (size_t)recvlen);
+    put_arg(c, &off, DARG_BODY, len ? body : "", len);
+
+    if (redisAsyncCommandArgv(q->ac, on_dead_reply, c, DARGS, c->argv, c->argvlen) != REDIS_OK) {
+        free(c);
+        return RV_EUNAVAIL;
+    }
+    c->deadline = uv_now(q->loop) + q->timeout_ms;
+    list_push(q, c);
+    cmd_timer_arm(q);
+    return 0;
+}
+
 /* ---- life cycle ----------------------------------------------------------------------------- */
 
 /* Check the host: an IP literal, or "localhost" for 127.0.0.1. Fills q->url.host with the numeric
@@ -651,10 +777,15 @@ int rv_queue_init(uv_loop_t *loop, const rv_queue_opts_t *opts, rv_queue_t **out
         return RV_EINVAL;
     }
     q->stream = strdup(opts->stream);
-    if (!q->stream) {
+    q->dead_stream = malloc(slen + sizeof DEAD_SUFFIX);
+    if (!q->stream || !q->dead_stream) {
+        free(q->stream);
+        free(q->dead_stream);
         free(q);
         return RV_ENOMEM;
     }
+    memcpy(q->dead_stream, q->stream, slen);
+    memcpy(q->dead_stream + slen, DEAD_SUFFIX, sizeof DEAD_SUFFIX);
     q->loop = loop;
     snprintf(q->ttl, sizeof q->ttl, "%llu", (unsigned long long)opts->dedupe_ttl);
     q->timeout_ms = opts->timeout_ms ? opts->timeout_ms : DEFAULT_TIMEOUT_MS;
@@ -701,6 +832,7 @@ static void on_timer_closed(uv_handle_t *h) {
     void (*done)(void *) = q->done;
     void *done_data = q->done_data;
     free(q->stream);
+    free(q->dead_stream);
     free(q);
     if (done) done(done_data);
 }

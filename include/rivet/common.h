@@ -25,6 +25,7 @@ enum {
     RV_ECANCELED = -10011, /* the caller cancelled */
     RV_EUNAVAIL = -10012,  /* a dependency is down */
     RV_EIGNORED = -10013,  /* understood, deliberately not acted on */
+    RV_EMALFORMED = -10014, /* well formed, but content no consumer should be given */
 };
 
 /* A static English description of an RV_E* or UV_E* code. */

@@ -28,16 +28,31 @@ typedef struct rv_prov_event_s {
                                   applied event of the same subscription */
     int sets_entitlement;      /* 1 when the customer hash should be updated from this event */
     char *data_json;           /* malloc'd: the entry's "data" field; NULL if ignored */
+    char reason[128];          /* why an event was refused (RV_EPAYLOAD, RV_EMALFORMED): one
+                                  printable ASCII sentence that never quotes the input; else "" */
 } rv_prov_event_t;
 
 /* Map a verified Stripe event. Returns 0 with *out filled (enqueue it), RV_EIGNORED (acknowledge,
  * do not enqueue: another type, or a checkout that is not a subscription; event_id and
  * stripe_type are still filled for the log), RV_EPAYLOAD (not a Stripe event object: not a JSON
- * object, no string "id"/"type", no integral non-negative "created", no object "data.object", an
- * id or type that is empty, not printable ASCII or too long for its field, or any copied value
- * too long for its field), or RV_ENOMEM. On any error type and data_json are NULL.
+ * object, an id that is not a Stripe id, a type that is empty, not printable ASCII or too long,
+ * no integral non-negative "created", no object "data.object"), RV_EMALFORMED (a Stripe event
+ * whose content no consumer should be given: a customer, subscription, invoice or checkout
+ * session id that is not a Stripe id ([A-Za-z0-9_], 1..255), an email, status or currency that
+ * is not UTF-8 text free of control characters or too long for its field, an escaped NUL, a
+ * subscription-mode checkout or a subscription without a customer, a subscription without an
+ * id), or RV_ENOMEM. With RV_EPAYLOAD and RV_EMALFORMED, reason says why, and event_id and
+ * stripe_type are filled when they are themselves valid ("" otherwise), so that the event can be
+ * dead-lettered and found again. On any error type and data_json are NULL.
  * Release with rv_prov_event_free on every return. */
 int rv_provision_map(const char *json, size_t len, const rv_prices_t *prices, rv_prov_event_t *out);
+
+/* Longest Stripe id taken. */
+#define RV_PROVISION_ID_MAX 255
+
+/* 1 when s is shaped like a Stripe id ([A-Za-z0-9_], 1..RV_PROVISION_ID_MAX), which is what makes
+ * it safe inside a Redis key; else 0. */
+int rv_provision_is_id(const char *s);
 
 /* Free what the event owns; safe on a zeroed event. */
 void rv_prov_event_free(rv_prov_event_t *ev);

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -26,6 +27,7 @@
 #include "rivet/queue.h"
 
 #define STREAM "rivet:test:provisioning"
+#define DEAD STREAM ":dead"
 #define TTL 1000
 #define WAIT_MS 10000
 
@@ -239,6 +241,202 @@ static int teardown(void **state) {
     free(f);
     /* Every handle, the adapter's included, must be gone. */
     return rc == 0 ? 0 : -1;
+}
+
+/* ---- dead letters ------------------------------------------------------------------------ */
+
+/* Dead-letter len bytes and wait for the answer; checks the callback comes later, once. */
+static result_t dead_wait(fixture_t *f, const char *id, const char *type, const char *reason,
+                          const void *body, size_t len) {
+    result_t r = {0};
+    int rc = rv_queue_dead_letter(f->q, id, type, reason, body, len, on_enqueued, &r);
+    if (rc != 0) fail_msg("dead letter %s: %s", id ? id : "(null)", rv_strerror(rc));
+    assert_int_equal(r.called, 0);
+    if (!run_until(f, is_called, &r, WAIT_MS)) fail_msg("no answer for dead letter");
+    assert_int_equal(r.called, 1);
+    return r;
+}
+
+/* The fields of the dead letter with entry id, in order, checked against what was sent. */
+static void expect_dead_entry(int port, const char *entry, const char *id, const char *type,
+                              const char *reason, const void *body, size_t len) {
+    redisContext *c = redisConnect("127.0.0.1", port);
+    assert_true(c != NULL && !c->err);
+    redisReply *r = redisCommand(c, "XRANGE %s %s %s", DEAD, entry, entry);
+    redisFree(c);
+    assert_non_null(r);
+    assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+    assert_int_equal(r->elements, 1);
+    const redisReply *f = r->element[0]->element[1];
+    assert_int_equal(f->elements, 10);
+    static const char *const names[] = {"reason", "stripe_event_id", "stripe_event_type",
+                                        "received", "body"};
+    for (size_t i = 0; i < 5; i++) assert_string_equal(f->element[2 * i]->str, names[i]);
+    assert_string_equal(f->element[1]->str, reason);
+    assert_string_equal(f->element[3]->str, id);
+    assert_string_equal(f->element[5]->str, type);
+    long long received = atoll(f->element[7]->str);
+    long long now = (long long)time(NULL);
+    assert_true(received > now - 60 && received <= now + 1);
+    const redisReply *b = f->element[9];
+    if (b->len != len || memcmp(b->str, body, len) != 0) {
+        fail_msg("body of %s differs: %zu bytes, sent %zu", entry, b->len, len);
+    }
+    freeReplyObject(r);
+}
+
+static void test_dead_letter(void **state) {
+    fixture_t *f = *state;
+    char url[64], out[64];
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d/0", f->redis.port);
+    queue_open_ready(f, url);
+
+    /* Raw bytes, NULs, CR LF and invalid UTF-8 included, are kept as they are. */
+    static const char body[] = "{\"id\":\"evt_dl1\"}\x00\r\nFLUSHALL\r\n\xff\xc0\xaf";
+    const char *reason = "customer id is not a Stripe id";
+    result_t r = dead_wait(f, "evt_dl1", "customer.subscription.created", reason, body,
+                           sizeof body - 1);
+    assert_int_equal(r.err, 0);
+    assert_int_equal(r.result, RV_ENQ_ADDED);
+    assert_non_null(strchr(r.id, '-'));
+    expect_dead_entry(f->redis.port, r.id, "evt_dl1", "customer.subscription.created", reason,
+                      body, sizeof body - 1);
+    long long ttl = redis_int(f->redis.port, "TTL %s", "rivet:event:evt_dl1");
+    assert_true(ttl > TTL - 30 && ttl <= TTL);
+
+    /* Stripe's redelivery of the same event: nothing more. */
+    result_t d = dead_wait(f, "evt_dl1", "customer.subscription.created", reason, body,
+                           sizeof body - 1);
+    assert_int_equal(d.err, 0);
+    assert_int_equal(d.result, RV_ENQ_DUPLICATE);
+    assert_string_equal(d.id, "");
+    assert_int_equal(redis_int(f->redis.port, "XLEN %s", DEAD), 1);
+
+    /* Without an id there is nothing to de-duplicate by: every delivery is kept. */
+    result_t n1 = dead_wait(f, "", "", "the body is not JSON", "x", 1);
+    result_t n2 = dead_wait(f, NULL, NULL, "the body is not JSON", "x", 1);
+    assert_int_equal(n1.result, RV_ENQ_ADDED);
+    assert_int_equal(n2.result, RV_ENQ_ADDED);
+    expect_dead_entry(f->redis.port, n2.id, "", "", "the body is not JSON", "x", 1);
+    result_t n3 = dead_wait(f, NULL, NULL, "the body is empty", NULL, 0);
+    expect_dead_entry(f->redis.port, n3.id, "", "", "the body is empty", "", 0);
+    assert_int_equal(redis_int(f->redis.port, "XLEN %s", DEAD), 4);
+    assert_int_equal(redis_int(f->redis.port, "EXISTS %s", "rivet:none"), 0);
+
+    /* One outcome per event id, across both streams. */
+    expect_added(f, &(evspec_t){.id = "evt_dl2", .created = 1});
+    d = dead_wait(f, "evt_dl2", "invoice.payment_failed", reason, "y", 1);
+    assert_int_equal(d.result, RV_ENQ_DUPLICATE);
+    d = dead_wait(f, "evt_dl3", "invoice.payment_failed", reason, "y", 1);
+    assert_int_equal(d.result, RV_ENQ_ADDED);
+    result_t e = enqueue_wait(f, f->q, &(evspec_t){.id = "evt_dl3", .created = 1});
+    assert_int_equal(e.result, RV_ENQ_DUPLICATE);
+    assert_int_equal(redis_int(f->redis.port, "XLEN %s", STREAM), 1);
+    assert_int_equal(redis_int(f->redis.port, "XLEN %s", DEAD), 5);
+    redis_str(f->redis.port, out, sizeof out, "TYPE %s", DEAD);
+    assert_string_equal(out, "stream");
+}
+
+static void test_dead_letter_refused(void **state) {
+    fixture_t *f = *state;
+    char url[64];
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d/0", f->redis.port);
+    f->q = queue_open(f, url, 2000);
+    result_t r = {0};
+    /* Not connected yet: refused at once. */
+    assert_int_equal(rv_queue_dead_letter(f->q, "evt_r", "t", "why", "b", 1, on_enqueued, &r),
+                     RV_EUNAVAIL);
+    assert_true(run_until(f, is_ready, f->q, WAIT_MS));
+
+    char big[300];
+    memset(big, 'a', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    rv_queue_t *q = f->q;
+    assert_int_equal(rv_queue_dead_letter(q, "evt_r", "t", "why", "b", 1, NULL, &r), RV_EINVAL);
+    assert_int_equal(rv_queue_dead_letter(q, "evt_r", "t", NULL, "b", 1, on_enqueued, &r),
+                     RV_EINVAL);
+    assert_int_equal(rv_queue_dead_letter(q, "evt_r", "t", "", "b", 1, on_enqueued, &r),
+                     RV_EINVAL);
+    assert_int_equal(rv_queue_dead_letter(q, "evt_r", "t", big, "b", 1, on_enqueued, &r),
+                     RV_EINVAL);
+    assert_int_equal(rv_queue_dead_letter(q, "evt_r", big, "why", "b", 1, on_enqueued, &r),
+                     RV_EINVAL);
+    assert_int_equal(rv_queue_dead_letter(q, "evt_r", "t", "why", NULL, 1, on_enqueued, &r),
+                     RV_EINVAL);
+    /* An id that is not a Stripe id would become a key: refused. */
+    static const char *const bad_ids[] = {"evt 1", "evt\r\nFLUSHALL", "evt:*", "evt_\xc3\xbc"};
+    for (size_t i = 0; i < RV_ARRAY_LEN(bad_ids); i++) {
+        assert_int_equal(rv_queue_dead_letter(q, bad_ids[i], "t", "why", "b", 1, on_enqueued, &r),
+                         RV_EINVAL);
+    }
+    assert_int_equal(rv_queue_dead_letter(q, big, "t", "why", "b", 1, on_enqueued, &r),
+                     RV_EINVAL);
+
+    /* The same holds for the ids the enqueue script turns into keys. */
+    static const evspec_t bad_events[] = {
+        {.id = "evt\r\nx", .created = 1},
+        {.id = "evt_ok", .created = 1, .cust = "cus\r\nFLUSHALL", .sets = 1},
+        {.id = "evt_ok", .created = 1, .sub = "sub 1"},
+        {.id = "evt_ok", .created = 1, .sub = "sub_*"},
+    };
+    for (size_t i = 0; i < RV_ARRAY_LEN(bad_events); i++) {
+        rv_prov_event_t ev;
+        make_event(&ev, &bad_events[i]);
+        assert_int_equal(rv_queue_enqueue(q, &ev, on_enqueued, &r), RV_EINVAL);
+        free(ev.data_json);
+    }
+    assert_int_equal(r.called, 0);
+    assert_int_equal(rv_queue_pending(q), 0);
+    char out[64];
+    assert_int_equal(th_redis(f->redis.port, out, sizeof out, "DBSIZE"), 0);
+    assert_string_equal(out, "0");
+
+    /* In flight when Redis dies: the callback says so, once; while down: refused at once. */
+    result_t d = {0};
+    assert_int_equal(rv_queue_dead_letter(q, "evt_r", "t", "why", "b", 1, on_enqueued, &d), 0);
+    th_stop(&f->redis, SIGKILL, 5000);
+    assert_true(run_until(f, is_called, &d, WAIT_MS));
+    assert_int_equal(d.called, 1);
+    assert_int_equal(d.err, RV_EUNAVAIL);
+    assert_true(run_until(f, is_not_ready, q, WAIT_MS));
+    assert_int_equal(rv_queue_dead_letter(q, "evt_r", "t", "why", "b", 1, on_enqueued, &r),
+                     RV_EUNAVAIL);
+    assert_int_equal(r.called, 0);
+}
+
+typedef struct many_s {
+    int called;
+    int failed;
+} many_t;
+
+static void on_many(void *data, int err, int result, const char *stream_id) {
+    many_t *m = data;
+    m->called++;
+    if (err != 0 || result != RV_ENQ_ADDED) m->failed++;
+}
+
+static int many_done(void *ud) { return ((many_t *)ud)->called == RV_QUEUE_DEAD_MAX + 300; }
+
+/* Whoever holds the webhook secret cannot grow the dead-letter stream without end. */
+static void test_dead_letter_bounded(void **state) {
+    fixture_t *f = *state;
+    char url[64];
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d/0", f->redis.port);
+    queue_open_ready(f, url);
+    many_t m = {0};
+    for (int i = 0; i < RV_QUEUE_DEAD_MAX + 300; i++) {
+        if (rv_queue_dead_letter(f->q, NULL, NULL, "the body is not JSON", "junk", 4, on_many,
+                                 &m) != 0) {
+            fail_msg("dead letter %d refused", i);
+        }
+    }
+    if (!run_until(f, many_done, &m, 60000)) fail_msg("only %d answers", m.called);
+    assert_int_equal(m.failed, 0);
+    /* Trimmed by whole nodes (MAXLEN ~): at least the bound, at most a node of 100 more. */
+    long long n = redis_int(f->redis.port, "XLEN %s", DEAD);
+    if (n < RV_QUEUE_DEAD_MAX || n > RV_QUEUE_DEAD_MAX + 100) {
+        fail_msg("%lld dead letters kept, expected about %d", n, RV_QUEUE_DEAD_MAX);
+    }
 }
 
 /* ---- tests ------------------------------------------------------------------------------- */
@@ -768,6 +966,9 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_durability_unknown, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unix_socket_and_db, setup, teardown),
         cmocka_unit_test_setup_teardown(test_auth, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dead_letter, setup_redis, teardown),
+        cmocka_unit_test_setup_teardown(test_dead_letter_refused, setup_redis, teardown),
+        cmocka_unit_test_setup_teardown(test_dead_letter_bounded, setup_redis, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -24,6 +24,7 @@
 #include "rivet/webhook_sig.h"
 
 #define STREAM "rivet:provisioning"
+#define DEAD STREAM ":dead"
 #define WEBHOOK "/api/webhooks/stripe"
 #define WAIT_MS 10000
 #define STOP_MS 5000
@@ -713,36 +714,395 @@ static void test_signature_rotated_secret(void **state) {
     free(b3);
 }
 
-/* ---- payloads ------------------------------------------------------------------------------ */
+/* ---- dead letters ------------------------------------------------------------------------- */
 
-static void test_signed_non_json_refused(void **state) {
-    RV_UNUSED(state);
-    th_response_t r;
-    post_signed(W.rivetd.port, TH_WEBHOOK_SECRET, "this is not JSON {", &r);
-    expect_detail(&r, 400, "Invalid payload");
-    assert_int_equal(xlen(W.redis.port, STREAM), 0);
+typedef struct dead_s {
+    char reason[256];
+    char event_id[256];
+    char event_type[128];
+    long long received;
+    char *body; /* malloc'd, body_len bytes plus a NUL */
+    size_t body_len;
+} dead_t;
+
+static void dead_free(dead_t *d, int n) {
+    for (int i = 0; i < n; i++) free(d[i].body);
 }
 
-static void test_signed_json_not_event_refused(void **state) {
+/* Read the whole dead-letter stream. Every entry must have exactly the fields reason,
+ * stripe_event_id, stripe_event_type, received and body. Returns the number of entries. */
+static int read_dead(int port, dead_t *out, int max) {
+    struct timeval tv = {2, 0};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
+    assert_non_null(c);
+    if (c->err) {
+        redisFree(c);
+        fail_msg("redis on %d unreachable", port);
+    }
+    redisReply *r = redisCommand(c, "XRANGE %s - +", DEAD);
+    redisFree(c);
+    assert_non_null(r);
+    assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+    int n = (int)r->elements;
+    if (n > max) {
+        freeReplyObject(r);
+        fail_msg("%d entries in %s, more than expected", n, DEAD);
+    }
+    memset(out, 0, sizeof *out * (size_t)max);
+    for (int i = 0; i < n; i++) {
+        const redisReply *f = r->element[i]->element[1];
+        assert_int_equal(f->type, REDIS_REPLY_ARRAY);
+        if (f->elements != 10) fail_msg("a dead letter has %zu fields, not 5", f->elements / 2);
+        int seen = 0;
+        for (size_t k = 0; k + 1 < f->elements; k += 2) {
+            const char *name = f->element[k]->str;
+            const redisReply *v = f->element[k + 1];
+            char num[32];
+            if (strcmp(name, "reason") == 0) {
+                copy_field(out[i].reason, sizeof out[i].reason, v);
+                seen |= 1;
+            } else if (strcmp(name, "stripe_event_id") == 0) {
+                copy_field(out[i].event_id, sizeof out[i].event_id, v);
+                seen |= 2;
+            } else if (strcmp(name, "stripe_event_type") == 0) {
+                copy_field(out[i].event_type, sizeof out[i].event_type, v);
+                seen |= 4;
+            } else if (strcmp(name, "received") == 0) {
+                copy_field(num, sizeof num, v);
+                out[i].received = atoll(num);
+                seen |= 8;
+            } else if (strcmp(name, "body") == 0) {
+                assert_int_equal(v->type, REDIS_REPLY_STRING);
+                out[i].body = malloc(v->len + 1);
+                assert_non_null(out[i].body);
+                memcpy(out[i].body, v->str, v->len);
+                out[i].body[v->len] = '\0';
+                out[i].body_len = v->len;
+                seen |= 16;
+            } else {
+                fail_msg("unexpected field \"%s\" in a dead letter", name);
+            }
+        }
+        assert_int_equal(seen, 31);
+    }
+    freeReplyObject(r);
+    return n;
+}
+
+/* A dead letter against what was sent: the body byte for byte, the identity, a reason that
+ * names the defect (want_reason is a substring of it), received about now. */
+static void check_dead(const dead_t *d, const char *body, size_t len, const char *event_id,
+                       const char *event_type, const char *want_reason) {
+    if (d->body_len != len || memcmp(d->body, body, len) != 0) {
+        fail_msg("dead letter body differs from what was sent (%zu bytes, sent %zu)", d->body_len,
+                 len);
+    }
+    assert_string_equal(d->event_id, event_id);
+    assert_string_equal(d->event_type, event_type);
+    if (strstr(d->reason, want_reason) == NULL) {
+        fail_msg("reason \"%s\" does not mention \"%s\"", d->reason, want_reason);
+    }
+    for (const char *p = d->reason; *p; p++) {
+        if (*p < 0x20 || *p > 0x7e) fail_msg("reason \"%s\" is not printable ASCII", d->reason);
+    }
+    long long now = (long long)time(NULL);
+    if (d->received < now - 60 || d->received > now + 5) {
+        fail_msg("received %lld is not about now (%lld)", d->received, now);
+    }
+}
+
+/* Nothing under the keys a mapped event would have written. */
+static void expect_no_entitlement_keys(int port) {
+    static const char *const patterns[] = {"rivet:customer:*", "rivet:subscription:*"};
+    for (size_t i = 0; i < RV_ARRAY_LEN(patterns); i++) {
+        char out[512];
+        if (th_redis(port, out, sizeof out, "KEYS %s", patterns[i]) != 0) {
+            fail_msg("redis unreachable");
+        }
+        if (out[0] != '\0') fail_msg("keys %s exist: %s", patterns[i], out);
+    }
+}
+
+/* The answer to a dead-lettered delivery: 200 {"status":"ok",...}. Frees r. */
+static void expect_ack(th_response_t *r) {
+    if (r->status != 200) fail_msg("status %d, body %s; expected 200", r->status, r->body);
+    cJSON *j = cJSON_Parse(r->body);
+    const cJSON *st = cJSON_GetObjectItemCaseSensitive(j, "status");
+    int ok = cJSON_IsString(st) && strcmp(st->valuestring, "ok") == 0 &&
+             cJSON_IsString(cJSON_GetObjectItemCaseSensitive(j, "event_type"));
+    cJSON_Delete(j);
+    if (!ok) fail_msg("unexpected answer %s", r->body);
+    th_response_free(r);
+}
+
+/* POST len bytes (which may hold NULs) signed with the shared secret, on a new connection. */
+static void post_bytes(int port, const char *body, size_t len, th_response_t *r) {
+    char sig[128], head[512];
+    assert_int_equal(rv_webhook_sign(TH_WEBHOOK_SECRET, (int64_t)time(NULL), body, len, sig,
+                                     sizeof sig), 0);
+    snprintf(head, sizeof head,
+             "POST " WEBHOOK " HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n"
+             "Content-Type: application/json\r\nStripe-Signature: %s\r\n"
+             "Content-Length: %zu\r\n\r\n",
+             port, sig, len);
+    int fd = th_connect(port);
+    assert_true(fd >= 0);
+    assert_int_equal(th_send_str(fd, head), 0);
+    assert_int_equal(th_send(fd, body, len), 0);
+    int rc = th_read_response(fd, r, 0, WAIT_MS);
+    th_close(fd);
+    if (rc != 0) fail_msg("no answer from rivetd on port %d", port);
+}
+
+typedef struct log_probe_s {
+    const char *path;
+    const char *needle;
+} log_probe_t;
+
+static int log_has(void *ud) {
+    log_probe_t *p = ud;
+    FILE *f = fopen(p->path, "rb");
+    if (f == NULL) return 0;
+    char line[4096];
+    int found = 0;
+    while (!found && fgets(line, sizeof line, f) != NULL) found = strstr(line, p->needle) != NULL;
+    fclose(f);
+    return found;
+}
+
+/* A subscription event whose customer id would have become the key
+ * "rivet:customer:cus\r\nFLUSHALL". */
+static char *poisoned_customer(const char *id) {
+    cJSON *ev = load_event("customer.subscription.created", id, -1);
+    set_string(object_of(ev), "customer", "cus\r\nFLUSHALL");
+    return event_text(ev);
+}
+
+static void test_malformed_customer_dead_lettered(void **state) {
     RV_UNUSED(state);
-    static const char *bodies[] = {
-        "{\"hello\":\"world\"}",
-        "[1,2,3]",
-        "\"evt_string\"",
-        /* An event envelope without data.object. */
-        "{\"id\":\"evt_itest_noobj\",\"object\":\"event\",\"type\":"
-        "\"customer.subscription.created\",\"created\":1721954054,\"data\":{}}",
-        /* created is not a number. */
-        "{\"id\":\"evt_itest_nocreated\",\"object\":\"event\",\"type\":"
-        "\"customer.subscription.created\",\"created\":\"yesterday\",\"data\":{\"object\":{}}}",
+    /* A valid event first, so that "the main stream is unchanged" means something. */
+    char good[64], id[64];
+    fresh_id(good, sizeof good, "before");
+    char *valid = event_from_file("invoice.payment_succeeded", good);
+    th_response_t r;
+    post_event(valid, &r);
+    expect_ok(&r, "invoice.payment_succeeded");
+
+    fresh_id(id, sizeof id, "poison");
+    char *body = poisoned_customer(id);
+    post_event(body, &r);
+    expect_ok(&r, "customer.subscription.created");
+
+    entry_t e[MAX_ENTRIES];
+    int n = read_stream(W.redis.port, STREAM, e, MAX_ENTRIES);
+    assert_int_equal(n, 1);
+    assert_string_equal(e[0].event_id, good);
+    entries_free(e, n);
+    /* The valid invoice wrote no customer hash; the poisoned event wrote no key at all. */
+    char out[512];
+    assert_int_equal(th_redis(W.redis.port, out, sizeof out, "KEYS %s", "rivet:customer:cus*"), 0);
+    assert_string_equal(out, "");
+    assert_int_equal(th_redis(W.redis.port, out, sizeof out, "KEYS %s", "*FLUSHALL*"), 0);
+    assert_string_equal(out, "");
+    dead_t d[MAX_ENTRIES];
+    n = read_dead(W.redis.port, d, MAX_ENTRIES);
+    assert_int_equal(n, 1);
+    check_dead(&d[0], body, strlen(body), id, "customer.subscription.created", "customer");
+    dead_free(d, n);
+
+    /* Stripe delivers the same event again (it does, for days): still one dead letter. */
+    post_signed_at(W.rivetd.port, TH_WEBHOOK_SECRET, (int64_t)time(NULL) - 7, body, &r);
+    expect_ok(&r, "customer.subscription.created");
+    post_event(body, &r);
+    expect_ok(&r, "customer.subscription.created");
+    assert_int_equal(xlen(W.redis.port, DEAD), 1);
+    assert_int_equal(xlen(W.redis.port, STREAM), 1);
+
+    /* The operator learns of it from the log, at error level, with the event's identity. */
+    char needle[128];
+    snprintf(needle, sizeof needle, "error webhook: %s customer.subscription.created", id);
+    log_probe_t lp = {W.rivetd.log_path, needle};
+    if (!th_eventually(log_has, &lp, WAIT_MS)) fail_msg("no line \"%s\" in the log", needle);
+    free(valid);
+    free(body);
+}
+
+static void test_malformed_content_dead_lettered(void **state) {
+    RV_UNUSED(state);
+    static const struct {
+        const char *stripe_type;
+        const char *path[3]; /* where in data.object, up to three members deep */
+        const char *value;   /* NULL: JSON null */
+        const char *reason;
+    } cases[] = {
+        /* A subscription-mode checkout nobody can be provisioned from. */
+        {"checkout.session.completed", {"customer"}, NULL, "customer"},
+        /* Overlong UTF-8 for '/', in the newer place of a checkout's email. */
+        {"checkout.session.completed", {"customer_details", "email"}, "\xC0\xAFx@example.com",
+         "email"},
+        /* A UTF-16 surrogate encoded in UTF-8, in the older place of an invoice's email. */
+        {"invoice.payment_failed", {"customer_email"}, "x\xED\xA0\x80@example.com", "email"},
+        /* A subscription id with a blank, in the newer place of an invoice's subscription. */
+        {"invoice.payment_succeeded", {"parent", "subscription_details", "subscription"},
+         "sub_1 2", "subscription"},
+        /* A customer id that is not ASCII. */
+        {"customer.subscription.updated", {"customer"}, "cus_\xC3\xBC", "customer"},
+        /* A status with a C1 control character (NEL). */
+        {"customer.subscription.deleted", {"status"}, "canceled\xC2\x85", "status"},
     };
-    for (size_t i = 0; i < RV_ARRAY_LEN(bodies); i++) {
+    dead_t d[MAX_ENTRIES];
+    char *bodies[RV_ARRAY_LEN(cases)];
+    char ids[RV_ARRAY_LEN(cases)][64];
+    for (size_t i = 0; i < RV_ARRAY_LEN(cases); i++) {
+        fresh_id(ids[i], sizeof ids[i], "content");
+        cJSON *ev = load_event(cases[i].stripe_type, ids[i], -1);
+        cJSON *o = object_of(ev);
+        size_t depth = 0;
+        while (depth + 1 < RV_ARRAY_LEN(cases[i].path) && cases[i].path[depth + 1] != NULL) {
+            o = cJSON_GetObjectItemCaseSensitive(o, cases[i].path[depth++]);
+            assert_true(cJSON_IsObject(o));
+        }
+        cJSON *v = cases[i].value ? cJSON_CreateString(cases[i].value) : cJSON_CreateNull();
+        assert_true(cJSON_ReplaceItemInObjectCaseSensitive(o, cases[i].path[depth], v));
+        bodies[i] = event_text(ev);
         th_response_t r;
-        post_signed(W.rivetd.port, TH_WEBHOOK_SECRET, bodies[i], &r);
-        if (r.status != 400) fail_msg("%s: status %d, expected 400", bodies[i], r.status);
-        expect_detail(&r, 400, "Invalid payload");
+        post_event(bodies[i], &r);
+        expect_ok(&r, cases[i].stripe_type);
     }
     assert_int_equal(xlen(W.redis.port, STREAM), 0);
+    expect_no_entitlement_keys(W.redis.port);
+    int n = read_dead(W.redis.port, d, MAX_ENTRIES);
+    assert_int_equal(n, (int)RV_ARRAY_LEN(cases));
+    for (size_t i = 0; i < RV_ARRAY_LEN(cases); i++) {
+        check_dead(&d[i], bodies[i], strlen(bodies[i]), ids[i], cases[i].stripe_type,
+                   cases[i].reason);
+        free(bodies[i]);
+    }
+    dead_free(d, n);
+}
+
+/* A signed body that is not a Stripe event at all: Stripe signed it, so delivering it again
+ * cannot change it. It is kept, with the reason, and acknowledged. */
+static void test_signed_non_event_dead_lettered(void **state) {
+    RV_UNUSED(state);
+    static const struct {
+        const char *body;
+        const char *id, *type; /* what can be read of its identity */
+    } cases[] = {
+        {"this is not JSON {", "", ""},
+        {"{\"hello\":\"world\"}", "", ""},
+        {"[1,2,3]", "", ""},
+        {"\"evt_string\"", "", ""},
+        /* An event envelope without data.object: the id is known, so redeliveries are one. */
+        {"{\"id\":\"evt_itest_noobj\",\"object\":\"event\",\"type\":"
+         "\"customer.subscription.created\",\"created\":1721954054,\"data\":{}}",
+         "evt_itest_noobj", "customer.subscription.created"},
+        /* created is not a number. */
+        {"{\"id\":\"evt_itest_nocreated\",\"object\":\"event\",\"type\":"
+         "\"customer.subscription.created\",\"created\":\"yesterday\",\"data\":{\"object\":{}}}",
+         "evt_itest_nocreated", "customer.subscription.created"},
+        /* An event id that is not Stripe's shape is not trusted as a key. */
+        {"{\"id\":\"evt\\r\\nDEL x\",\"object\":\"event\",\"type\":"
+         "\"customer.subscription.created\",\"created\":1721954054,\"data\":{\"object\":{}}}",
+         "", "customer.subscription.created"},
+    };
+    th_response_t r;
+    for (size_t i = 0; i < RV_ARRAY_LEN(cases); i++) {
+        post_event(cases[i].body, &r);
+        expect_ack(&r);
+    }
+    /* Bytes that are no text at all, NULs included, are kept exactly. */
+    static const char binary[] = "\x00\xff{\"id\":\"evt_bin\"}\r\n\x00\x80\xfe";
+    post_bytes(W.rivetd.port, binary, sizeof binary - 1, &r);
+    expect_ack(&r);
+    /* A redelivery of the envelope whose id is known adds nothing. */
+    post_event(cases[4].body, &r);
+    expect_ack(&r);
+
+    assert_int_equal(xlen(W.redis.port, STREAM), 0);
+    dead_t d[MAX_ENTRIES];
+    int n = read_dead(W.redis.port, d, MAX_ENTRIES);
+    assert_int_equal(n, (int)RV_ARRAY_LEN(cases) + 1);
+    for (size_t i = 0; i < RV_ARRAY_LEN(cases); i++) {
+        check_dead(&d[i], cases[i].body, strlen(cases[i].body), cases[i].id, cases[i].type, "");
+        if (d[i].reason[0] == '\0') fail_msg("no reason for %s", cases[i].body);
+    }
+    check_dead(&d[n - 1], binary, sizeof binary - 1, "", "", "JSON");
+    dead_free(d, n);
+}
+
+static void test_dead_letter_redis_down(void **state) {
+    RV_UNUSED(state);
+    assert_int_equal(th_redis_start(&W.xredis), 0);
+    int port = W.xredis.port;
+    assert_int_equal(rivetd_start(&W.xrivetd, port, NULL), 0);
+    wait_ready(&W.xrivetd, 200);
+    assert_true(th_stop(&W.xredis, SIGTERM, STOP_MS) >= 0);
+    W.xredis.pid = 0;
+
+    char id[64];
+    fresh_id(id, sizeof id, "deaddown");
+    char *body = poisoned_customer(id);
+    th_response_t r;
+    /* It cannot be kept, so it is not acknowledged: Stripe delivers it again. */
+    post_signed(W.xrivetd.port, TH_WEBHOOK_SECRET, body, &r);
+    assert_non_null(th_header(&r, "Retry-After"));
+    expect_detail(&r, 503, "Provisioning queue unavailable; retry later");
+    wait_ready(&W.xrivetd, 503);
+    post_signed(W.xrivetd.port, TH_WEBHOOK_SECRET, "not an event", &r);
+    expect_detail(&r, 503, "Provisioning queue unavailable; retry later");
+
+    redis_spawn(&W.xredis, port);
+    wait_ready(&W.xrivetd, 200);
+    post_signed(W.xrivetd.port, TH_WEBHOOK_SECRET, body, &r);
+    expect_ok(&r, "customer.subscription.created");
+    assert_int_equal(xlen(port, STREAM), 0);
+    dead_t d[MAX_ENTRIES];
+    int n = read_dead(port, d, MAX_ENTRIES);
+    assert_int_equal(n, 1);
+    check_dead(&d[0], body, strlen(body), id, "customer.subscription.created", "customer");
+    dead_free(d, n);
+    rivetd_stop_clean(&W.xrivetd);
+    free(body);
+}
+
+/* The sample key's value in the admin listener's /metrics, 0 when absent. */
+static double metric_value(int admin_port, const char *key) {
+    th_response_t r;
+    if (th_request(admin_port, "GET", "/metrics", NULL, NULL, &r) != 0) fail_msg("no /metrics");
+    assert_int_equal(r.status, 200);
+    double v = 0;
+    size_t kl = strlen(key);
+    const char *p = r.body;
+    while (p != NULL && *p) {
+        if (strncmp(p, key, kl) == 0 && p[kl] == ' ') v = strtod(p + kl + 1, NULL);
+        p = strchr(p, '\n');
+        if (p != NULL) p++;
+    }
+    th_response_free(&r);
+    return v;
+}
+
+static void test_dead_letter_metric(void **state) {
+    RV_UNUSED(state);
+    const char *key = "rivet_webhook_events_total{type=\"customer.subscription.created\","
+                      "outcome=\"dead_letter\"}";
+    assert_true(W.rivetd.port2 > 0);
+    double before = metric_value(W.rivetd.port2, key);
+    char id[64];
+    fresh_id(id, sizeof id, "metric");
+    char *body = poisoned_customer(id);
+    th_response_t r;
+    post_event(body, &r);
+    expect_ok(&r, "customer.subscription.created");
+    if (metric_value(W.rivetd.port2, key) != before + 1) {
+        fail_msg("%s is %g, expected %g", key, metric_value(W.rivetd.port2, key), before + 1);
+    }
+    /* A redelivery is a duplicate, not a second dead letter. */
+    post_event(body, &r);
+    expect_ok(&r, "customer.subscription.created");
+    assert_true(metric_value(W.rivetd.port2, key) == before + 1);
+    free(body);
 }
 
 /* ---- Redis trouble ------------------------------------------------------------------------- */
@@ -944,8 +1304,11 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_signature_v0_only, setup, teardown),
         cmocka_unit_test_setup_teardown(test_signature_body_changed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_signature_rotated_secret, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_signed_non_json_refused, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_signed_json_not_event_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_malformed_customer_dead_lettered, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_malformed_content_dead_lettered, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_signed_non_event_dead_lettered, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dead_letter_redis_down, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dead_letter_metric, setup, teardown),
         cmocka_unit_test_setup_teardown(test_redis_down_then_back, setup, teardown),
         cmocka_unit_test_setup_teardown(test_redis_slower_than_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_client_disconnects_after_sending, setup, teardown),

@@ -222,16 +222,6 @@ static void test_checkout_expanded_refs(void **state) {
     assert_string_equal(ev.customer_id, FX_CUSTOMER);
     assert_string_equal(ev.subscription_id, FX_SUB);
     rv_prov_event_free(&ev);
-
-    /* A null customer (not expected in subscription mode) gives an empty customer id. */
-    cs = checkout_subscription();
-    set(cs, "customer", cJSON_CreateNull());
-    assert_int_equal(map_obj("checkout.session.completed", cs, &ev), 0);
-    assert_string_equal(ev.customer_id, "");
-    cJSON *d = data_of(&ev, "checkout.session.completed");
-    assert_dstr(d, "customer_id", "");
-    cJSON_Delete(d);
-    rv_prov_event_free(&ev);
 }
 
 static void test_checkout_metadata_tier(void **state) {
@@ -701,19 +691,21 @@ static void test_overlong(void **state) {
         rv_prov_event_free(&ev);
     }
 
-    /* Over-long customer id, subscription id and email are refused too. */
+    /* Over-long customer id, subscription id and email are malformed content of an event that
+     * is otherwise Stripe's: refused, with the event's identity kept. */
     memset(id, 'c', 256);
     id[256] = '\0';
     cJSON *sub = load_fixture("subscription");
     set(sub, "customer", cJSON_CreateString(id));
-    assert_int_equal(map_obj("customer.subscription.updated", sub, &ev), RV_EPAYLOAD);
+    assert_int_equal(map_obj("customer.subscription.updated", sub, &ev), RV_EMALFORMED);
     assert_null(ev.data_json);
     assert_string_equal(ev.customer_id, "");
+    assert_string_equal(ev.event_id, "evt_test_provision_1");
     rv_prov_event_free(&ev);
 
     cJSON *in = invoice_paid();
     set(in, "subscription", cJSON_CreateString(id));
-    assert_int_equal(map_obj("invoice.payment_succeeded", in, &ev), RV_EPAYLOAD);
+    assert_int_equal(map_obj("invoice.payment_succeeded", in, &ev), RV_EMALFORMED);
     rv_prov_event_free(&ev);
 
     char email[400];
@@ -722,7 +714,7 @@ static void test_overlong(void **state) {
     memcpy(email + 300, "@example.com", 12);
     in = invoice_paid();
     set(in, "customer_email", cJSON_CreateString(email));
-    assert_int_equal(map_obj("invoice.payment_failed", in, &ev), RV_EPAYLOAD);
+    assert_int_equal(map_obj("invoice.payment_failed", in, &ev), RV_EMALFORMED);
     rv_prov_event_free(&ev);
 
     /* An over-long type is refused before it is compared. */
@@ -730,6 +722,317 @@ static void test_overlong(void **state) {
     memset(type, 't', sizeof type - 1);
     type[sizeof type - 1] = '\0';
     assert_int_equal(map_obj(type, load_fixture("subscription"), &ev), RV_EPAYLOAD);
+    rv_prov_event_free(&ev);
+}
+
+/* --- signed but malformed content --- */
+
+/* A reason is one printable ASCII sentence that names the defect and never quotes the input. */
+static void check_reason(const rv_prov_event_t *ev, const char *want) {
+    if (ev->reason[0] == '\0') fail_msg("no reason given");
+    for (const char *p = ev->reason; *p; p++) {
+        if (*p < 0x20 || *p > 0x7e) fail_msg("reason \"%s\" is not printable ASCII", ev->reason);
+    }
+    if (strstr(ev->reason, "FLUSHALL") != NULL) fail_msg("reason quotes the input: %s", ev->reason);
+    if (strstr(ev->reason, want) == NULL) {
+        fail_msg("reason \"%s\" does not mention \"%s\"", ev->reason, want);
+    }
+}
+
+/* Map obj (consumed) as an event of type and require RV_EMALFORMED: nothing to enqueue, the
+ * event's identity kept for the dead letter, and a reason that mentions want. */
+static void expect_malformed(const char *type, cJSON *obj, const char *want) {
+    rv_prov_event_t ev;
+    int rc = map_obj(type, obj, &ev);
+    if (rc != RV_EMALFORMED) fail_msg("%s: expected RV_EMALFORMED (%s), got %d", type, want, rc);
+    assert_null(ev.type);
+    assert_null(ev.data_json);
+    assert_string_equal(ev.event_id, "evt_test_provision_1");
+    assert_string_equal(ev.stripe_type, type);
+    assert_string_equal(ev.customer_id, "");
+    assert_string_equal(ev.subscription_id, "");
+    assert_string_equal(ev.email, "");
+    check_reason(&ev, want);
+    rv_prov_event_free(&ev);
+}
+
+static void expect_maps(const char *type, cJSON *obj) {
+    rv_prov_event_t ev;
+    int rc = map_obj(type, obj, &ev);
+    if (rc != 0) fail_msg("%s: expected 0, got %d (%s)", type, rc, ev.reason);
+    assert_non_null(ev.data_json);
+    assert_string_equal(ev.reason, "");
+    rv_prov_event_free(&ev);
+}
+
+/* Set o.<k1>.<k2> (k2 may be NULL) to the string v, creating the object k1 if needed. */
+static void set_path(cJSON *o, const char *k1, const char *k2, const char *v) {
+    if (k2 == NULL) {
+        set(o, k1, cJSON_CreateString(v));
+        return;
+    }
+    cJSON *inner = cJSON_GetObjectItemCaseSensitive(o, k1);
+    if (!cJSON_IsObject(inner)) {
+        inner = cJSON_CreateObject();
+        set(o, k1, inner);
+    }
+    set(inner, k2, cJSON_CreateString(v));
+}
+
+static void test_malformed_ids(void **state) {
+    char longid[300];
+    memset(longid, 'a', 256);
+    memcpy(longid, "cus_", 4);
+    longid[256] = '\0';
+    const char *bad[] = {
+        "cus\r\nFLUSHALL", "cus 1", "cus_\xC3\xBC", "cus_\xE2\x80\x8B", "cus-1", "cus:1",
+        "cus*",           "cus_1\t", "\x7f",        "cus_\xff",         longid,
+    };
+    for (size_t i = 0; i < RV_ARRAY_LEN(bad); i++) {
+        const char *b = bad[i];
+        /* Customer ids: as a string and expanded, in every kind of event. */
+        cJSON *sub = load_fixture("subscription");
+        set(sub, "customer", cJSON_CreateString(b));
+        expect_malformed("customer.subscription.updated", sub, "customer id");
+        sub = load_fixture("subscription");
+        cJSON *cus = load_fixture("customer");
+        set(cus, "id", cJSON_CreateString(b));
+        set(sub, "customer", cus);
+        expect_malformed("customer.subscription.deleted", sub, "customer id");
+        cJSON *cs = checkout_subscription();
+        set(cs, "customer", cJSON_CreateString(b));
+        expect_malformed("checkout.session.completed", cs, "customer id");
+        cJSON *in = invoice_paid();
+        set(in, "customer", cJSON_CreateString(b));
+        expect_malformed("invoice.payment_failed", in, "customer id");
+
+        /* Subscription ids: the subscription's own, a checkout's, and an invoice's in the
+         * older (invoice.subscription) and newer (parent.subscription_details) place. */
+        sub = load_fixture("subscription");
+        set(sub, "id", cJSON_CreateString(b));
+        expect_malformed("customer.subscription.created", sub, "subscription id");
+        cs = checkout_subscription();
+        set(cs, "subscription", cJSON_CreateString(b));
+        expect_malformed("checkout.session.completed", cs, "subscription id");
+        in = invoice_paid();
+        set(in, "subscription", cJSON_CreateString(b));
+        expect_malformed("invoice.payment_succeeded", in, "subscription id");
+        in = invoice_paid();
+        cJSON *details = cJSON_GetObjectItemCaseSensitive(
+            cJSON_GetObjectItemCaseSensitive(in, "parent"), "subscription_details");
+        set(details, "subscription", cJSON_CreateString(b));
+        expect_malformed("invoice.payment_succeeded", in, "subscription id");
+
+        /* Ids that only go into data are held to the same shape. */
+        in = invoice_paid();
+        set(in, "id", cJSON_CreateString(b));
+        expect_malformed("invoice.payment_succeeded", in, "invoice id");
+        cs = checkout_subscription();
+        set(cs, "id", cJSON_CreateString(b));
+        expect_malformed("checkout.session.completed", cs, "checkout session id");
+    }
+
+    /* The limits of the shape are accepted: 255 characters, every class of character. */
+    longid[255] = '\0';
+    cJSON *sub = load_fixture("subscription");
+    set(sub, "customer", cJSON_CreateString(longid));
+    set(sub, "id", cJSON_CreateString("sub_AZaz09_"));
+    rv_prov_event_t ev;
+    assert_int_equal(map_obj("customer.subscription.updated", sub, &ev), 0);
+    assert_string_equal(ev.customer_id, longid);
+    assert_string_equal(ev.subscription_id, "sub_AZaz09_");
+    rv_prov_event_free(&ev);
+    cJSON *in = invoice_paid();
+    set(in, "customer", cJSON_CreateString("c"));
+    expect_maps("invoice.payment_failed", in);
+}
+
+static void test_malformed_utf8(void **state) {
+    static const char *const bad[] = {
+        "\xC0\xAF",             /* overlong '/' in two bytes */
+        "\xC1\xBF",             /* overlong in two bytes */
+        "\xE0\x80\xAF",         /* overlong '/' in three bytes */
+        "\xE0\x9F\xBF",         /* overlong U+07FF */
+        "\xF0\x80\x80\xAF",     /* overlong '/' in four bytes */
+        "\xF0\x8F\xBF\xBF",     /* overlong U+FFFF */
+        "\xED\xA0\x80",         /* high surrogate U+D800 */
+        "\xED\xBF\xBF",         /* low surrogate U+DFFF */
+        "\xED\xA0\xBD\xED\xB8\x80", /* a surrogate pair in CESU-8 */
+        "\xF4\x90\x80\x80",     /* beyond U+10FFFF */
+        "\xF5\x80\x80\x80",     /* beyond U+10FFFF */
+        "\xE2\x82",             /* truncated three-byte sequence at the end */
+        "\xE2\x82x",            /* truncated three-byte sequence before ASCII */
+        "\xF0\x9F\x98",         /* truncated four-byte sequence */
+        "\xC3",                 /* truncated two-byte sequence */
+        "\x80",                 /* lone continuation byte */
+        "\xBF\xBF",             /* lone continuation bytes */
+        "\xFE",                 /* never in UTF-8 */
+        "\xFF",                 /* never in UTF-8 */
+    };
+    char email[64];
+    for (size_t i = 0; i < RV_ARRAY_LEN(bad); i++) {
+        /* In the middle and at the end of the local part. */
+        for (int at_end = 0; at_end < 2; at_end++) {
+            snprintf(email, sizeof email, "a%s%s@example.com", bad[i], at_end ? "" : "b");
+            cJSON *cs = checkout_subscription();
+            set(cs, "customer_email", cJSON_CreateString(email));
+            expect_malformed("checkout.session.completed", cs, "email is not valid UTF-8");
+        }
+        snprintf(email, sizeof email, "x@example.com%s", bad[i]);
+        /* Newer place of a checkout's email, an invoice's, an expanded customer's. */
+        cJSON *cs = checkout_subscription();
+        set_path(cs, "customer_details", "email", email);
+        expect_malformed("checkout.session.completed", cs, "email");
+        cJSON *in = invoice_paid();
+        set(in, "customer_email", cJSON_CreateString(email));
+        expect_malformed("invoice.payment_succeeded", in, "email");
+        cJSON *sub = load_fixture("subscription");
+        cJSON *cus = load_fixture("customer");
+        set(cus, "email", cJSON_CreateString(email));
+        set(sub, "customer", cus);
+        expect_malformed("customer.subscription.created", sub, "email");
+        /* Status and currency go into data too. */
+        sub = load_fixture("subscription");
+        set(sub, "status", cJSON_CreateString(email));
+        expect_malformed("customer.subscription.updated", sub, "status");
+        in = invoice_paid();
+        set(in, "currency", cJSON_CreateString(email));
+        expect_malformed("invoice.payment_failed", in, "currency");
+    }
+
+    /* Well-formed UTF-8 of every length is kept as it is. */
+    static const char *const good[] = {
+        "j\xC3\xB6rg@example.com",                                  /* two bytes */
+        "\xE7\x94\xA8\xE6\x88\xB7@\xE4\xBE\x8B\xE5\xAD\x90.\xE5\xB9\xBF\xE5\x91\x8A", /* three */
+        "\xF0\x9F\x98\x80@example.com",                             /* four */
+        "\xF4\x8F\xBF\xBF\xEF\xBF\xBD\xED\x9F\xBF\xEE\x80\x80@x.y", /* the edges */
+        "a\\u0000b@example.com", /* a backslash: "\\u0000" in the JSON text, not a NUL */
+    };
+    for (size_t i = 0; i < RV_ARRAY_LEN(good); i++) {
+        cJSON *cs = checkout_subscription();
+        set(cs, "customer_email", cJSON_CreateString(good[i]));
+        rv_prov_event_t ev;
+        assert_int_equal(map_obj("checkout.session.completed", cs, &ev), 0);
+        assert_string_equal(ev.email, good[i]);
+        cJSON *d = data_of(&ev, "checkout.session.completed");
+        assert_dstr(d, "email", good[i]);
+        cJSON_Delete(d);
+        rv_prov_event_free(&ev);
+    }
+}
+
+static void test_malformed_controls(void **state) {
+    static const char *const bad[] = {
+        "\r\n", "\n", "\t", "\x01", "\x1b[2J", "\x7f", "\xC2\x80", "\xC2\x85", "\xC2\x9F",
+    };
+    char text[64];
+    for (size_t i = 0; i < RV_ARRAY_LEN(bad); i++) {
+        snprintf(text, sizeof text, "a%sb@example.com", bad[i]);
+        cJSON *cs = checkout_subscription();
+        set(cs, "customer_email", cJSON_CreateString(text));
+        expect_malformed("checkout.session.completed", cs, "email contains a control character");
+        snprintf(text, sizeof text, "paid%s", bad[i]);
+        cs = checkout_subscription();
+        set(cs, "payment_status", cJSON_CreateString(text));
+        expect_malformed("checkout.session.completed", cs, "status");
+        cJSON *in = invoice_paid();
+        set(in, "status", cJSON_CreateString(text));
+        expect_malformed("invoice.payment_failed", in, "status");
+    }
+    /* Just past the C1 range, and a no-break space, are text. */
+    cJSON *cs = checkout_subscription();
+    set(cs, "customer_email", cJSON_CreateString("a\xC2\xA0" "b@example.com"));
+    expect_maps("checkout.session.completed", cs);
+}
+
+/* An escaped NUL (\u0000) would silently cut a C string short: the event is refused instead. */
+static void test_malformed_escaped_nul(void **state) {
+    cJSON *cs = checkout_subscription();
+    set(cs, "customer_email", cJSON_CreateString("NULHERE@example.com"));
+    char *s = make_event("checkout.session.completed", cs);
+    char *p = strstr(s, "NULHERE");
+    assert_non_null(p);
+    memcpy(p, "a\\u0000", 7);
+    rv_prov_event_t ev;
+    assert_int_equal(map_str(s, &ev), RV_EMALFORMED);
+    assert_string_equal(ev.event_id, "evt_test_provision_1");
+    check_reason(&ev, "NUL");
+    rv_prov_event_free(&ev);
+    memcpy(p, "a\\U0000", 7);
+    assert_int_equal(map_str(s, &ev), RV_EPAYLOAD); /* not a JSON escape at all */
+    rv_prov_event_free(&ev);
+    free(s);
+}
+
+static void test_checkout_without_customer(void **state) {
+    /* Null, absent, empty, an expanded object without an id, a number. */
+    for (int i = 0; i < 5; i++) {
+        cJSON *cs = checkout_subscription();
+        switch (i) {
+        case 0: set(cs, "customer", cJSON_CreateNull()); break;
+        case 1: cJSON_DeleteItemFromObjectCaseSensitive(cs, "customer"); break;
+        case 2: set(cs, "customer", cJSON_CreateString("")); break;
+        case 3: set(cs, "customer", cJSON_CreateObject()); break;
+        default: set(cs, "customer", cJSON_CreateNumber(42)); break;
+        }
+        expect_malformed("checkout.session.completed", cs, "without a customer");
+    }
+    /* A one-off payment without a customer is not this product's, as before. */
+    rv_prov_event_t ev;
+    cJSON *cs = checkout_subscription();
+    set(cs, "mode", cJSON_CreateString("payment"));
+    set(cs, "customer", cJSON_CreateNull());
+    assert_int_equal(map_obj("checkout.session.completed", cs, &ev), RV_EIGNORED);
+    assert_string_equal(ev.reason, "");
+    rv_prov_event_free(&ev);
+
+    /* A subscription event must name its customer and itself. */
+    cJSON *sub = load_fixture("subscription");
+    set(sub, "customer", cJSON_CreateNull());
+    expect_malformed("customer.subscription.deleted", sub, "without a customer");
+    sub = load_fixture("subscription");
+    cJSON_DeleteItemFromObjectCaseSensitive(sub, "id");
+    expect_malformed("customer.subscription.updated", sub, "without an id");
+    /* An invoice may have no customer (Stripe allows it); its entry says so with "". */
+    cJSON *in = invoice_paid();
+    set(in, "customer", cJSON_CreateNull());
+    assert_int_equal(map_obj("invoice.payment_failed", in, &ev), 0);
+    assert_string_equal(ev.customer_id, "");
+    rv_prov_event_free(&ev);
+}
+
+/* Bodies that are not Stripe events say why; what is valid of their identity is kept. */
+static void test_payload_reasons(void **state) {
+    static const struct {
+        const char *json, *id, *type, *reason;
+    } cases[] = {
+        {"not json", "", "", "not JSON"},
+        {"[1]", "", "", "not a JSON object"},
+        {"{\"id\":\"evt_1\",\"type\":\"invoice.paid\",\"created\":1}", "evt_1", "invoice.paid",
+         "data.object"},
+        {"{\"id\":\"evt 1\",\"type\":\"invoice.paid\",\"created\":1,\"data\":{\"object\":{}}}", "",
+         "invoice.paid", "id"},
+        {"{\"id\":\"evt_1\",\"type\":\"a b\",\"created\":1,\"data\":{\"object\":{}}}", "evt_1", "",
+         "type"},
+        {"{\"id\":\"evt_1\",\"type\":\"invoice.paid\",\"created\":-1,\"data\":{\"object\":{}}}",
+         "evt_1", "invoice.paid", "created"},
+    };
+    for (size_t i = 0; i < RV_ARRAY_LEN(cases); i++) {
+        rv_prov_event_t ev;
+        assert_int_equal(map_str(cases[i].json, &ev), RV_EPAYLOAD);
+        assert_string_equal(ev.event_id, cases[i].id);
+        assert_string_equal(ev.stripe_type, cases[i].type);
+        check_reason(&ev, cases[i].reason);
+        rv_prov_event_free(&ev);
+    }
+    /* Valid and ignored events have no reason. */
+    rv_prov_event_t ev;
+    assert_int_equal(map_obj("customer.subscription.created", load_fixture("subscription"), &ev),
+                     0);
+    assert_string_equal(ev.reason, "");
+    rv_prov_event_free(&ev);
+    assert_int_equal(map_obj("plan.created", load_fixture("subscription"), &ev), RV_EIGNORED);
+    assert_string_equal(ev.reason, "");
     rv_prov_event_free(&ev);
 }
 
@@ -778,6 +1081,12 @@ int main(void) {
         cmocka_unit_test(test_ignored_types),
         cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_overlong),
+        cmocka_unit_test(test_malformed_ids),
+        cmocka_unit_test(test_malformed_utf8),
+        cmocka_unit_test(test_malformed_controls),
+        cmocka_unit_test(test_malformed_escaped_nul),
+        cmocka_unit_test(test_checkout_without_customer),
+        cmocka_unit_test(test_payload_reasons),
         cmocka_unit_test(test_livemode_and_free),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
