@@ -12,6 +12,9 @@
 #include "rivet/common.h"
 #include "rivet/log.h"
 #include "rivet/metrics.h"
+#include "rivet/ratelimit.h"
+
+extern char **environ;
 
 const rv_route_t rv_public_routes[] = {
     {"GET", "/health", rv_handle_health, "health", 0},
@@ -55,15 +58,58 @@ void rv_app_decorate(rv_request_t *req, int status, rv_buf_t *headers) {
                   o);
 }
 
-void rv_app_on_done(rv_request_t *req, int status, size_t bytes, double ms) {
-    rv_server_t *s = req->server;
-    const char *route = req->route ? req->route->name : "none";
+/* The metric series of each (listener, route, status) answered, found once: formatting the
+ * labels and scanning for them on every request was a measurable share of a /health answer. */
+typedef struct done_series_s {
+    const rv_server_t *srv;
+    const rv_route_t *route;
+    int status;
+    rv_counter_series_t *requests;
+    rv_hist_series_t *duration;
+} done_series_t;
+
+#define DONE_CACHE 256 /* a power of two; listeners x routes x statuses are far fewer */
+
+static done_series_t done_cache[DONE_CACHE];
+
+static done_series_t *done_series(const rv_server_t *s, const rv_route_t *route, int status) {
+    uintptr_t h = ((uintptr_t)s >> 4) * 31u + ((uintptr_t)route >> 4) * 17u + (unsigned)status;
+    done_series_t *d = &done_cache[h & (DONE_CACHE - 1)];
+    if (d->requests && d->srv == s && d->route == route && d->status == status) return d;
+    /* A miss, or a slot another triple used: (re)fill it. */
+    const char *name = route ? route->name : "none";
     char labels[128];
     snprintf(labels, sizeof labels, "listener=\"%s\",route=\"%s\",status=\"%d\"",
-             s->opts.name, route, status);
-    rv_metrics_count(RV_M_HTTP_REQUESTS, labels, 1);
-    snprintf(labels, sizeof labels, "listener=\"%s\",route=\"%s\"", s->opts.name, route);
-    rv_metrics_observe(RV_H_HTTP_DURATION, labels, ms / 1000.0);
+             s->opts.name, name, status);
+    d->requests = rv_metrics_counter_series(RV_M_HTTP_REQUESTS, labels);
+    snprintf(labels, sizeof labels, "listener=\"%s\",route=\"%s\"", s->opts.name, name);
+    d->duration = rv_metrics_hist_series(RV_H_HTTP_DURATION, labels);
+    d->srv = s;
+    d->route = route;
+    d->status = status;
+    return d;
+}
+
+void rv_app_on_done(rv_request_t *req, int status, size_t bytes, double ms) {
+    done_series_t *d = done_series(req->server, req->route, status);
+    rv_metrics_add(d->requests, 1);
+    rv_metrics_observe_series(d->duration, ms / 1000.0);
+}
+
+void rv_app_publish_gauges(rv_app_t *app, int with_rss) {
+    int slot = app->worker_index;
+    rv_metrics_gauge_set(slot, RV_G_REDIS_UP, app->queue && rv_queue_ready(app->queue) ? 1 : 0);
+    rv_metrics_gauge_set(slot, RV_G_REDIS_PENDING,
+                         app->queue ? (double)rv_queue_pending(app->queue) : 0);
+    rv_metrics_gauge_set(slot, RV_G_STRIPE_INFLIGHT,
+                         app->stripe ? (double)rv_stripe_inflight(app->stripe) : 0);
+    rv_metrics_gauge_set(slot, RV_G_CONNS_PUBLIC, (double)app->pub.nconns);
+    rv_metrics_gauge_set(slot, RV_G_CONNS_ADMIN, (double)app->admin.nconns);
+    rv_metrics_gauge_set(slot, RV_G_INFLIGHT, (double)(app->pub.inflight + app->admin.inflight));
+    rv_metrics_gauge_set(slot, RV_G_INPUT_HELD, (double)rv_server_input_held());
+    size_t rss;
+    if (with_rss && uv_resident_set_memory(&rss) == 0)
+        rv_metrics_gauge_set(slot, RV_G_RSS, (double)rss);
 }
 
 void rv_app_webhook_outcome(rv_app_t *app, const char *type, const char *outcome) {
@@ -81,6 +127,75 @@ void rv_app_webhook_outcome(rv_app_t *app, const char *type, const char *outcome
     char labels[128];
     snprintf(labels, sizeof labels, "type=\"%s\",outcome=\"%s\"", type, outcome);
     rv_metrics_count(RV_M_WEBHOOK_EVENTS, labels, 1);
+}
+
+/* ---- reload ----------------------------------------------------------------------------- */
+
+/* Swap a field so that the new configuration keeps the running value (freed with the old). */
+#define KEEP(field)                                                                           \
+    do {                                                                                      \
+        __typeof__(next->field) tmp_ = next->field;                                           \
+        next->field = running->field;                                                         \
+        running->field = tmp_;                                                                \
+    } while (0)
+
+/* Sockets, processes, Redis and HTTP limits are fixed for the life of the process: next keeps
+ * the running values. */
+static void keep_start_only(rv_config_t *next, rv_config_t *running) {
+    if (strcmp(next->listen, running->listen) || strcmp(next->admin_listen, running->admin_listen) ||
+        next->workers != running->workers || strcmp(next->redis_url, running->redis_url) ||
+        strcmp(next->redis_stream, running->redis_stream) ||
+        next->max_body_bytes != running->max_body_bytes ||
+        next->max_header_bytes != running->max_header_bytes ||
+        next->max_body_buffer != running->max_body_buffer ||
+        next->max_connections != running->max_connections)
+        rv_warn("rivetd: reload: listener, worker, Redis and HTTP limit settings take effect only "
+                "after a restart");
+    KEEP(listen);
+    KEEP(admin_listen);
+    KEEP(listen_addr);
+    KEEP(admin_addr);
+    KEEP(workers);
+    KEEP(redis_url);
+    KEEP(redis_stream);
+    KEEP(redis_dedupe_ttl);
+    KEEP(redis_timeout_ms);
+    KEEP(max_body_bytes);
+    KEEP(max_header_bytes);
+    KEEP(max_body_buffer);
+    KEEP(max_connections);
+    KEEP(header_timeout_ms);
+    KEEP(body_timeout_ms);
+    KEEP(idle_timeout_ms);
+}
+
+int rv_app_reload(rv_app_t *app, const char *text, char *err, size_t errlen) {
+    rv_config_t next;
+    int rc = rv_app_load_config(&next, (const char *const *)environ, text, app->config_text, err,
+                                errlen);
+    if (rc) return rc;
+    /* Everything that can fail comes first; once it has succeeded nothing else can, so a
+     * refused reload leaves every part running as it was. */
+    if (app->stripe) {
+        rv_stripe_opts_t so = {next.stripe_api_base, next.stripe_secret_key,
+                               next.stripe_api_version, next.stripe_timeout_ms,
+                               next.stripe_max_retries};
+        if ((rc = rv_stripe_configure(app->stripe, &so)) != 0) {
+            snprintf(err, errlen, "the Stripe client did not take the new settings: %s",
+                     rv_strerror(rc));
+            rv_config_free(&next);
+            return rc;
+        }
+    }
+    if (app->ratelimit) rv_ratelimit_configure(app->ratelimit, next.rate_limit_per_min, 20);
+    keep_start_only(&next, &app->cfg);
+    rv_config_t old = app->cfg;
+    app->cfg = next;
+    rv_config_free(&old);
+    /* app->config_text stays the file as it was at start: the environment was built from that
+     * text (EnvironmentFile=), so every reload compares against it. */
+    rv_log_set_level(app->cfg.log_level);
+    return 0;
 }
 
 #define CONFIG_FILE_MAX (1024 * 1024)

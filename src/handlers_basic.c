@@ -33,29 +33,17 @@ void rv_handle_root(rv_request_t *req) {
 /* Prometheus text format; served on the admin listener only. */
 void rv_handle_metrics(rv_request_t *req) {
     rv_app_t *app = req->app;
+    /* The workers' gauges are in the store (each worker keeps its own up to date, summed in the
+     * answer); this worker's are made exact first. What is per process is given here. */
+    rv_app_publish_gauges(app, 1);
     int qstate = app->queue ? rv_queue_state(app->queue) : 0;
-    double up = app->queue && rv_queue_ready(app->queue) ? 1 : 0;
-    double rss = 0;
-    size_t rss_bytes;
-    if (uv_resident_set_memory(&rss_bytes) == 0) rss = (double)rss_bytes;
     rv_gauge_t g[] = {
         {"rivet_build_info", "Build information.", "version=\"" RV_VERSION "\"", 1, NULL},
-        {"rivet_redis_up", "1 when Redis is connected and the script loaded.", "", up, NULL},
-        {"rivet_redis_state", "Redis connection state (0 down, 1 connecting, 2 connected).", "",
-         (double)qstate, NULL},
-        {"rivet_redis_reconnects_total", "Redis reconnections since start.", "",
-         app->queue ? (double)rv_queue_reconnects(app->queue) : 0, "counter"},
-        {"rivet_redis_pending_commands", "Redis commands waiting for an answer.", "",
-         app->queue ? (double)rv_queue_pending(app->queue) : 0, NULL},
-        {"rivet_stripe_calls_in_flight", "Stripe calls in flight.", "",
-         app->stripe ? (double)rv_stripe_inflight(app->stripe) : 0, NULL},
-        {"rivet_http_open_connections", "Open client connections.", "listener=\"public\"",
-         (double)app->pub.nconns, NULL},
-        {"rivet_http_open_connections", "Open client connections.", "listener=\"admin\"",
-         (double)app->admin.nconns, NULL},
-        {"rivet_http_requests_in_flight", "Requests with their handlers.", "",
-         (double)(app->pub.inflight + app->admin.inflight), NULL},
-        {"rivet_process_resident_memory_bytes", "Resident set size.", "", rss, NULL},
+        {"rivet_redis_state",
+         "Redis connection state of the worker that answered (0 down, 1 connecting, 2 "
+         "connected).",
+         "", (double)qstate, NULL},
+        {"rivet_workers", "Worker processes serving.", "", (double)app->cfg.workers, NULL},
     };
     rv_buf_t b = RV_BUF_INIT;
     if (rv_metrics_render(&b, g, RV_ARRAY_LEN(g))) {

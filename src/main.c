@@ -7,6 +7,7 @@
 #include "rivet/app.h"
 #include "rivet/common.h"
 #include "rivet/log.h"
+#include "rivet/ratelimit.h"
 #include "rivet/sd.h"
 
 extern char **environ;
@@ -26,6 +27,19 @@ static void usage(FILE *f) {
             "\n"
             "Signals: SIGTERM/SIGINT finish requests in flight and stop; SIGHUP reloads FILE.\n"
             "Configuration keys are listed in README.md.\n");
+}
+
+/* The rate limiter is made before any worker is forked, so that all of them share it. */
+static int start(rv_app_t *app) {
+    int rc = rv_ratelimit_new(app->cfg.rate_limit_per_min, 20, 65536, &app->ratelimit);
+    if (rc) {
+        rv_error("rivetd: rate limiter: %s", rv_strerror(rc));
+        return 1;
+    }
+    rc = app->cfg.workers > 1 ? rv_supervise(app) : rv_worker_run(app);
+    rv_ratelimit_free(app->ratelimit);
+    app->ratelimit = NULL;
+    return rc;
 }
 
 int main(int argc, char **argv) {
@@ -83,7 +97,7 @@ int main(int argc, char **argv) {
             if (nfds >= 1) app.listen_fd = 3;
             if (nfds >= 2) app.admin_fd = 4;
             app.watchdog_usec = rv_sd_watchdog_usec();
-            rc = app.cfg.workers > 1 ? rv_supervise(&app) : rv_worker_run(&app);
+            rc = start(&app);
         }
     }
     rv_log_flush();

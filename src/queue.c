@@ -30,6 +30,7 @@
 
 #include "rivet/common.h"
 #include "rivet/log.h"
+#include "rivet/metrics.h"
 #include "rivet/redis_url.h"
 
 #define BACKOFF_MIN_MS 100
@@ -397,8 +398,12 @@ static void on_script_load(redisAsyncContext *ac, void *r, void *privdata) {
     q->backoff_ms = BACKOFF_MIN_MS;
     q->last_err[0] = '\0';
     uv_timer_stop(&q->connect_timer);
-    if (q->readies++ == 0) rv_info("redis: connected to %s", q->where);
-    else rv_info("redis: reconnected to %s", q->where);
+    if (q->readies++ == 0) {
+        rv_info("redis: connected to %s", q->where);
+    } else {
+        rv_info("redis: reconnected to %s", q->where);
+        rv_metrics_count(RV_M_REDIS_RECONNECTS, "", 1);
+    }
 }
 
 /* Pipeline the handshake. The durability check comes before SCRIPT LOAD so that its findings are

@@ -1,10 +1,13 @@
-/* Token-bucket rate limiting per client address, in a fixed open-addressing table. */
+/* Token-bucket rate limiting per client address, in a fixed open-addressing table. The table
+ * lives in shared memory made before the workers are forked, so that a client's allowance is
+ * the whole daemon's, not each worker's; a robust lock keeps it consistent across processes. */
 #include "rivet/ratelimit.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 #include "rivet/common.h"
+#include "rivet/shared.h"
 
 #define KEY_MAX 64
 #define PROBES 8
@@ -16,33 +19,42 @@ typedef struct slot_s {
 } slot_t;
 
 struct rv_ratelimit_s {
-    double per_ms; /* tokens added per millisecond */
+    pthread_mutex_t lock;
+    double per_ms; /* tokens added per millisecond; 0: not limited */
     double burst;
     size_t mask;
-    slot_t *slots;
+    size_t size;   /* bytes of the mapping */
+    slot_t slots[];
 };
 
 int rv_ratelimit_new(unsigned per_min, unsigned burst, size_t slots, rv_ratelimit_t **out) {
     size_t n = 16;
     while (n < slots) n *= 2;
-    rv_ratelimit_t *rl = calloc(1, sizeof *rl);
+    size_t size = sizeof(rv_ratelimit_t) + n * sizeof(slot_t);
+    rv_ratelimit_t *rl = rv_shared_alloc(size);
     if (rl == NULL) return RV_ENOMEM;
-    rl->slots = calloc(n, sizeof *rl->slots);
-    if (rl->slots == NULL) {
-        free(rl);
-        return RV_ENOMEM;
+    if (rv_shared_mutex_init(&rl->lock) != 0) {
+        rv_shared_free(rl, size);
+        return RV_EIO;
     }
     rl->mask = n - 1;
-    rl->per_ms = (double)per_min / 60000.0;
-    rl->burst = burst ? burst : 1;
+    rl->size = size;
+    rv_ratelimit_configure(rl, per_min, burst);
     *out = rl;
     return 0;
 }
 
+void rv_ratelimit_configure(rv_ratelimit_t *rl, unsigned per_min, unsigned burst) {
+    rv_shared_lock(&rl->lock);
+    rl->per_ms = (double)per_min / 60000.0;
+    rl->burst = burst ? burst : 1;
+    rv_shared_unlock(&rl->lock);
+}
+
 void rv_ratelimit_free(rv_ratelimit_t *rl) {
     if (rl == NULL) return;
-    free(rl->slots);
-    free(rl);
+    pthread_mutex_destroy(&rl->lock);
+    rv_shared_free(rl, rl->size);
 }
 
 /* FNV-1a: keys are client addresses; a keyed hash is not needed because a collision only
@@ -53,8 +65,7 @@ static uint64_t hash(const char *s) {
     return h;
 }
 
-int rv_ratelimit_take(rv_ratelimit_t *rl, const char *key, uint64_t now_ms,
-                      unsigned *retry_after_s) {
+static int take(rv_ratelimit_t *rl, const char *key, uint64_t now_ms, unsigned *retry_after_s) {
     char k[KEY_MAX];
     size_t kl = strlen(key);
     if (kl >= KEY_MAX) kl = KEY_MAX - 1;
@@ -95,4 +106,12 @@ int rv_ratelimit_take(rv_ratelimit_t *rl, const char *key, uint64_t now_ms,
     if ((double)secs * 1000.0 < wait_ms) secs++;
     *retry_after_s = secs ? secs : 1;
     return 0;
+}
+
+int rv_ratelimit_take(rv_ratelimit_t *rl, const char *key, uint64_t now_ms,
+                      unsigned *retry_after_s) {
+    rv_shared_lock(&rl->lock);
+    int ok = rl->per_ms <= 0 || take(rl, key, now_ms, retry_after_s);
+    rv_shared_unlock(&rl->lock);
+    return ok;
 }

@@ -1,7 +1,12 @@
 /* WORKERS > 1: the parent binds (or inherits) the listening sockets, forks one worker per
  * core-sized share, passes signals on, restarts a worker that dies, and speaks to systemd for
  * all of them: READY=1 once every worker is listening, WATCHDOG=1 only while every worker's
- * loop is still turning (each sends a heartbeat byte through a pipe from its loop). */
+ * loop is still turning (each sends a heartbeat byte through a pipe from its loop).
+ *
+ * The parent holds the configuration every worker runs. On SIGHUP it reads and validates the
+ * file itself, and only if it is good publishes the text in shared memory and tells the workers
+ * to apply it; a worker forked later inherits the reloaded configuration. Metrics and the rate
+ * limit live in shared memory made before the first fork, so they are the whole daemon's. */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -17,9 +22,12 @@
 #include "rivet/app.h"
 #include "rivet/common.h"
 #include "rivet/log.h"
+#include "rivet/metrics.h"
 #include "rivet/sd.h"
+#include "rivet/shared.h"
 
-#define MAX_WORKERS 64
+#define MAX_WORKERS (RV_METRICS_MAX_WORKERS - 1) /* gauge slots 1..63; 0 is unsupervised */
+#define CONFIG_TEXT_MAX (1024 * 1024)
 #define RESTART_DELAY_MS 1000
 #define STUCK_MS_DEFAULT 30000
 
@@ -88,9 +96,42 @@ static void spawn(rv_app_t *app, worker_t *w, int index, worker_t *all, int n, i
     rv_info("rivetd: worker %d started (pid %d)", index, (int)pid);
 }
 
+/* SIGHUP: reload here first; the workers follow only a configuration that loaded. */
+static void reload(rv_app_t *app, worker_t *w, int n) {
+    char err[256];
+    char *text = NULL;
+    if (app->config_path &&
+        (text = rv_read_config_file(app->config_path, err, sizeof err)) == NULL) {
+        rv_error("rivetd: reload refused, keeping the running configuration: %s", err);
+        return;
+    }
+    if (rv_app_reload(app, text, err, sizeof err) != 0) {
+        rv_error("rivetd: reload refused, keeping the running configuration: %s", err);
+        free(text);
+        return;
+    }
+    if (text) {
+        int rc = rv_shared_text_put(app->shared_config, text, strlen(text));
+        free(text);
+        if (rc != 0) {
+            rv_error("rivetd: reload refused: the configuration file is too large");
+            return;
+        }
+        app->config_generation++;
+    }
+    rv_info("rivetd: SIGHUP: configuration reloaded; workers apply it");
+    for (int i = 0; i < n; i++)
+        if (w[i].pid) kill(w[i].pid, SIGHUP);
+}
+
 int rv_supervise(rv_app_t *app) {
     rv_config_t *cfg = &app->cfg;
     int n = (int)cfg->workers;
+    if (rv_metrics_share() != 0 ||
+        (app->config_path && (app->shared_config = rv_shared_text_new(CONFIG_TEXT_MAX)) == NULL)) {
+        rv_error("rivetd: cannot map memory shared with the workers");
+        return 1;
+    }
     if (n > MAX_WORKERS) n = MAX_WORKERS;
     if (app->listen_fd < 0 && (app->listen_fd = bind_listen(&cfg->listen_addr, cfg->listen)) < 0)
         return 1;
@@ -171,6 +212,7 @@ int rv_supervise(rv_app_t *app) {
                     for (int i = 0; i < n; i++) {
                         if (w[i].pid != pid) continue;
                         w[i].pid = 0;
+                        rv_metrics_gauges_clear(i + 1);
                         if (w[i].fd >= 0) close(w[i].fd);
                         w[i].fd = -1;
                         if (stopping) break;
@@ -181,9 +223,7 @@ int rv_supervise(rv_app_t *app) {
                     }
                 }
             } else if (si.ssi_signo == SIGHUP) {
-                rv_info("rivetd: SIGHUP: workers reload their configuration");
-                for (int i = 0; i < n; i++)
-                    if (w[i].pid) kill(w[i].pid, SIGHUP);
+                if (!stopping) reload(app, w, n);
             } else if (!stopping) {
                 stopping = 1;
                 deadline = rv_now_ms() + cfg->shutdown_timeout_ms + 5000;

@@ -13,6 +13,7 @@
 #include "rivet/log.h"
 #include "rivet/ratelimit.h"
 #include "rivet/sd.h"
+#include "rivet/shared.h"
 
 extern char **environ;
 
@@ -41,6 +42,7 @@ static void finish(rv_app_t *app) {
     uv_close((uv_handle_t *)&app->sig_hup, NULL);
     uv_close((uv_handle_t *)&app->shutdown_timer, NULL);
     uv_close((uv_handle_t *)&app->watchdog_timer, NULL);
+    uv_close((uv_handle_t *)&app->gauge_timer, NULL);
     uv_close((uv_handle_t *)&app->log_flush, NULL);
     rv_info("rivetd: stopped");
 }
@@ -81,73 +83,14 @@ static void begin_stop(rv_app_t *app, int signum) {
 
 /* ---- reload ----------------------------------------------------------------------------- */
 
-/* Swap a field so that the new configuration keeps the running value (freed with the old). */
-#define KEEP(field)                                                                           \
-    do {                                                                                      \
-        __typeof__(next.field) tmp_ = next.field;                                             \
-        next.field = app->cfg.field;                                                          \
-        app->cfg.field = tmp_;                                                                \
-    } while (0)
-
-/* Apply the configuration file's text (NULL when there is no file). */
+/* Apply the configuration file's text (NULL when there is no file); text is freed. */
 static void reload_apply(rv_app_t *app, char *text) {
     char err[256];
-    rv_config_t next;
-    if (rv_app_load_config(&next, (const char *const *)environ, text, app->config_text, err,
-                           sizeof err) != 0) {
+    if (rv_app_reload(app, text, err, sizeof err) != 0)
         rv_error("rivetd: reload refused, keeping the running configuration: %s", err);
-        free(text);
-        return;
-    }
-    /* Sockets, processes, Redis and HTTP limits are fixed for the life of the process. */
-    if (strcmp(next.listen, app->cfg.listen) || strcmp(next.admin_listen, app->cfg.admin_listen) ||
-        next.workers != app->cfg.workers || strcmp(next.redis_url, app->cfg.redis_url) ||
-        strcmp(next.redis_stream, app->cfg.redis_stream) ||
-        next.max_body_bytes != app->cfg.max_body_bytes ||
-        next.max_header_bytes != app->cfg.max_header_bytes ||
-        next.max_body_buffer != app->cfg.max_body_buffer ||
-        next.max_connections != app->cfg.max_connections)
-        rv_warn("rivetd: reload: listener, worker, Redis and HTTP limit settings take effect only "
-                "after a restart");
-    KEEP(listen);
-    KEEP(admin_listen);
-    KEEP(listen_addr);
-    KEEP(admin_addr);
-    KEEP(workers);
-    KEEP(redis_url);
-    KEEP(redis_stream);
-    KEEP(redis_dedupe_ttl);
-    KEEP(redis_timeout_ms);
-    KEEP(max_body_bytes);
-    KEEP(max_header_bytes);
-    KEEP(max_body_buffer);
-    KEEP(max_connections);
-    KEEP(header_timeout_ms);
-    KEEP(body_timeout_ms);
-    KEEP(idle_timeout_ms);
-
-    rv_stripe_opts_t so = {next.stripe_api_base, next.stripe_secret_key, next.stripe_api_version,
-                           next.stripe_timeout_ms, next.stripe_max_retries};
-    if (app->stripe && rv_stripe_configure(app->stripe, &so) != 0) {
-        rv_error("rivetd: reload refused: the Stripe client did not take the new settings");
-        rv_config_free(&next);
-        free(text);
-        return;
-    }
-    if (next.rate_limit_per_min != app->cfg.rate_limit_per_min) {
-        rv_ratelimit_free(app->ratelimit);
-        app->ratelimit = NULL;
-        if (next.rate_limit_per_min)
-            rv_ratelimit_new(next.rate_limit_per_min, 20, 65536, &app->ratelimit);
-    }
-    rv_config_t old = app->cfg;
-    app->cfg = next;
-    rv_config_free(&old);
-    /* app->config_text stays the file as it was at start: the environment was built from that
-     * text (EnvironmentFile=), so every reload compares against it. */
+    else
+        rv_info("rivetd: configuration reloaded");
     free(text);
-    rv_log_set_level(app->cfg.log_level);
-    rv_info("rivetd: configuration reloaded");
 }
 
 /* The file is read in libuv's thread pool: a path on a hung network file system must not stop
@@ -182,6 +125,23 @@ static void reload_read_done(uv_work_t *w, int status) {
 }
 
 static void reload_start(rv_app_t *app) {
+    if (app->shared_config) {
+        /* Supervised: the supervisor has read and validated the file, and published it; every
+         * worker applies that same text, whenever it reads it. */
+        char *text = NULL;
+        uint64_t gen = 0;
+        if (rv_shared_text_get(app->shared_config, &text, &gen) != 0) {
+            rv_error("rivetd: reload refused: out of memory");
+            return;
+        }
+        if (gen == app->config_generation && text) {
+            free(text);
+            return; /* nothing newer than what runs */
+        }
+        app->config_generation = gen;
+        if (text || app->config_path == NULL) reload_apply(app, text);
+        return;
+    }
     if (app->config_path == NULL) {
         reload_apply(app, NULL);
         return;
@@ -211,6 +171,8 @@ static void on_signal(uv_signal_t *sig, int signum) {
     begin_stop(app, signum);
 }
 
+static void on_gauges(uv_timer_t *t) { rv_app_publish_gauges(t->data, 1); }
+
 static void on_watchdog(uv_timer_t *t) {
     rv_app_t *app = t->data;
     /* Sent from the loop itself: a loop that stops turning stops these, and is restarted. */
@@ -231,6 +193,7 @@ static void on_watchdog(uv_timer_t *t) {
 static void on_prepare(uv_prepare_t *p) {
     rv_app_t *app = p->data;
     rv_log_flush();
+    rv_app_publish_gauges(app, 0);
     /* A handler may have answered its last request after the listeners drained. */
     if (app->stopping == 1) maybe_finish(app);
 }
@@ -288,7 +251,11 @@ static int start(rv_app_t *app) {
     uv_prepare_start(&app->log_flush, on_prepare);
     uv_timer_init(app->loop, &app->shutdown_timer);
     uv_timer_init(app->loop, &app->watchdog_timer);
-    app->shutdown_timer.data = app->watchdog_timer.data = app;
+    uv_timer_init(app->loop, &app->gauge_timer);
+    app->shutdown_timer.data = app->watchdog_timer.data = app->gauge_timer.data = app;
+    /* The resident size costs a system call: once a second, not every iteration. */
+    uv_timer_start(&app->gauge_timer, on_gauges, 0, 1000);
+    uv_unref((uv_handle_t *)&app->gauge_timer);
     uv_signal_init(app->loop, &app->sig_term);
     uv_signal_init(app->loop, &app->sig_int);
     uv_signal_init(app->loop, &app->sig_hup);
@@ -311,11 +278,6 @@ static int start(rv_app_t *app) {
                            cfg->stripe_timeout_ms, cfg->stripe_max_retries};
     if ((rc = rv_stripe_init(app->http, app->loop, &so, &app->stripe)) != 0) {
         rv_error("rivetd: stripe: %s", rv_strerror(rc));
-        return rc;
-    }
-    if (cfg->rate_limit_per_min &&
-        (rc = rv_ratelimit_new(cfg->rate_limit_per_min, 20, 65536, &app->ratelimit)) != 0) {
-        rv_error("rivetd: rate limiter: %s", rv_strerror(rc));
         return rc;
     }
 
@@ -369,8 +331,6 @@ int rv_worker_run(rv_app_t *app) {
     int rc = uv_loop_close(app->loop);
     if (rc) rv_warn("rivetd: loop closed with handles open: %s", uv_strerror(rc));
     rv_log_flush();
-    rv_ratelimit_free(app->ratelimit);
-    app->ratelimit = NULL;
     rv_http_global_cleanup();
     return app->exit_code;
 }

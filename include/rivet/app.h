@@ -28,9 +28,12 @@ typedef struct rv_app_s {
     uv_signal_t sig_hup;
     uv_timer_t shutdown_timer;
     uv_timer_t watchdog_timer;
+    uv_timer_t gauge_timer;
     uv_prepare_t log_flush;
     uv_work_t reload_work;     /* reads the configuration file off the loop */
     int reloading;             /* a reload is reading the file */
+    struct rv_shared_text_s *shared_config; /* the supervisor's last good configuration text */
+    uint64_t config_generation; /* of the shared text this process runs */
     int reload_again;          /* SIGHUP came meanwhile: read once more when it is done */
     char *reload_text;         /* what the read gave, or NULL with reload_err */
     char reload_err[256];
@@ -50,6 +53,15 @@ typedef struct rv_app_s {
  * file even when systemd also passed the old file as EnvironmentFile). */
 int rv_app_load_config(rv_config_t *cfg, const char *const *envp, const char *text,
                        const char *prev_text, char *err, size_t errlen);
+
+/* Put this worker's gauges (connections, requests in flight, Redis, Stripe, and with with_rss
+ * the resident size, which costs a system call) into the metrics store. */
+void rv_app_publish_gauges(rv_app_t *app, int with_rss);
+
+/* Reload: load the configuration from the environment and text (NULL: no file), and apply it
+ * whole, or nothing of it: returns 0, or an error with a one-line reason in err and everything
+ * as it was. Keys fixed for the life of the process keep their running values. */
+int rv_app_reload(rv_app_t *app, const char *text, char *err, size_t errlen);
 
 /* Run one worker's loop until it stops; returns the exit status. */
 int rv_worker_run(rv_app_t *app);

@@ -1027,6 +1027,113 @@ static void workers_restart(void **state) {
     notify_close(n);
 }
 
+/* Two workers, a reloaded configuration, and one worker killed: the one that replaces it runs
+ * the reloaded configuration too, not the one the daemon started with. Each probe is on a new
+ * connection, so the probes reach both workers. */
+static void workers_reload_reaches_restarted(void **state) {
+    th_proc_t *p = slot();
+    prepare(p);
+    char path[300];
+    snprintf(path, sizeof path, "%.200s/rivetd.env", p->dir);
+    write_config(path, NULL, "WORKERS=2\nCORS_ORIGINS=https://a.example\n");
+    start_t o = {.no_test_keys = 1, .config = path};
+    spawn_rivetd(p, &o);
+    wait_port(p);
+    workers_wait_t w = {.parent = p->pid, .want = 2};
+    if (!th_eventually(workers_are, &w, START_TO)) fail_log(p, "rivetd does not have 2 workers");
+
+    write_config(path, NULL, "WORKERS=2\nCORS_ORIGINS=https://b.example\n");
+    log_wait_t lw = {p, "configuration reloaded", NULL, 3};
+    kill(p->pid, SIGHUP);
+    if (!th_eventually(log_reached, &lw, TO))
+        fail_log(p, "the parent and both workers did not log the reload");
+    pid_t victim = w.kids[0];
+    assert_int_equal(kill(victim, SIGKILL), 0);
+    workers_wait_t back = {.parent = p->pid, .want = 2, .gone = victim};
+    if (!th_eventually(workers_are, &back, START_TO)) fail_log(p, "no new worker");
+    wait_health(p, p->port);
+    for (int i = 0; i < 40; i++) {
+        expect_preflight(p, "https://b.example", 204);
+        expect_preflight(p, "https://a.example", 403);
+    }
+
+    /* A refused reload reaches no worker: all of them keep b. */
+    write_config(path, BOGUS_KEY, "WORKERS=2\nCORS_ORIGINS=https://c.example\n");
+    log_wait_t refused = {p, "reload refused", NULL, 1};
+    kill(p->pid, SIGHUP);
+    if (!th_eventually(log_reached, &refused, TO)) fail_log(p, "the bad file was not refused");
+    for (int i = 0; i < 20; i++) {
+        expect_preflight(p, "https://b.example", 204);
+        expect_preflight(p, "https://c.example", 403);
+    }
+    if (log_count(p, "reload refused", NULL) != 1)
+        fail_log(p, "a worker was told to reload a configuration the parent refused");
+    stop_clean(p);
+}
+
+/* One scrape of either worker shows the whole daemon: requests counted by both, connections
+ * held open on both. */
+static void workers_metrics_whole_daemon(void **state) {
+    th_proc_t *p = slot();
+    const char *env[] = {"WORKERS=2", NULL};
+    start_t o = {.env = env};
+    prepare(p);
+    spawn_rivetd(p, &o);
+    wait_port(p);
+    workers_wait_t w = {.parent = p->pid, .want = 2};
+    if (!th_eventually(workers_are, &w, START_TO)) fail_log(p, "rivetd does not have 2 workers");
+    wait_health(p, p->port2);
+    for (int i = 0; i < 60; i++) expect_health(p->port);
+    int idle[10];
+    for (int i = 0; i < 10; i++) {
+        idle[i] = th_connect(p->port);
+        assert_true(idle[i] >= 0);
+    }
+    for (int k = 0; k < 6; k++) {
+        char *text = scrape(p->port2);
+        double v = 0;
+        const char *key =
+            "rivet_http_requests_total{listener=\"public\",route=\"health\",status=\"200\"}";
+        /* wait_health may have counted a few of its own before the 60. */
+        if (metric(text, key, &v) != 0 || v < 60 || v > 70)
+            fail_log(p, "scrape %d: %s is %g, expected the 60 answered by both workers", k, key,
+                     v);
+        expect_metric(text, "rivet_workers", 2);
+        free(text);
+    }
+    metric_wait_t mw = {p->port2, "rivet_http_open_connections{listener=\"public\"}", 10};
+    if (!th_eventually(metric_is, &mw, TO))
+        fail_log(p, "the open connections of both workers were not summed to 10");
+    for (int i = 0; i < 10; i++) th_close(idle[i]);
+    stop_clean(p);
+}
+
+/* The rate limit is per client for the whole daemon: with a burst of 20, two workers still let
+ * 20 requests through, not 40. */
+static void workers_rate_limit_whole_daemon(void **state) {
+    th_proc_t *p = slot();
+    const char *env[] = {"WORKERS=2", "RATE_LIMIT_PER_MIN=1", NULL};
+    start_t o = {.env = env};
+    prepare(p);
+    spawn_rivetd(p, &o);
+    wait_port(p);
+    workers_wait_t w = {.parent = p->pid, .want = 2};
+    if (!th_eventually(workers_are, &w, START_TO)) fail_log(p, "rivetd does not have 2 workers");
+    wait_health(p, p->port);
+    int limited = 0, passed = 0;
+    for (int i = 0; i < 50; i++) {
+        int st = status_of(p->port, "POST", "/api/checkout/create", NULL);
+        if (st == 429)
+            limited++;
+        else if (st > 0)
+            passed++;
+    }
+    if (passed != 20)
+        fail_log(p, "%d requests passed the limit (and %d were limited); the burst is 20", passed,
+                 limited);
+    stop_clean(p);
+}
+
 /* ---- SIGTERM with a request in flight -------------------------------------------------------- */
 
 #define CHECKOUT_BODY "{\"email\":\"drain@example.com\",\"tier\":\"pro\"}"
@@ -1154,6 +1261,9 @@ int main(void) {
         cmocka_unit_test_teardown(sighup_reload, teardown),
         cmocka_unit_test_teardown(sighup_environment_file, teardown),
         cmocka_unit_test_teardown(sighup_fifo_never_blocks, teardown),
+        cmocka_unit_test_teardown(workers_reload_reaches_restarted, teardown),
+        cmocka_unit_test_teardown(workers_metrics_whole_daemon, teardown),
+        cmocka_unit_test_teardown(workers_rate_limit_whole_daemon, teardown),
         cmocka_unit_test_teardown(sighup_environment_wins, teardown),
         cmocka_unit_test_teardown(workers_restart, teardown),
         cmocka_unit_test_teardown(sigterm_finishes_request, teardown),

@@ -445,7 +445,7 @@ static void gauges_rendered(void **state) {
     const rv_gauge_t g[] = {
         {"rivet_build_info", "Build information.", "version=\"1.2.3\"", 1, NULL},
         {"rivet_redis_up", "Redis is up.", "", 0, NULL},
-        {"rivet_redis_reconnects_total", "Reconnections.", "", 4, "counter"},
+        {"rivet_kept_elsewhere_total", "Reconnections.", "", 4, "counter"},
         {"rivet_http_open_connections", "Open.", "listener=\"public\"", 12, NULL},
         {"rivet_http_open_connections", "Open.", "listener=\"admin\"", 1, NULL},
         {"rivet_process_resident_memory_bytes", "RSS.", "", 123456789012.0, NULL},
@@ -456,14 +456,14 @@ static void gauges_rendered(void **state) {
     assert_int_equal(count_lines(e.text, "# TYPE rivet_build_info gauge"), 1);
     assert_int_equal(count_lines(e.text, "# TYPE rivet_redis_up gauge"), 1);
     /* The optional type names totals kept elsewhere. */
-    assert_int_equal(count_lines(e.text, "# TYPE rivet_redis_reconnects_total counter"), 1);
-    assert_int_equal(count_lines(e.text, "# HELP rivet_redis_reconnects_total Reconnections."), 1);
+    assert_int_equal(count_lines(e.text, "# TYPE rivet_kept_elsewhere_total counter"), 1);
+    assert_int_equal(count_lines(e.text, "# HELP rivet_kept_elsewhere_total Reconnections."), 1);
     /* Two label sets of one gauge: one HELP and one TYPE. */
     assert_int_equal(count_lines(e.text, "# TYPE rivet_http_open_connections gauge"), 1);
     assert_int_equal(count_lines(e.text, "# HELP rivet_http_open_connections Open."), 1);
     assert_true(value_of(&e, "rivet_build_info{version=\"1.2.3\"}") == 1);
     assert_true(value_of(&e, "rivet_redis_up") == 0);
-    assert_true(value_of(&e, "rivet_redis_reconnects_total") == 4);
+    assert_true(value_of(&e, "rivet_kept_elsewhere_total") == 4);
     assert_true(value_of(&e, "rivet_http_open_connections{listener=\"public\"}") == 12);
     assert_true(value_of(&e, "rivet_http_open_connections{listener=\"admin\"}") == 1);
     assert_true(value_of(&e, "rivet_ratio") == 0.25);
