@@ -70,7 +70,7 @@ def close_all(socks):
 
 
 def report(name, sent, socks, note=""):
-    time.sleep(1.0)
+    time.sleep(2.0)
     print("memory: attack %-28s %5d connections, %9.1f MiB sent: peak RSS %6.1f MiB, now %6.1f "
           "MiB%s" % (name, len(socks), sent / 1048576.0, status_kib("VmHWM") / 1024.0,
                      status_kib("VmRSS") / 1024.0, note), flush=True)

@@ -106,7 +106,8 @@ void rv_app_publish_gauges(rv_app_t *app, int with_rss) {
     rv_metrics_gauge_set(slot, RV_G_CONNS_PUBLIC, (double)app->pub.nconns);
     rv_metrics_gauge_set(slot, RV_G_CONNS_ADMIN, (double)app->admin.nconns);
     rv_metrics_gauge_set(slot, RV_G_INFLIGHT, (double)(app->pub.inflight + app->admin.inflight));
-    rv_metrics_gauge_set(slot, RV_G_INPUT_HELD, (double)rv_server_input_held());
+    rv_metrics_gauge_set(slot, RV_G_INPUT_HELD, (double)(rv_server_input_held(&app->pub) +
+                                                        rv_server_input_held(&app->admin)));
     size_t rss;
     if (with_rss && uv_resident_set_memory(&rss) == 0)
         rv_metrics_gauge_set(slot, RV_G_RSS, (double)rss);

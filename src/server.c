@@ -156,49 +156,75 @@ static int request_id_sane(const char *s, size_t n) {
     return 1;
 }
 
-static void request_id_generate(char *out, size_t outlen) {
-    if (rid_seed == 0 && rv_random(&rid_seed, sizeof rid_seed)) rid_seed = (uint64_t)getpid();
-    snprintf(out, outlen, "%016llx%08x", (unsigned long long)rid_seed, ++rid_counter);
+static const char hexdigits[] = "0123456789abcdef";
+
+/* n lowercase hex digits of v at out (no NUL). */
+static void put_hex(char *out, uint64_t v, int n) {
+    for (int i = n - 1; i >= 0; i--, v >>= 4) out[i] = hexdigits[v & 15];
+}
+
+/* 16 hex digits of a random seed, the same for the process, then 8 of a counter: unique per
+ * answer, and cheap enough to make for every one. */
+static void request_id_generate(char *out) {
+    static char prefix[16];
+    if (rid_seed == 0) {
+        if (rv_random(&rid_seed, sizeof rid_seed)) rid_seed = (uint64_t)getpid();
+        put_hex(prefix, rid_seed, 16);
+    }
+    memcpy(out, prefix, 16);
+    put_hex(out + 16, ++rid_counter, 8);
+    out[24] = '\0';
 }
 
 static void timer_set(rv_conn_t *c, int kind, uint64_t ms);
 
 /* ---- the input budget -------------------------------------------------------------------- */
 
-/* Bytes of request input the process holds: URL, header and body buffers of requests being
- * read, and pipelined input waiting its turn, over every connection of every server. */
-static size_t input_held;
+/* Request input a server holds is counted in three pools, so that one kind of abuse cannot
+ * starve the others: bodies (max_input_buffer, counted by the bytes that arrived, not by what
+ * Content-Length announced, so announcing costs nothing), URLs and headers (a quarter of it),
+ * and pipelined input waiting its turn (a quarter of it). */
+enum { POOL_HEAD, POOL_BODY, POOL_PENDING };
 
-size_t rv_server_input_held(void) { return input_held; }
+size_t rv_server_input_held(const rv_server_t *s) {
+    return s->held[POOL_HEAD] + s->held[POOL_BODY] + s->held[POOL_PENDING];
+}
 
-static size_t input_room(const rv_server_t *s) {
+static size_t pool_room(const rv_server_t *s, int pool) {
     size_t limit = s->opts.max_input_buffer;
     if (limit == 0) return SIZE_MAX;
-    return input_held < limit ? limit - input_held : 0;
+    if (pool != POOL_BODY) limit /= 4;
+    return s->held[pool] < limit ? limit - s->held[pool] : 0;
 }
 
-/* Count n more bytes held for r. Returns RV_EUNAVAIL when that passes the budget: the caller
- * refuses the request, and freeing it gives the bytes back. */
-static int held_add(rv_server_t *s, rv_request_t *r, size_t n) {
-    r->held += n;
-    input_held += n;
-    if (n && s->opts.max_input_buffer && input_held > s->opts.max_input_buffer) return RV_EUNAVAIL;
-    return 0;
+/* Count n more bytes in a pool, and in *mine (what the request or connection gives back when
+ * it is freed). Returns RV_EUNAVAIL when that passes the pool's limit: the caller refuses the
+ * request, and freeing it gives the bytes back. */
+static int pool_add(rv_server_t *s, int pool, size_t *mine, size_t n) {
+    int over = n > pool_room(s, pool);
+    *mine += n;
+    s->held[pool] += n;
+    return over ? RV_EUNAVAIL : 0;
 }
 
-/* Append to one of r's buffers, counting what the buffer grew by. */
-static int held_append(rv_server_t *s, rv_request_t *r, rv_buf_t *b, const char *at, size_t len) {
+static void pool_release(rv_server_t *s, int pool, size_t *mine) {
+    s->held[pool] -= *mine;
+    *mine = 0;
+}
+
+/* Append to the URL or header buffer of r, counting what the buffer grew by. */
+static int head_append(rv_server_t *s, rv_request_t *r, rv_buf_t *b, const char *at, size_t len) {
     size_t cap = b->cap;
     int rc = rv_buf_append(b, at, len);
     if (rc) return rc;
-    return held_add(s, r, b->cap - cap);
+    return pool_add(s, POOL_HEAD, &r->held_head, b->cap - cap);
 }
 
 static void pending_free(rv_conn_t *c) {
-    input_held -= c->plen;
+    pool_release(c->srv, POOL_PENDING, &c->plen);
     free(c->pbuf);
     c->pbuf = NULL;
-    c->poff = c->plen = 0;
+    c->poff = 0;
 }
 
 /* ---- requests ----------------------------------------------------------------------------- */
@@ -219,14 +245,14 @@ static rv_request_t *request_new(rv_conn_t *c) {
     r->url.limit = c->srv->opts.max_url_bytes;
     r->hbuf.limit = c->srv->opts.max_header_bytes;
     rv_buf_reserve(&r->hbuf, 1024); /* most requests' headers fit: no regrowth */
-    r->held = r->hbuf.cap;
-    input_held += r->held;
+    pool_add(c->srv, POOL_HEAD, &r->held_head, r->hbuf.cap);
     r->bodybuf.limit = RV_BODY_SMALL; /* until the route is known */
     return r;
 }
 
 static void request_free(rv_request_t *r) {
-    input_held -= r->held;
+    pool_release(r->server, POOL_HEAD, &r->held_head);
+    pool_release(r->server, POOL_BODY, &r->held_body);
     rv_buf_free(&r->url);
     rv_buf_free(&r->hbuf);
     rv_buf_free(&r->bodybuf);
@@ -296,8 +322,6 @@ int rv_request_query(const rv_request_t *r, const char *name, char *out, size_t 
     return RV_ENOTFOUND;
 }
 
-int rv_request_gone(const rv_request_t *r) { return r->conn == NULL; }
-
 void rv_request_on_gone(rv_request_t *r, rv_request_gone_cb cb, void *data) {
     r->gone_cb = cb;
     r->gone_data = data;
@@ -318,7 +342,8 @@ static int reject_buf(rv_conn_t *c, int rc, int too_large, const char *detail) {
     if (rc == RV_ERANGE) return reject(c, too_large, detail);
     if (rc == RV_EUNAVAIL) {
         rv_warn_limited(&busy, "http: %s: %zu bytes of request input held, the most allowed: "
-                        "refusing new input with 503 (MAX_BODY_BUFFER)", c->peer, input_held);
+                        "refusing new input with 503 (MAX_BODY_BUFFER)", c->peer,
+                        rv_server_input_held(c->srv));
         reject(c, 503, "Server busy: too much request input is buffered; retry later");
         c->error_headers = "Retry-After: 1\r\n";
         return HPE_USER;
@@ -332,7 +357,7 @@ static int on_message_begin(llhttp_t *p) {
         return reject(c, 503, "Server out of memory");
     c->state = CONN_READING;
     timer_set(c, T_HEADER, c->srv->opts.header_timeout_ms);
-    if (input_room(c->srv) == 0) return reject_buf(c, RV_EUNAVAIL, 0, NULL);
+    if (pool_room(c->srv, POOL_HEAD) == 0) return reject_buf(c, RV_EUNAVAIL, 0, NULL);
     return 0;
 }
 
@@ -345,7 +370,7 @@ static int on_url(llhttp_t *p, const char *at, size_t len) {
         if (ch <= 0x20 || ch >= 0x7f) return reject(c, 400, "Invalid character in request target");
     }
     c->req->method = llhttp_method_name((llhttp_method_t)p->method);
-    int rc = held_append(c->srv, c->req, &c->req->url, at, len);
+    int rc = head_append(c->srv, c->req, &c->req->url, at, len);
     if (rc) return reject_buf(c, rc, 414, "Request URL too long");
     return 0;
 }
@@ -399,14 +424,14 @@ static int header_piece(rv_conn_t *c, int is_value, const char *at, size_t len) 
     if (!is_value && r->last_cb != 1) {
         /* A new header begins: close the previous value. */
         if (r->nheaders >= MAX_HEADERS) return reject(c, 431, "Too many request headers");
-        if (r->last_cb == 2) rc = held_append(s, r, &r->hbuf, "", 1);
+        if (r->last_cb == 2) rc = head_append(s, r, &r->hbuf, "", 1);
         if (rc) return reject_buf(c, rc, 431, "Request headers too large");
         if (r->nheaders == r->hcap) {
             size_t cap = r->hcap ? r->hcap * 2 : 16;
             size_t *h = realloc(r->hoff, cap * 4 * sizeof *h);
             if (h == NULL) return reject(c, 503, "Server out of memory");
             r->hoff = h;
-            if ((rc = held_add(s, r, (cap - r->hcap) * 4 * sizeof *h)) != 0) {
+            if ((rc = pool_add(s, POOL_HEAD, &r->held_head, (cap - r->hcap) * 4 * sizeof *h))) {
                 r->hcap = cap;
                 return reject_buf(c, rc, 431, NULL);
             }
@@ -421,11 +446,11 @@ static int header_piece(rv_conn_t *c, int is_value, const char *at, size_t len) 
     } else if (is_value && r->nheaders == 0) {
         return reject(c, 400, "Invalid header name");
     } else if (is_value && r->last_cb == 1) {
-        rc = held_append(s, r, &r->hbuf, "", 1);
+        rc = head_append(s, r, &r->hbuf, "", 1);
         r->hoff[(r->nheaders - 1) * 4 + 2] = r->hbuf.len;
         r->last_cb = 2;
     }
-    if (rc == 0) rc = held_append(s, r, &r->hbuf, at, len);
+    if (rc == 0) rc = head_append(s, r, &r->hbuf, at, len);
     if (rc) return reject_buf(c, rc, 431, "Request headers too large");
     r->hoff[(r->nheaders - 1) * 4 + (is_value ? 3 : 1)] += len;
     return 0;
@@ -520,7 +545,7 @@ static int on_headers_complete(llhttp_t *p) {
     rv_conn_t *c = p->data;
     rv_request_t *r = c->req;
     rv_server_t *s = c->srv;
-    int rc = held_append(s, r, &r->hbuf, "", 1);
+    int rc = head_append(s, r, &r->hbuf, "", 1);
     if (rc) return reject_buf(c, rc, 431, "Request headers too large");
     if (!r->saw_version) return reject(c, 400, "HTTP/0.9 requests are not supported");
     if (p->http_major != 1 || p->http_minor > 1)
@@ -571,7 +596,7 @@ static int on_headers_complete(llhttp_t *p) {
     r->keep_alive = llhttp_should_keep_alive(p);
 
     /* Route now: the route decides how large a body may be. */
-    if ((rc = held_append(s, r, &r->url, "", 0)) != 0) return reject_buf(c, rc, 414, NULL);
+    if ((rc = head_append(s, r, &r->url, "", 0)) != 0) return reject_buf(c, rc, 414, NULL);
     char *path;
     if (target_path(r->url.data, &path) != 0)
         return reject(c, 400, "Request target must be a path");
@@ -590,15 +615,10 @@ static int on_headers_complete(llhttp_t *p) {
     r->bodybuf.limit = limit;
 
     if (r->saw_cl && p->content_length > limit) return reject(c, 413, "Request body too large");
-    /* One allocation for a body whose size is announced (and within the limit); it counts
-     * against the budget from the moment it is announced. */
-    if (r->saw_cl && p->content_length > 0) {
-        size_t cap = r->bodybuf.cap;
-        if (input_room(s) < p->content_length) return reject_buf(c, RV_EUNAVAIL, 0, NULL);
-        if (rv_buf_reserve(&r->bodybuf, p->content_length))
-            return reject(c, 503, "Server out of memory");
-        if ((rc = held_add(s, r, r->bodybuf.cap - cap)) != 0) return reject_buf(c, rc, 413, NULL);
-    }
+    /* One allocation for a body whose size is announced (and within the limit). Its pages
+     * become resident only as bytes arrive, and only arriving bytes count in the budget. */
+    if (r->saw_cl && p->content_length > 0 && rv_buf_reserve(&r->bodybuf, p->content_length))
+        return reject(c, 503, "Server out of memory");
     r->in_trailers = 1;
     r->last_cb = 0;
     int has_body = (r->saw_cl && p->content_length > 0) || r->saw_te;
@@ -619,8 +639,18 @@ static int on_headers_complete(llhttp_t *p) {
 
 static int on_body(llhttp_t *p, const char *at, size_t len) {
     rv_conn_t *c = p->data;
-    int rc = held_append(c->srv, c->req, &c->req->bodybuf, at, len);
+    rv_request_t *r = c->req;
+    int rc = rv_buf_append(&r->bodybuf, at, len);
+    if (rc == 0) rc = pool_add(c->srv, POOL_BODY, &r->held_body, len);
     if (rc) return reject_buf(c, rc, 413, "Request body too large");
+    return 0;
+}
+
+/* A chunk that cannot fit is refused when announced, not after the client has sent it. */
+static int on_chunk_header(llhttp_t *p) {
+    rv_conn_t *c = p->data;
+    rv_buf_t *b = &c->req->bodybuf;
+    if (p->content_length > b->limit - b->len) return reject(c, 413, "Request body too large");
     return 0;
 }
 
@@ -642,6 +672,7 @@ static void settings_init(void) {
     settings.on_headers_complete = on_headers_complete;
     settings.on_chunk_extension_name = on_chunk_extension;
     settings.on_chunk_extension_value = on_chunk_extension;
+    settings.on_chunk_header = on_chunk_header;
     settings.on_chunk_complete = on_chunk_complete;
     settings.on_body = on_body;
     settings.on_message_complete = on_message_complete;
@@ -719,14 +750,62 @@ static void send_answer(rv_conn_t *c, char *data, size_t len, const char *body, 
     timer_set(c, T_WRITE, c->srv->opts.idle_timeout_ms);
 }
 
+/* Decimal digits of v into out (at least 21 bytes); returns their number. */
+static size_t put_dec(char *out, uint64_t v) {
+    char tmp[21];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (size_t i = 0; i < n; i++) out[i] = tmp[n - 1 - i];
+    return n;
+}
+
+/* The status line and the headers every answer has, assembled without printf: formatting them
+ * was a measurable share of the time a small answer takes. */
+static int header_block(rv_buf_t *h, int status, const char *content_type, size_t body_len,
+                        const char *request_id) {
+    const char *reason = rv_http_reason(status);
+    const char *date = http_date();
+    size_t ctl = strlen(content_type), rl = strlen(reason), dl = strlen(date);
+    size_t il = strlen(request_id);
+    int rc = rv_buf_reserve(h, 9 + 4 + rl + 16 + ctl + 18 + 21 + 8 + dl + 16 + il + 16 + 256);
+    if (rc) return rc;
+    char *p = h->data + h->len;
+    char code[3] = {(char)('0' + status / 100 % 10), (char)('0' + status / 10 % 10),
+                    (char)('0' + status % 10)};
+#define PUT(s, n)            \
+    do {                     \
+        memcpy(p, (s), (n)); \
+        p += (n);            \
+    } while (0)
+    PUT("HTTP/1.1 ", 9);
+    PUT(code, 3);
+    PUT(" ", 1);
+    PUT(reason, rl);
+    PUT("\r\nContent-Type: ", 16);
+    PUT(content_type, ctl);
+    PUT("\r\nContent-Length: ", 18);
+    p += put_dec(p, body_len);
+    PUT("\r\nDate: ", 8);
+    PUT(date, dl);
+    PUT("\r\nX-Request-Id: ", 16);
+    PUT(request_id, il);
+    PUT("\r\n", 2);
+#undef PUT
+    h->len = (size_t)(p - h->data);
+    h->data[h->len] = '\0';
+    return 0;
+}
+
 static void respond(rv_request_t *r, int status, const char *content_type, const char *body,
                     size_t body_len, const char *extra_headers, int borrow) {
     rv_conn_t *c = r->conn;
     rv_server_t *s = r->server;
     double ms = (double)(now_ns() - r->t0_ns) / 1e6;
-    if (r->route) s->inflight--;
-    s->requests++;
-    if (r->request_id[0] == '\0') request_id_generate(r->request_id, sizeof r->request_id);
+    if (r->owned) s->inflight--;
+    if (r->request_id[0] == '\0') request_id_generate(r->request_id);
     if (c == NULL) {
         /* The client has gone: nothing to write to. */
         access_log(r, status, 0, ms);
@@ -736,11 +815,7 @@ static void respond(rv_request_t *r, int status, const char *content_type, const
     }
     int close_after = !r->keep_alive || s->draining || c->error_status || status == 408;
     rv_buf_t h = RV_BUF_INIT;
-    int rc = rv_buf_printf(&h,
-                           "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-                           "Date: %s\r\nX-Request-Id: %s\r\n",
-                           status, rv_http_reason(status), content_type, body_len, http_date(),
-                           r->request_id);
+    int rc = header_block(&h, status, content_type, body_len, r->request_id);
     if (rc == 0 && close_after) rc = rv_buf_puts(&h, "Connection: close\r\n");
     if (rc == 0 && extra_headers) rc = rv_buf_puts(&h, extra_headers);
     if (rc == 0 && s->opts.decorate) s->opts.decorate(r, status, &h);
@@ -795,7 +870,7 @@ static void dispatch(rv_conn_t *c) {
     rv_server_t *s = c->srv;
     timer_set(c, T_NONE, 0);
     c->state = CONN_HANDLING;
-    int rc = held_append(s, r, &r->bodybuf, "", 0);
+    int rc = rv_buf_append(&r->bodybuf, "", 0);
     if (rc) {
         reject_buf(c, rc, 413, "Request body too large");
         conn_fail(c, c->error_status, c->error_detail);
@@ -809,7 +884,7 @@ static void dispatch(rv_conn_t *c) {
         memcpy(r->request_id, rid, idlen);
         r->request_id[idlen] = '\0';
     } else {
-        request_id_generate(r->request_id, sizeof r->request_id);
+        request_id_generate(r->request_id);
     }
     if (r->match_rc == RV_ENOTFOUND) {
         rv_respond_error(r, 404, "Not Found", NULL);
@@ -825,6 +900,7 @@ static void dispatch(rv_conn_t *c) {
         return;
     }
     r->route = r->match;
+    r->owned = 1;
     s->inflight++;
     r->route->fn(r);
 }
@@ -930,8 +1006,7 @@ static int stash(rv_conn_t *c, const char *data, size_t len) {
     memcpy(p + have, data, len);
     pending_free(c);
     c->pbuf = p;
-    c->plen = have + len;
-    input_held += c->plen;
+    pool_add(c->srv, POOL_PENDING, &c->plen, have + len);
     return 0;
 }
 
@@ -945,7 +1020,7 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
         buf->len = 0;
         return;
     }
-    size_t room = input_room(c->srv);
+    size_t room = pool_room(c->srv, POOL_PENDING);
     size_t want = READ_BUF_SIZE;
     if (c->state == CONN_HANDLING || c->state == CONN_WRITING || c->pbuf) {
         /* Whatever is read now is held until the request before it is answered. */
@@ -958,8 +1033,8 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
             return;
         }
     } else if (c->state != CONN_LINGER && room < READ_BUF_SIZE) {
-        /* Input parsed at once is checked against the budget as it is stored; what a small
-         * read leaves over for later stays small. */
+        /* Input parsed at once is counted as it is stored; what a read leaves over after a
+         * request (held as pipelined input) is kept small while that pool is full. */
         want = room > MIN_READ ? room : MIN_READ;
     }
     if (want > READ_BUF_SIZE) want = READ_BUF_SIZE;
@@ -1049,10 +1124,7 @@ static void timer_set(rv_conn_t *c, int kind, uint64_t ms) {
 /* Answer a request that cannot go on (malformed, too large, too slow) and close. */
 static void conn_fail(rv_conn_t *c, int status, const char *detail) {
     if (c->state == CONN_CLOSING || c->state == CONN_LINGER || c->state == CONN_WRITING) return;
-    if (c->state == CONN_HANDLING && c->req && c->req->route) {
-        /* The handler has the request; it will answer. */
-        return;
-    }
+    if (c->req && c->req->owned) return; /* the handler has the request; it will answer */
     rv_request_t *r = c->req;
     if (r == NULL && (r = c->req = request_new(c)) == NULL) {
         conn_close(c);
@@ -1060,8 +1132,8 @@ static void conn_fail(rv_conn_t *c, int status, const char *detail) {
     }
     if (c->error_status == 0) c->error_status = status;
     timer_set(c, T_NONE, 0);
-    /* Reading goes on during the answer only to notice the close; input is discarded. */
-    c->state = CONN_HANDLING;
+    /* Reading goes on during the answer only to notice the close; input is discarded (on_read
+     * drops what comes once error_status is set). */
     pending_free(c);
     r->keep_alive = 0;
     if (r->path == NULL || r->path[0] == '\0') {
@@ -1086,12 +1158,11 @@ static void on_conn_closed(uv_handle_t *h) {
 static void conn_close(rv_conn_t *c) {
     if (c->state == CONN_CLOSING) return;
     rv_server_t *s = c->srv;
-    int was = c->state;
     c->state = CONN_CLOSING;
     rv_request_t *r = c->req;
     c->req = NULL;
     if (r) {
-        if (was == CONN_HANDLING && r->route) {
+        if (r->owned) {
             /* The handler still owns the request: detach it and tell the handler. */
             r->conn = NULL;
             if (r->gone_cb) r->gone_cb(r, r->gone_data);
@@ -1218,7 +1289,6 @@ int rv_server_listen(rv_server_t *s, const struct sockaddr *addr, int reuseport)
     }
     if ((rc = uv_tcp_bind(&s->listener, addr, 0)) != 0) return rc;
     if ((rc = uv_listen((uv_stream_t *)&s->listener, 1024, on_connection)) != 0) return rc;
-    s->listening = 1;
     return 0;
 }
 
@@ -1226,13 +1296,11 @@ int rv_server_listen_fd(rv_server_t *s, int fd) {
     int rc = uv_tcp_open(&s->listener, fd);
     if (rc) return rc;
     if ((rc = uv_listen((uv_stream_t *)&s->listener, 1024, on_connection)) != 0) return rc;
-    s->listening = 1;
     return 0;
 }
 
 static void stop_listening(rv_server_t *s) {
     if (!uv_is_closing((uv_handle_t *)&s->listener)) uv_close((uv_handle_t *)&s->listener, NULL);
-    s->listening = 0;
 }
 
 void rv_server_drain(rv_server_t *s, void (*cb)(rv_server_t *s)) {

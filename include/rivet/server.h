@@ -43,6 +43,7 @@ struct rv_request_s {
 
     /* Private to the server. */
     rv_conn_t *conn;           /* NULL once the client has gone */
+    int owned;                 /* a handler has it (until it answers) */
     rv_request_gone_cb gone_cb;
     void *gone_data;
     rv_buf_t url;
@@ -62,7 +63,8 @@ struct rv_request_s {
     size_t ext_bytes;          /* chunk extensions of the current chunk */
     const rv_route_t *match;   /* the route found when the headers completed, or NULL */
     int match_rc;              /* 0, RV_ENOTFOUND or RV_EMETHOD */
-    size_t held;               /* bytes of this request's buffers counted in the input budget */
+    size_t held_head;          /* bytes of its URL and header buffers, counted in the budget */
+    size_t held_body;          /* bytes of body that arrived, counted in the budget */
     uint64_t t0_ns;
 };
 
@@ -71,9 +73,9 @@ typedef struct rv_server_opts_s {
     size_t max_url_bytes;        /* 414 */
     size_t max_header_bytes;     /* 431, request line and headers together */
     size_t max_body_bytes;       /* 413; a route's own limit (rv_route_t.max_body) is lower */
-    size_t max_input_buffer;     /* request input held at once (bodies, headers, pipelined
-                                    bytes) by every connection of the process together: 503
-                                    with Retry-After beyond; 0: unlimited */
+    size_t max_input_buffer;     /* request bodies held at once by all connections together (503
+                                    with Retry-After beyond); URLs and headers, and pipelined
+                                    input, have a quarter of it each; 0: unlimited */
     unsigned max_connections;    /* beyond: answered 503 and closed */
     uint64_t header_timeout_ms;  /* request line and headers: 408 */
     uint64_t body_timeout_ms;    /* body: 408 */
@@ -91,17 +93,17 @@ struct rv_server_s {
     uv_loop_t *loop;
     rv_server_opts_t opts;
     uv_tcp_t listener;
-    int listening;
     rv_conn_t *conns;            /* doubly linked list of open connections */
     size_t nconns;
     size_t inflight;             /* requests handed to handlers and not yet answered */
+    size_t held[3];              /* request input held: headers, bodies, pipelined input */
     int draining;                /* shutting down: no new requests on kept-alive connections */
     void (*drained_cb)(rv_server_t *s);
-    uint64_t requests;           /* answered */
 };
 
-/* Initialise s (owned by the caller, who keeps it alive until rv_server_close's callback).
- * opts is copied; its routes and app are borrowed. */
+/* Initialise s (owned by the caller, who keeps it alive until the loop has run after
+ * rv_server_close or a drain's callback: the handles close through the loop). opts is copied;
+ * its routes and app are borrowed. */
 int rv_server_init(rv_server_t *s, uv_loop_t *loop, const rv_server_opts_t *opts);
 
 /* Bind and listen on addr (SO_REUSEADDR; SO_REUSEPORT when reuseport). Returns 0 or UV_E*. */
@@ -126,8 +128,8 @@ const char *rv_request_header(const rv_request_t *r, const char *name, size_t *l
  * empty), or RV_ENOMEM / RV_ERANGE (past out's limit). */
 int rv_request_header_join(const rv_request_t *r, const char *name, rv_buf_t *out);
 
-/* Bytes of request input held now by every server of the process (the input budget's use). */
-size_t rv_server_input_held(void);
+/* Bytes of request input s holds now (headers, bodies and pipelined input). */
+size_t rv_server_input_held(const rv_server_t *s);
 
 /* How many times a header occurs. */
 size_t rv_request_header_count(const rv_request_t *r, const char *name);
@@ -135,9 +137,6 @@ size_t rv_request_header_count(const rv_request_t *r, const char *name);
 /* The percent-decoded value of query parameter name into out. Returns 0, RV_ENOTFOUND or
  * RV_ERANGE (does not fit, or decodes to a NUL byte). */
 int rv_request_query(const rv_request_t *r, const char *name, char *out, size_t outlen);
-
-/* 1 when the client has disconnected; the handler must still answer (the answer is dropped). */
-int rv_request_gone(const rv_request_t *r);
 
 /* Be told (once) when the client disconnects before the answer; cb should cancel the work and
  * may answer at once. */

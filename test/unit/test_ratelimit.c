@@ -6,6 +6,8 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -165,14 +167,44 @@ static void long_keys(void **state) {
 }
 
 static void zero_per_min(void **state) {
-    /* No refill at all: the burst is all there is, and the wait is reported as a minute. */
+    /* RATE_LIMIT_PER_MIN=0 turns limiting off: nobody is limited, however many calls. */
     rv_ratelimit_t *rl = make(0, 5, 64);
-    const char *k = "198.51.100.7";
+    take_ok(rl, "198.51.100.7", T0, 1000);
+    rv_ratelimit_free(rl);
+}
+
+static void reconfigured(void **state) {
+    /* A reload changes the rate for every process at once; switching it off and on keeps the
+     * table. */
+    rv_ratelimit_t *rl = make(60, 2, 64);
+    const char *k = "198.51.100.9";
+    take_ok(rl, k, T0, 2);
+    take_limited(rl, k, T0);
+    rv_ratelimit_configure(rl, 0, 2);
+    take_ok(rl, k, T0, 10);
+    rv_ratelimit_configure(rl, 60, 2);
+    take_limited(rl, k, T0);
+    take_ok(rl, k, T0 + 1000, 1);
+    rv_ratelimit_free(rl);
+}
+
+/* Two processes that share the table share each client's allowance. */
+static void shared_across_fork(void **state) {
+    rv_ratelimit_t *rl = make(1, 20, 64);
+    const char *k = "198.51.100.10";
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        unsigned ra;
+        int ok = 0;
+        for (int i = 0; i < 15; i++) ok += rv_ratelimit_take(rl, k, T0, &ra);
+        _exit(ok == 15 ? 0 : 1);
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     take_ok(rl, k, T0, 5);
-    unsigned ra = take_limited(rl, k, T0);
-    assert_true(ra >= 1 && ra <= 60);
-    take_limited(rl, k, T0 + 24u * 3600u * 1000u);
-    take_ok(rl, "198.51.100.8", T0, 5);
+    take_limited(rl, k, T0);
     rv_ratelimit_free(rl);
 }
 
@@ -203,6 +235,8 @@ int main(void) {
         cmocka_unit_test(table_full),
         cmocka_unit_test(long_keys),
         cmocka_unit_test(zero_per_min),
+        cmocka_unit_test(reconfigured),
+        cmocka_unit_test(shared_across_fork),
         cmocka_unit_test(zero_burst),
         cmocka_unit_test(free_null),
     };
