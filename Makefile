@@ -41,7 +41,7 @@ INTEG_SRCS := $(wildcard test/integration/test_*.c)
 INTEG_BINS := $(INTEG_SRCS:test/integration/%.c=$(BUILD)/test/integration/%)
 HARNESS_OBJS := $(patsubst test/integration/%.c,$(BUILD)/test/integration/%.o,$(filter-out $(INTEG_SRCS),$(wildcard test/integration/*.c)))
 
-.PHONY: all deps run test check unit integration san-test bench clean install uninstall
+.PHONY: all deps run test check unit integration san-test bench clean install uninstall fuzz fuzz-smoke
 
 all: $(BUILD)/rivetd
 
@@ -58,6 +58,19 @@ $(LIBRIVET): $(LIB_OBJS) $(LLHTTP_OBJS)
 $(BUILD)/src/%.o: src/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -MMD -MP -c -o $@ $<
+
+# handlers_docs.c embeds docs/openapi.json and the page rendered from it with the assembler's
+# .incbin, which -MMD does not record: the dependencies are named here, so that an edit of the
+# description or of the renderer rebuilds the page and the object.
+DOCS_HTML := $(BUILD)/gen/docs.html
+
+$(DOCS_HTML): docs/openapi.json tools/render_docs.py
+	@mkdir -p $(dir $@)
+	python3 tools/render_docs.py docs/openapi.json $@
+
+$(BUILD)/src/handlers_docs.o: docs/openapi.json $(DOCS_HTML)
+$(BUILD)/src/queue.o: src/apply.lua
+$(BUILD)/src/handlers_docs.o: ALL_CFLAGS += -DRV_DOCS_HTML_PATH='"$(DOCS_HTML)"'
 
 # llhttp is compiled from Debian's node-llhttp sources; its generated code is not ours to lint.
 $(BUILD)/llhttp/%.o: $(LLHTTP_SRC)/%.c
@@ -88,6 +101,7 @@ check: unit integration
 test: deps
 	$(MAKE) check
 	$(MAKE) SAN=1 BUILD=build/san check
+	$(MAKE) fuzz-smoke
 
 bench: $(BUILD)/rivetd
 	@deps/install.sh bench
@@ -101,4 +115,5 @@ clean:
 
 -include mk/ops.mk
 -include bench/bench.mk
+include mk/fuzz.mk
 -include $(wildcard $(BUILD)/src/*.d $(BUILD)/test/*/*.d)

@@ -1,4 +1,4 @@
-# Operations: the API description built into the binary, and install / uninstall.
+# Operations: install and uninstall.
 #
 #   make install   [PREFIX=/usr/local] [DESTDIR=] [SYSCONFDIR=/etc] [UNITDIR=...]
 #   make uninstall (the same variables)
@@ -24,10 +24,6 @@ SYSCONFDIR ?= /etc
 UNITDIR    ?= $(SYSCONFDIR)/systemd/system
 CONFDIR    := $(SYSCONFDIR)/rivet
 INSTALL    ?= install
-
-# handlers_docs.c takes docs/openapi.json in with the assembler's .incbin, which -MMD does not
-# record: name the dependency here so that editing the description rebuilds the binary.
-$(BUILD)/src/handlers_docs.o: docs/openapi.json
 
 $(BUILD)/systemd/rivetd.service: systemd/rivetd.service FORCE
 	@mkdir -p $(dir $@)

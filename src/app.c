@@ -132,42 +132,13 @@ void rv_app_webhook_outcome(rv_app_t *app, const char *type, const char *outcome
 
 /* ---- reload ----------------------------------------------------------------------------- */
 
-/* Swap a field so that the new configuration keeps the running value (freed with the old). */
-#define KEEP(field)                                                                           \
-    do {                                                                                      \
-        __typeof__(next->field) tmp_ = next->field;                                           \
-        next->field = running->field;                                                         \
-        running->field = tmp_;                                                                \
-    } while (0)
-
 /* Sockets, processes, Redis and HTTP limits are fixed for the life of the process: next keeps
- * the running values. */
+ * the running values, and the log says which changes wait for a restart. */
 static void keep_start_only(rv_config_t *next, rv_config_t *running) {
-    if (strcmp(next->listen, running->listen) || strcmp(next->admin_listen, running->admin_listen) ||
-        next->workers != running->workers || strcmp(next->redis_url, running->redis_url) ||
-        strcmp(next->redis_stream, running->redis_stream) ||
-        next->max_body_bytes != running->max_body_bytes ||
-        next->max_header_bytes != running->max_header_bytes ||
-        next->max_body_buffer != running->max_body_buffer ||
-        next->max_connections != running->max_connections)
-        rv_warn("rivetd: reload: listener, worker, Redis and HTTP limit settings take effect only "
-                "after a restart");
-    KEEP(listen);
-    KEEP(admin_listen);
-    KEEP(listen_addr);
-    KEEP(admin_addr);
-    KEEP(workers);
-    KEEP(redis_url);
-    KEEP(redis_stream);
-    KEEP(redis_dedupe_ttl);
-    KEEP(redis_timeout_ms);
-    KEEP(max_body_bytes);
-    KEEP(max_header_bytes);
-    KEEP(max_body_buffer);
-    KEEP(max_connections);
-    KEEP(header_timeout_ms);
-    KEEP(body_timeout_ms);
-    KEEP(idle_timeout_ms);
+    char names[512];
+    if (rv_config_start_only_changed(next, running, names, sizeof names) > 0)
+        rv_warn("rivetd: reload: %s take effect only after a restart", names);
+    rv_config_keep_start_only(next, running);
 }
 
 int rv_app_reload(rv_app_t *app, const char *text, char *err, size_t errlen) {

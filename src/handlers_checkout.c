@@ -11,6 +11,7 @@
 
 #include "rivet/app.h"
 #include "rivet/common.h"
+#include "rivet/entitlement.h"
 #include "rivet/json.h"
 #include "rivet/log.h"
 #include "rivet/metrics.h"
@@ -361,6 +362,11 @@ static void on_session(void *data, const rv_stripe_result_t *res) {
     }
     const char *st = jstr(res->json, "status");
     const char *pay = jstr(res->json, "payment_status");
+    /* Stripe's fulfillment guide: the success page may see the payment before any webhook, so it
+     * provisions the session too (once per session, whichever path comes first). */
+    int frc = rv_entitlement_fulfill(app, res->json, NULL, NULL);
+    if (frc && frc != RV_EIGNORED && frc != RV_EUNAVAIL)
+        rv_warn("checkout: success page: cannot provision: %s", rv_strerror(frc));
     /* "success" only for a completed checkout; an open or expired one says so. */
     const char *status = "pending";
     if (st && strcmp(st, "complete") == 0) status = "success";

@@ -8,6 +8,7 @@
 
 #include "rivet/app.h"
 #include "rivet/common.h"
+#include "rivet/entitlement.h"
 #include "rivet/json.h"
 #include "rivet/log.h"
 #include "rivet/provision.h"
@@ -18,6 +19,7 @@ typedef struct webhook_ctx_s {
     char event_id[256];
     char event_type[128];
     char reason[128];
+    char sub_id[256];
 } webhook_ctx_t;
 
 static void answer_ok(rv_request_t *req, const char *event_type) {
@@ -94,19 +96,28 @@ static void on_enqueued(void *data, int err, int result, const char *stream_id) 
                 rv_strerror(err));
         unavailable(req, ctx->event_type);
     } else {
-        if (result == RV_ENQ_ADDED) {
+        int code = result & RV_ENQ_MASK;
+        if (code == RV_ENQ_ADDED) {
             rv_app_webhook_outcome(app, ctx->event_type, "enqueued");
             rv_info("webhook: %s %s enqueued as %s", ctx->event_id, ctx->event_type,
                     stream_id ? stream_id : "?");
-        } else if (result == RV_ENQ_DUPLICATE) {
+        } else if (code == RV_ENQ_DUPLICATE) {
             rv_app_webhook_outcome(app, ctx->event_type, "duplicate");
             rv_info("webhook: %s %s duplicate, already enqueued", ctx->event_id, ctx->event_type);
         } else {
-            rv_app_webhook_outcome(app, ctx->event_type, "stale");
-            rv_info("webhook: %s %s older than the subscription's last applied event, not "
-                    "enqueued", ctx->event_id, ctx->event_type);
+            rv_app_webhook_outcome(app, ctx->event_type, "recorded");
+            rv_info("webhook: %s %s applied; no entry (its session was provisioned already, or "
+                    "it is not paid yet)",
+                    ctx->event_id, ctx->event_type);
         }
         answer_ok(req, ctx->event_type);
+        /* The answer is out: Stripe never waits on Stripe. */
+        if ((result & RV_ENQ_ASK_STRIPE) && ctx->sub_id[0]) {
+            int rc = rv_entitlement_ask_stripe(app, ctx->sub_id);
+            if (rc)
+                rv_warn("webhook: %s: cannot ask Stripe for %s: %s", ctx->event_id, ctx->sub_id,
+                        rv_strerror(rc));
+        }
     }
     free(ctx);
 }
@@ -163,6 +174,7 @@ void rv_handle_webhook(rv_request_t *req) {
     ctx->req = req;
     memcpy(ctx->event_id, ev.event_id, sizeof ctx->event_id);
     memcpy(ctx->event_type, ev.stripe_type, sizeof ctx->event_type);
+    memcpy(ctx->sub_id, ev.subscription_id, sizeof ctx->sub_id);
     rc = app->queue ? rv_queue_enqueue(app->queue, &ev, on_enqueued, ctx) : RV_EUNAVAIL;
     rv_prov_event_free(&ev);
     if (rc != 0) {

@@ -9,13 +9,14 @@
 #include "rivet/common.h"
 #include "rivet/log.h"
 #include "rivet/ratelimit.h"
+#include "rivet/reconcile.h"
 #include "rivet/sd.h"
 
 extern char **environ;
 
 static void usage(FILE *f) {
     fprintf(f,
-            "Usage: rivetd [--config FILE] [--check-config]\n"
+            "Usage: rivetd [--config FILE] [--check-config | --reconcile DURATION]\n"
             "       rivetd --help | --version\n"
             "\n"
             "The billing edge of Rivet: Stripe Checkout, signed webhooks turned into\n"
@@ -23,6 +24,12 @@ static void usage(FILE *f) {
             "\n"
             "  --config FILE    read KEY=VALUE settings from FILE; the environment wins\n"
             "  --check-config   validate the configuration, print it with secrets redacted, exit\n"
+            "  --reconcile DURATION\n"
+            "                   recover the Stripe events of the last DURATION (90m, 72h, 30d;\n"
+            "                   at most 30 days) that no webhook brought, print a summary, exit\n"
+            "  --config-reference=markdown|env\n"
+            "                   print the configuration keys as the README's table, or as\n"
+            "                   conf/rivet.conf.example\n"
             "  --help           this text\n"
             "  --version        print the version\n"
             "\n"
@@ -49,6 +56,7 @@ static int start(rv_app_t *app) {
 }
 
 int main(int argc, char **argv) {
+    uint64_t reconcile_s = 0;
     static rv_app_t app;
     int check = 0;
     app.listen_fd = app.admin_fd = app.parent_fd = -1;
@@ -59,6 +67,20 @@ int main(int argc, char **argv) {
             app.config_path = argv[i] + 9;
         } else if (strcmp(argv[i], "--check-config") == 0) {
             check = 1;
+        } else if (strcmp(argv[i], "--reconcile") == 0 && i + 1 < argc) {
+            if (rv_parse_duration(argv[++i], &reconcile_s) != 0) {
+                fprintf(stderr, "rivetd: --reconcile takes a duration such as 72h, 90m or 30d\n");
+                return 2;
+            }
+        } else if (strcmp(argv[i], "--config-reference=markdown") == 0 ||
+                   strcmp(argv[i], "--config-reference=env") == 0) {
+            /* The README's table and conf/rivet.conf.example, from the configuration table. */
+            rv_buf_t ref = RV_BUF_INIT;
+            int bad = rv_config_reference(&ref, argv[i][19] == 'm' ? RV_CONFIG_REF_MARKDOWN
+                                                                    : RV_CONFIG_REF_ENV);
+            if (!bad) fwrite(ref.data, 1, ref.len, stdout);
+            rv_buf_free(&ref);
+            return bad ? 1 : 0;
         } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             usage(stdout);
             return 0;
@@ -87,7 +109,9 @@ int main(int argc, char **argv) {
     }
     app.config_loaded = 1;
     rv_log_set_level(app.cfg.log_level);
-    if (check) {
+    if (reconcile_s) {
+        rc = rv_worker_reconcile(&app, reconcile_s);
+    } else if (check) {
         rv_buf_t b = RV_BUF_INIT;
         rc = rv_config_dump(&app.cfg, &b);
         if (rc == 0) fwrite(b.data, 1, b.len, stdout);

@@ -41,6 +41,9 @@ static const struct {
     {"rivet_stripe_retries_total", "Stripe API retries (tries after the first), by operation."},
     {"rivet_webhook_events_total", "Stripe webhook deliveries, by event type and outcome."},
     {"rivet_redis_reconnects_total", "Redis reconnections."},
+    {"rivet_reconcile_events_total",
+     "Events read by recovery from Stripe, by outcome (recovered: no webhook had brought it)."},
+    {"rivet_reconcile_runs_total", "Recovery runs, by outcome."},
 };
 
 static const struct {
@@ -64,6 +67,8 @@ static const struct {
     {"rivet_http_requests_in_flight", "", "Requests with their handlers."},
     {"rivet_http_input_buffered_bytes", "", "Request input held (bodies, headers, pipelined)."},
     {"rivet_process_resident_memory_bytes", "", "Resident set size of the workers."},
+    {"rivet_reconcile_last_success_timestamp_seconds", "",
+     "When recovery from Stripe last completed a run (Unix time; 0: never)."},
 };
 
 typedef struct store_s {
@@ -221,7 +226,11 @@ int rv_metrics_render(rv_buf_t *out, const rv_gauge_t *gauges, size_t ngauges) {
     rv_gauge_t sums[RV_G_GAUGES];
     for (int g = 0; rc == 0 && st->gauges_used && g < RV_G_GAUGES; g++) {
         double v = 0;
-        for (int w = 0; w < RV_METRICS_MAX_WORKERS; w++) v += st->gauges[w][g];
+        for (int w = 0; w < RV_METRICS_MAX_WORKERS; w++) {
+            double x = st->gauges[w][g];
+            if (g == RV_G_RECONCILE_LAST_OK) v = x > v ? x : v;
+            else v += x;
+        }
         sums[g] = (rv_gauge_t){gauge_info[g].name, gauge_info[g].help, gauge_info[g].labels, v,
                                NULL};
         rc = render_gauge(out, &sums[g], prev);

@@ -28,24 +28,21 @@ typedef struct route_s {
     const char *stripe_type;
     const char *type;
     kind_t kind;
-    int ordered;
-    int sets_entitlement;
 } route_t;
 
 static const route_t routes[] = {
-    {"checkout.session.completed", "user.provision", KIND_CHECKOUT, 0, 1},
-    {"customer.subscription.created", "subscription.created", KIND_SUBSCRIPTION, 0, 1},
-    {"customer.subscription.updated", "subscription.updated", KIND_SUBSCRIPTION, 1, 1},
-    {"customer.subscription.deleted", "user.deprovision", KIND_SUBSCRIPTION, 0, 1},
-    {"invoice.payment_succeeded", "payment.succeeded", KIND_INVOICE, 0, 0},
-    {"invoice.payment_failed", "payment.failed", KIND_INVOICE, 0, 0},
+    {"checkout.session.completed", "user.provision", KIND_CHECKOUT},
+    {"checkout.session.async_payment_succeeded", "user.provision", KIND_CHECKOUT},
+    {"checkout.session.async_payment_failed", "payment.failed", KIND_CHECKOUT},
+    {"customer.subscription.created", "subscription.created", KIND_SUBSCRIPTION},
+    {"customer.subscription.updated", "subscription.updated", KIND_SUBSCRIPTION},
+    {"customer.subscription.deleted", "user.deprovision", KIND_SUBSCRIPTION},
+    {"invoice.payment_succeeded", "payment.succeeded", KIND_INVOICE},
+    {"invoice.payment_failed", "payment.failed", KIND_INVOICE},
 };
 
 /* Values that go only into data_json; a has_* flag of 0 or a NULL string means absent. */
 typedef struct extra_s {
-    int has_period_end;
-    int64_t period_end;
-    int cancel_at_period_end; /* -1 when absent */
     int has_amount_total, has_amount_paid, has_amount_due, has_attempt_count;
     int64_t amount_total, amount_paid, amount_due, attempt_count;
     const char *currency;
@@ -282,7 +279,15 @@ static int read_checkout(const cJSON *o, rv_prov_event_t *out, extra_t *x, const
     x->has_amount_total = get_int(o, "amount_total", &x->amount_total) == 0;
     x->currency = get_str(o, "currency");
     x->checkout_session_id = get_str(o, "id");
-    return check_id(out, x->checkout_session_id, "checkout session id");
+    if ((rc = take_id(out, out->session_id, sizeof out->session_id, x->checkout_session_id,
+                      "checkout session id"))) {
+        return rc;
+    }
+    /* Stripe's fulfillment rule: a completed session provisions once it is paid, or needs no
+     * payment; an unpaid one (a delayed payment method) waits for async_payment_succeeded. */
+    out->fulfills = status != NULL && out->session_id[0] &&
+                    (strcmp(status, "paid") == 0 || strcmp(status, "no_payment_required") == 0);
+    return 0;
 }
 
 static int read_subscription(const cJSON *o, const rv_prices_t *prices, rv_prov_event_t *out,
@@ -307,13 +312,14 @@ static int read_subscription(const cJSON *o, const rv_prices_t *prices, rv_prov_
     const char *status = get_str(o, "status");
     if ((rc = take_text(out, out->status, sizeof out->status, status, "status"))) return rc;
     /* Newer API versions moved the billing period from the subscription to its items. */
-    x->has_period_end = get_int(o, "current_period_end", &x->period_end) == 0;
-    if (!x->has_period_end) {
-        x->has_period_end = get_int(item, "current_period_end", &x->period_end) == 0;
+    out->has_period_end = get_int(o, "current_period_end", &out->period_end) == 0;
+    if (!out->has_period_end) {
+        out->has_period_end = get_int(item, "current_period_end", &out->period_end) == 0;
     }
     const cJSON *cap = get(o, "cancel_at_period_end");
-    x->cancel_at_period_end = cJSON_IsBool(cap) ? cJSON_IsTrue(cap) : -1;
+    out->cancel_at_period_end = cJSON_IsBool(cap) ? cJSON_IsTrue(cap) : -1;
     x->currency = get_str(o, "currency");
+    out->has_state = 1;
     return 0;
 }
 
@@ -365,11 +371,11 @@ static void add_bool(cJSON *o, const char *k, int v, int *fail) {
 }
 
 /* Write the stream entry's "data" object; absent values are left out, never written as null. */
-static char *build_data(const rv_prov_event_t *ev, const extra_t *x) {
+static char *build_data(const rv_prov_event_t *ev, const extra_t *x, kind_t kind) {
     cJSON *d = cJSON_CreateObject();
     if (d == NULL) return NULL;
     int fail = 0;
-    add_num(d, "v", 1, &fail);
+    add_num(d, "v", RV_PROVISION_DATA_VERSION, &fail);
     add_str(d, "type", ev->type, &fail);
     add_str(d, "stripe_event_id", ev->event_id, &fail);
     add_str(d, "stripe_event_type", ev->stripe_type, &fail);
@@ -379,10 +385,12 @@ static char *build_data(const rv_prov_event_t *ev, const extra_t *x) {
     if (ev->email[0]) add_str(d, "email", ev->email, &fail);
     if (ev->subscription_id[0]) add_str(d, "subscription_id", ev->subscription_id, &fail);
     if (ev->tier[0]) add_str(d, "tier", ev->tier, &fail);
-    if (ev->status[0]) add_str(d, "status", ev->status, &fail);
-    if (x->has_period_end) add_num(d, "current_period_end", x->period_end, &fail);
-    if (x->cancel_at_period_end >= 0) {
-        add_bool(d, "cancel_at_period_end", x->cancel_at_period_end, &fail);
+    /* Each status under its own name: only a subscription's is "status". */
+    static const char *const status_name[] = {"payment_status", "status", "invoice_status"};
+    if (ev->status[0]) add_str(d, status_name[kind], ev->status, &fail);
+    if (ev->has_period_end) add_num(d, "current_period_end", ev->period_end, &fail);
+    if (ev->cancel_at_period_end >= 0) {
+        add_bool(d, "cancel_at_period_end", ev->cancel_at_period_end, &fail);
     }
     if (x->has_amount_total) add_num(d, "amount_total", x->amount_total, &fail);
     if (x->has_amount_paid) add_num(d, "amount_paid", x->amount_paid, &fail);
@@ -426,7 +434,7 @@ static int map_object(const cJSON *obj, const rv_prices_t *prices, rv_prov_event
     }
     extra_t x;
     memset(&x, 0, sizeof x);
-    x.cancel_at_period_end = -1;
+    out->cancel_at_period_end = -1;
     const char *tier = NULL;
     switch (r->kind) {
     case KIND_CHECKOUT: rc = read_checkout(obj, out, &x, &tier); break;
@@ -439,9 +447,11 @@ static int map_object(const cJSON *obj, const rv_prices_t *prices, rv_prov_event
     if ((rc = check_text(out, x.currency, "currency"))) return rc;
 
     out->type = r->type;
-    out->ordered = r->ordered;
-    out->sets_entitlement = r->sets_entitlement;
-    out->data_json = build_data(out, &x);
+    /* async_payment_succeeded is the payment of a session that completed unpaid. */
+    if (strcmp(out->stripe_type, "checkout.session.async_payment_succeeded") == 0)
+        out->fulfills = out->session_id[0] != '\0';
+    if (strcmp(out->stripe_type, "checkout.session.async_payment_failed") == 0) out->fulfills = 0;
+    out->data_json = build_data(out, &x, r->kind);
     if (out->data_json == NULL) {
         out->type = NULL;
         return RV_ENOMEM;
@@ -479,8 +489,9 @@ static int read_envelope(const cJSON *root, rv_prov_event_t *out, const cJSON **
     return 0;
 }
 
-static int map_event(const char *json, size_t len, const rv_prices_t *prices,
-                     rv_prov_event_t *out) {
+/* Map an event (as_type NULL: json is the event envelope) or a bare object of type as_type. */
+static int map_event(const char *json, size_t len, const char *as_type, int64_t created,
+                     const rv_prices_t *prices, rv_prov_event_t *out) {
     memset(out, 0, sizeof *out);
     if (json == NULL || len == 0) return refuse(out, RV_EPAYLOAD, "the body is empty");
     cJSON *root = cJSON_ParseWithLength(json, len);
@@ -491,8 +502,16 @@ static int map_event(const char *json, size_t len, const rv_prices_t *prices,
         return rc;
     }
 
-    const cJSON *obj = NULL;
-    int rc = read_envelope(root, out, &obj);
+    const cJSON *obj = root;
+    int rc = 0;
+    if (as_type == NULL) {
+        rc = read_envelope(root, out, &obj);
+    } else if (copy_str(out->stripe_type, sizeof out->stripe_type, as_type) != 0) {
+        rc = RV_EINVAL;
+    } else {
+        out->created = created;
+        out->livemode = cJSON_IsTrue(get(root, "livemode"));
+    }
     if (rc == 0) rc = map_object(obj, prices, out);
     if (rc == 0 && has_escaped_nul(json, len)) {
         rc = refuse(out, RV_EMALFORMED, "a string in the event has an escaped NUL (\\u0000)");
@@ -502,8 +521,8 @@ static int map_event(const char *json, size_t len, const rv_prices_t *prices,
         /* Only the identity of the event and the reason survive a refusal. */
         out->type = NULL;
         out->customer_id[0] = out->subscription_id[0] = out->email[0] = '\0';
-        out->tier[0] = out->status[0] = '\0';
-        out->ordered = out->sets_entitlement = 0;
+        out->tier[0] = out->status[0] = out->session_id[0] = '\0';
+        out->has_state = out->has_period_end = out->fulfills = 0;
         cJSON_free(out->data_json);
         out->data_json = NULL;
     }
@@ -534,12 +553,12 @@ static void arena_free(void *p) {
     free(p);
 }
 
-int rv_provision_map(const char *json, size_t len, const rv_prices_t *prices,
-                     rv_prov_event_t *out) {
+static int map_in_arena(const char *json, size_t len, const char *as_type, int64_t created,
+                        const rv_prices_t *prices, rv_prov_event_t *out) {
     cJSON_Hooks hooks = {arena_alloc, arena_free};
     arena_used = 0;
     cJSON_InitHooks(&hooks);
-    int rc = map_event(json, len, prices, out);
+    int rc = map_event(json, len, as_type, created, prices, out);
     if (out->data_json) {
         /* The caller frees data_json with free(): move it out of the arena. */
         char *text = strdup(out->data_json);
@@ -553,6 +572,17 @@ int rv_provision_map(const char *json, size_t len, const rv_prices_t *prices,
     cJSON_InitHooks(NULL);
     arena_used = 0;
     return rc;
+}
+
+int rv_provision_map(const char *json, size_t len, const rv_prices_t *prices,
+                     rv_prov_event_t *out) {
+    return map_in_arena(json, len, NULL, 0, prices, out);
+}
+
+int rv_provision_map_object(const char *json, size_t len, const char *as_type, int64_t created,
+                            const rv_prices_t *prices, rv_prov_event_t *out) {
+    if (as_type == NULL) return RV_EINVAL;
+    return map_in_arena(json, len, as_type, created, prices, out);
 }
 
 void rv_prov_event_free(rv_prov_event_t *ev) {

@@ -29,6 +29,7 @@
 #include <time.h>
 
 #include "rivet/common.h"
+#include "rivet/incbin.h"
 #include "rivet/log.h"
 #include "rivet/metrics.h"
 #include "rivet/redis_url.h"
@@ -49,51 +50,11 @@
 #define STRINGIFY_(x) #x
 #define STRINGIFY(x) STRINGIFY_(x)
 
-/* KEYS: 1 event key, 2 stream, 3 subscription order key (or the dummy), 4 customer hash (or the
- * dummy). ARGV: 1 ttl, 2 type, 3 event id, 4 data JSON, 5 created, 6 ordered, 7 sets entitlement,
- * 8 email, 9 tier, 10 status, 11 subscription id, 12 customer id. Returns {code, entry id}:
- * 1 added, 2 duplicate, 3 stale. No MAXLEN on XADD: trimming could delete entries consumers have
- * not acknowledged yet. */
-static const char enqueue_script[] =
-    "if redis.call('EXISTS', KEYS[1]) == 1 then return {2, ''} end\n"
-    "local ttl = tonumber(ARGV[1])\n"
-    "local created = tonumber(ARGV[5])\n"
-    "local sub = ARGV[11]\n"
-    "local cust = ARGV[12]\n"
-    "local last = nil\n"
-    "if sub ~= '' then last = tonumber(redis.call('GET', KEYS[3]) or '') end\n"
-    "if ARGV[6] == '1' and last ~= nil and last > created then\n"
-    "  redis.call('SET', KEYS[1], 'stale', 'EX', ttl)\n"
-    "  return {3, ''}\n"
-    "end\n"
-    "local id = redis.call('XADD', KEYS[2], '*', 'type', ARGV[2], 'stripe_event_id', ARGV[3],\n"
-    "  'data', ARGV[4])\n"
-    "redis.call('SET', KEYS[1], id, 'EX', ttl)\n"
-    "if sub ~= '' then\n"
-    "  if last == nil or created > last then\n"
-    "    redis.call('SET', KEYS[3], ARGV[5], 'EX', ttl)\n"
-    "  else\n"
-    "    redis.call('EXPIRE', KEYS[3], ttl)\n"
-    "  end\n"
-    "end\n"
-    "if ARGV[7] == '1' and cust ~= '' then\n"
-    "  local names = {'email', 'tier', 'status', 'subscription_id'}\n"
-    "  local cur = tonumber(redis.call('HGET', KEYS[4], 'event_created') or '')\n"
-    "  if cur == nil or created >= cur then\n"
-    "    local args = {'customer_id', cust, 'event_created', ARGV[5], 'event_id', ARGV[3]}\n"
-    "    for i = 1, 4 do\n"
-    "      local v = ARGV[7 + i]\n"
-    "      if v ~= '' then args[#args + 1] = names[i]; args[#args + 1] = v end\n"
-    "    end\n"
-    "    redis.call('HSET', KEYS[4], unpack(args))\n"
-    "  else\n"
-    "    for i = 1, 4 do\n"
-    "      local v = ARGV[7 + i]\n"
-    "      if v ~= '' then redis.call('HSETNX', KEYS[4], names[i], v) end\n"
-    "    end\n"
-    "  end\n"
-    "end\n"
-    "return {1, id}\n";
+/* The script that applies an event to the customer's entitlement and appends its entry
+ * (src/apply.lua: its head says what it takes and returns). No MAXLEN on XADD: trimming could
+ * delete entries consumers have not acknowledged yet. */
+RV_INCBIN(rv_apply_lua, "src/apply.lua");
+#define APPLY_SCRIPT ((const char *)rv_apply_lua)
 
 /* KEYS: 1 event key (or the dummy), 2 dead-letter stream. ARGV: 1 ttl, 2 max entries, 3 reason,
  * 4 event id ('' when unknown: no de-duplication), 5 event type, 6 received, 7 body. Returns
@@ -112,10 +73,10 @@ static const char dead_script[] =
 enum { DARG_CMD, DARG_SCRIPT, DARG_NUMKEYS, DARG_KEY_EVENT, DARG_KEY_STREAM, DARG_TTL, DARG_MAX,
        DARG_REASON, DARG_ID, DARG_TYPE, DARG_RECEIVED, DARG_BODY, DARGS };
 
-/* EVALSHA sha numkeys + 4 keys + 12 arguments. */
-enum { ARG_CMD, ARG_SCRIPT, ARG_NUMKEYS, ARG_KEY_EVENT, ARG_KEY_STREAM, ARG_KEY_SUB, ARG_KEY_CUST,
-       ARG_TTL, ARG_TYPE, ARG_ID, ARG_DATA, ARG_CREATED, ARG_ORDERED, ARG_SETS, ARG_EMAIL,
-       ARG_TIER, ARG_STATUS, ARG_SUB, ARG_CUST, NARGS };
+/* EVALSHA sha numkeys + 4 keys + 14 arguments, in the script's order. */
+enum { ARG_CMD, ARG_SCRIPT, ARG_NUMKEYS, ARG_KEY_EVENT, ARG_KEY_STREAM, ARG_KEY_CUST,
+       ARG_KEY_CHECKOUT, ARG_TTL, ARG_MODE, ARG_TYPE, ARG_ID, ARG_DATA, ARG_VERSION, ARG_CUST,
+       ARG_EMAIL, ARG_SUB, ARG_STATE, ARG_PLAN, ARG_FULFILLS, ARG_PAST_DUE, ARG_SOURCE, NARGS };
 
 _Static_assert((int)DARGS <= (int)NARGS,
                "a dead-letter command fits in a command's argument arrays");
@@ -128,6 +89,7 @@ struct cmd_s {
     int fail_err;      /* what a NULL reply means: RV_EUNAVAIL, or RV_ETIMEDOUT once overdue */
     int retried;       /* the script was sent again after NOSCRIPT */
     rv_enqueue_cb cb;
+    rv_reply_cb raw_cb; /* a plain command's callback (rv_queue_call), else NULL */
     void *data;
     const char *argv[NARGS];
     size_t argvlen[NARGS];
@@ -142,6 +104,7 @@ struct rv_queue_s {
     char *dead_stream; /* stream + ":dead" */
     char ttl[24];
     uint64_t timeout_ms;
+    int past_due_active;
 
     redisAsyncContext *ac; /* NULL when there is no connection */
     int state;             /* enum rv_queue_state */
@@ -218,7 +181,8 @@ static void cmd_finish(cmd_t *c, int err, int result, const char *stream_id) {
         q->dead_tail = c;
         return;
     }
-    c->cb(c->data, err, result, stream_id);
+    if (c->raw_cb) c->raw_cb(c->data, err, NULL);
+    else c->cb(c->data, err, result, stream_id);
     free(c);
 }
 
@@ -418,7 +382,7 @@ static int send_handshake(rv_queue_t *q, redisAsyncContext *ac) {
     if (q->url.db != 0) rc |= redisAsyncCommand(ac, on_select, q, "SELECT %d", q->url.db);
     rc |= redisAsyncCommand(ac, on_config_aof, q, "CONFIG GET appendonly");
     rc |= redisAsyncCommand(ac, on_config_policy, q, "CONFIG GET maxmemory-policy");
-    rc |= redisAsyncCommand(ac, on_script_load, q, "SCRIPT LOAD %s", enqueue_script);
+    rc |= redisAsyncCommand(ac, on_script_load, q, "SCRIPT LOAD %s", APPLY_SCRIPT);
     return rc == REDIS_OK ? 0 : RV_ENOMEM;
 }
 
@@ -515,8 +479,8 @@ static void on_enqueue_reply(redisAsyncContext *ac, void *r, void *privdata) {
             c->retried = 1;
             c->argv[ARG_CMD] = "EVAL";
             c->argvlen[ARG_CMD] = 4;
-            c->argv[ARG_SCRIPT] = enqueue_script;
-            c->argvlen[ARG_SCRIPT] = sizeof enqueue_script - 1;
+            c->argv[ARG_SCRIPT] = APPLY_SCRIPT;
+            c->argvlen[ARG_SCRIPT] = rv_apply_lua_len;
             if (redisAsyncCommandArgv(ac, on_enqueue_reply, c, NARGS, c->argv, c->argvlen) ==
                 REDIS_OK) {
                 c->deadline = uv_now(q->loop) + q->timeout_ms;
@@ -530,16 +494,19 @@ static void on_enqueue_reply(redisAsyncContext *ac, void *r, void *privdata) {
         cmd_finish(c, RV_EUNAVAIL, 0, NULL);
         return;
     }
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3 ||
         reply->element[0]->type != REDIS_REPLY_INTEGER ||
         reply->element[1]->type != REDIS_REPLY_STRING ||
-        reply->element[0]->integer < RV_ENQ_ADDED || reply->element[0]->integer > RV_ENQ_STALE) {
+        reply->element[2]->type != REDIS_REPLY_INTEGER ||
+        reply->element[0]->integer < RV_ENQ_ADDED || reply->element[0]->integer > RV_ENQ_RECORDED) {
         rv_warn("redis: event %s: unexpected answer from the script", c->argv[ARG_ID]);
         cmd_finish(c, RV_EUNAVAIL, 0, NULL);
         return;
     }
     int result = (int)reply->element[0]->integer;
-    cmd_finish(c, 0, result, result == RV_ENQ_ADDED ? reply->element[1]->str : NULL);
+    const char *id = result == RV_ENQ_ADDED ? reply->element[1]->str : NULL;
+    if (reply->element[2]->integer) result |= RV_ENQ_ASK_STRIPE;
+    cmd_finish(c, 0, result, id);
 }
 
 /* Copy n bytes as argument i into the command's string area at *off. */
@@ -556,34 +523,52 @@ static void set_arg(cmd_t *c, int i, const char *s) {
     c->argvlen[i] = strlen(s);
 }
 
-int rv_queue_enqueue(rv_queue_t *q, const rv_prov_event_t *ev, rv_enqueue_cb cb, void *data) {
-    if (!q || !ev || !cb || !ev->type || !ev->type[0] || !ev->data_json) return RV_EINVAL;
-    size_t idlen = strnlen(ev->event_id, sizeof ev->event_id);
-    if (idlen == 0 || idlen == sizeof ev->event_id) return RV_EINVAL;
+/* A key "<prefix><id>" as argument i, built in the command's string area. */
+static void put_key(cmd_t *c, size_t *off, int i, const char *prefix, const char *id) {
+    size_t pl = strlen(prefix), il = strlen(id);
+    memcpy(c->strs + *off, prefix, pl);
+    memcpy(c->strs + *off + pl, id, il + 1);
+    c->argv[i] = c->strs + *off;
+    c->argvlen[i] = pl + il;
+    *off += pl + il + 1;
+}
+
+static const char *const mode_names[] = {"event", "fulfill", "state"};
+
+int rv_queue_apply(rv_queue_t *q, const rv_prov_event_t *ev, int mode, const char *source,
+                   rv_enqueue_cb cb, void *data) {
+    if (!q || !ev || !cb || !ev->type || !ev->data_json || mode < RV_APPLY_EVENT ||
+        mode > RV_APPLY_STATE || !source)
+        return RV_EINVAL;
+    if (mode == RV_APPLY_EVENT && !rv_provision_is_id(ev->event_id)) return RV_EINVAL;
+    if (mode != RV_APPLY_EVENT && ev->event_id[0]) return RV_EINVAL;
     /* These become keys: the mapping checked them already, and the queue does not rely on it. */
-    if (!rv_provision_is_id(ev->event_id)) return RV_EINVAL;
     if (ev->customer_id[0] && !rv_provision_is_id(ev->customer_id)) return RV_EINVAL;
     if (ev->subscription_id[0] && !rv_provision_is_id(ev->subscription_id)) return RV_EINVAL;
+    if (ev->session_id[0] && !rv_provision_is_id(ev->session_id)) return RV_EINVAL;
+    size_t datalen = strlen(ev->data_json);
+    if (datalen < 2 || ev->data_json[datalen - 1] != '}') return RV_EINVAL;
     if (q->closing || !q->ready || !q->ac) return RV_EUNAVAIL;
     if (q->npending >= MAX_PENDING) return RV_EUNAVAIL;
 
-    static const char ekey_prefix[] = "rivet:event:";
-    static const char skey_prefix[] = "rivet:subscription:";
-    static const char ckey_prefix[] = "rivet:customer:";
-    size_t sublen = strnlen(ev->subscription_id, sizeof ev->subscription_id - 1);
-    size_t custlen = strnlen(ev->customer_id, sizeof ev->customer_id - 1);
-    size_t typelen = strlen(ev->type);
-    size_t datalen = strlen(ev->data_json);
-    size_t emaillen = strnlen(ev->email, sizeof ev->email - 1);
-    size_t tierlen = strnlen(ev->tier, sizeof ev->tier - 1);
-    size_t statuslen = strnlen(ev->status, sizeof ev->status - 1);
-    char created[24];
-    int createdlen = snprintf(created, sizeof created, "%lld", (long long)ev->created);
+    char version[24], state[400] = "", plan[40] = "";
+    snprintf(version, sizeof version, "%lld", (long long)ev->created);
+    if (ev->has_state) {
+        char pe[24] = "";
+        if (ev->has_period_end) snprintf(pe, sizeof pe, "%lld", (long long)ev->period_end);
+        snprintf(state, sizeof state, "%s|%s|%s|%s", ev->tier, ev->status, pe,
+                 ev->cancel_at_period_end < 0 ? "" : ev->cancel_at_period_end ? "1" : "0");
+    } else if (ev->session_id[0]) {
+        snprintf(plan, sizeof plan, "%s", ev->tier[0] ? ev->tier : "unknown");
+    }
+    /* The state's fields are joined with '|': a status with one would shift them. */
+    if (strchr(ev->status, '|')) return RV_EINVAL;
 
-    /* Every copied argument plus its NUL. */
-    size_t total = sizeof ekey_prefix + idlen + sizeof skey_prefix + sublen + sizeof ckey_prefix +
-                   custlen + typelen + 1 + idlen + 1 + datalen + 1 + (size_t)createdlen + 1 +
-                   emaillen + 1 + tierlen + 1 + statuslen + 1 + sublen + 1 + custlen + 1;
+    const char *const copied[] = {ev->type, ev->event_id, ev->data_json, version, ev->customer_id,
+                                  ev->email, ev->subscription_id, state, plan};
+    size_t total = 3 * 64 + strlen(ev->event_id) + strlen(ev->customer_id) +
+                   strlen(ev->session_id) + 3;
+    for (size_t i = 0; i < RV_ARRAY_LEN(copied); i++) total += strlen(copied[i]) + 1;
     cmd_t *c = malloc(sizeof *c + total);
     if (!c) return RV_ENOMEM;
     memset(c, 0, sizeof *c);
@@ -596,48 +581,71 @@ int rv_queue_enqueue(rv_queue_t *q, const rv_prov_event_t *ev, rv_enqueue_cb cb,
     set_arg(c, ARG_CMD, "EVALSHA");
     set_arg(c, ARG_SCRIPT, q->sha);
     set_arg(c, ARG_NUMKEYS, "4");
-    /* The key is built in place: prefix, then the id. */
-    memcpy(c->strs, ekey_prefix, sizeof ekey_prefix - 1);
-    off = sizeof ekey_prefix - 1;
-    put_arg(c, &off, ARG_KEY_EVENT, ev->event_id, idlen);
-    c->argv[ARG_KEY_EVENT] = c->strs;
-    c->argvlen[ARG_KEY_EVENT] = sizeof ekey_prefix - 1 + idlen;
+    if (ev->event_id[0]) put_key(c, &off, ARG_KEY_EVENT, "rivet:event:", ev->event_id);
+    else set_arg(c, ARG_KEY_EVENT, DUMMY_KEY);
     set_arg(c, ARG_KEY_STREAM, q->stream);
-    if (sublen) {
-        size_t start = off;
-        memcpy(c->strs + off, skey_prefix, sizeof skey_prefix - 1);
-        off += sizeof skey_prefix - 1;
-        put_arg(c, &off, ARG_KEY_SUB, ev->subscription_id, sublen);
-        c->argv[ARG_KEY_SUB] = c->strs + start;
-        c->argvlen[ARG_KEY_SUB] = sizeof skey_prefix - 1 + sublen;
-    } else {
-        set_arg(c, ARG_KEY_SUB, DUMMY_KEY);
-    }
-    if (custlen) {
-        size_t start = off;
-        memcpy(c->strs + off, ckey_prefix, sizeof ckey_prefix - 1);
-        off += sizeof ckey_prefix - 1;
-        put_arg(c, &off, ARG_KEY_CUST, ev->customer_id, custlen);
-        c->argv[ARG_KEY_CUST] = c->strs + start;
-        c->argvlen[ARG_KEY_CUST] = sizeof ckey_prefix - 1 + custlen;
-    } else {
-        set_arg(c, ARG_KEY_CUST, DUMMY_KEY);
-    }
+    if (ev->customer_id[0]) put_key(c, &off, ARG_KEY_CUST, "rivet:customer:", ev->customer_id);
+    else set_arg(c, ARG_KEY_CUST, DUMMY_KEY);
+    if (ev->session_id[0]) put_key(c, &off, ARG_KEY_CHECKOUT, "rivet:checkout:", ev->session_id);
+    else set_arg(c, ARG_KEY_CHECKOUT, DUMMY_KEY);
     set_arg(c, ARG_TTL, q->ttl);
-    put_arg(c, &off, ARG_TYPE, ev->type, typelen);
-    put_arg(c, &off, ARG_ID, ev->event_id, idlen);
-    put_arg(c, &off, ARG_DATA, ev->data_json, datalen);
-    put_arg(c, &off, ARG_CREATED, created, (size_t)createdlen);
-    set_arg(c, ARG_ORDERED, ev->ordered ? "1" : "0");
-    set_arg(c, ARG_SETS, ev->sets_entitlement ? "1" : "0");
-    put_arg(c, &off, ARG_EMAIL, ev->email, emaillen);
-    put_arg(c, &off, ARG_TIER, ev->tier, tierlen);
-    put_arg(c, &off, ARG_STATUS, ev->status, statuslen);
-    put_arg(c, &off, ARG_SUB, ev->subscription_id, sublen);
-    put_arg(c, &off, ARG_CUST, ev->customer_id, custlen);
+    set_arg(c, ARG_MODE, mode_names[mode]);
+    static const int at[] = {ARG_TYPE, ARG_ID, ARG_DATA, ARG_VERSION, ARG_CUST, ARG_EMAIL, ARG_SUB,
+                             ARG_STATE, ARG_PLAN};
+    for (size_t i = 0; i < RV_ARRAY_LEN(copied); i++)
+        put_arg(c, &off, at[i], copied[i], strlen(copied[i]));
+    set_arg(c, ARG_FULFILLS, ev->fulfills ? "1" : "0");
+    set_arg(c, ARG_PAST_DUE, q->past_due_active ? "1" : "0");
+    set_arg(c, ARG_SOURCE, source);
 
     if (redisAsyncCommandArgv(q->ac, on_enqueue_reply, c, NARGS, c->argv, c->argvlen) !=
         REDIS_OK) {
+        free(c);
+        return RV_EUNAVAIL;
+    }
+    c->deadline = uv_now(q->loop) + q->timeout_ms;
+    list_push(q, c);
+    cmd_timer_arm(q);
+    return 0;
+}
+
+int rv_queue_enqueue(rv_queue_t *q, const rv_prov_event_t *ev, rv_enqueue_cb cb, void *data) {
+    return rv_queue_apply(q, ev, RV_APPLY_EVENT, "webhook", cb, data);
+}
+
+/* ---- plain commands ---------------------------------------------------------------------- */
+
+static void on_raw_reply(redisAsyncContext *ac, void *r, void *privdata) {
+    cmd_t *c = privdata;
+    rv_queue_t *q = c->q;
+    redisReply *reply = r;
+    list_unlink(q, c);
+    if (!reply || q->closing) {
+        if (!reply) q->ready = 0;
+        cmd_finish(c, reply ? RV_EUNAVAIL : c->fail_err, 0, NULL);
+        return;
+    }
+    c->raw_cb(c->data, reply->type == REDIS_REPLY_ERROR ? RV_EUNAVAIL : 0, reply);
+    free(c);
+}
+
+int rv_queue_call(rv_queue_t *q, int argc, const char *const *argv, rv_reply_cb cb,
+                  void *data) {
+    if (!q || !cb || argc < 1 || argc > NARGS) return RV_EINVAL;
+    if (q->closing || !q->ready || !q->ac) return RV_EUNAVAIL;
+    if (q->npending >= MAX_PENDING) return RV_EUNAVAIL;
+    size_t total = 0;
+    for (int i = 0; i < argc; i++) total += strlen(argv[i]) + 1;
+    cmd_t *c = malloc(sizeof *c + total);
+    if (!c) return RV_ENOMEM;
+    memset(c, 0, sizeof *c);
+    c->q = q;
+    c->raw_cb = cb;
+    c->data = data;
+    c->fail_err = RV_EUNAVAIL;
+    size_t off = 0;
+    for (int i = 0; i < argc; i++) put_arg(c, &off, i, argv[i], strlen(argv[i]));
+    if (redisAsyncCommandArgv(q->ac, on_raw_reply, c, argc, c->argv, c->argvlen) != REDIS_OK) {
         free(c);
         return RV_EUNAVAIL;
     }
@@ -794,6 +802,7 @@ int rv_queue_init(uv_loop_t *loop, const rv_queue_opts_t *opts, rv_queue_t **out
     q->loop = loop;
     snprintf(q->ttl, sizeof q->ttl, "%llu", (unsigned long long)opts->dedupe_ttl);
     q->timeout_ms = opts->timeout_ms ? opts->timeout_ms : DEFAULT_TIMEOUT_MS;
+    q->past_due_active = opts->past_due_active;
     q->backoff_ms = BACKOFF_MIN_MS;
     q->state = RV_QUEUE_DISCONNECTED;
 
@@ -831,7 +840,8 @@ static void on_timer_closed(uv_handle_t *h) {
     while (q->dead) {
         cmd_t *c = q->dead;
         q->dead = c->next;
-        c->cb(c->data, RV_EUNAVAIL, 0, NULL);
+        if (c->raw_cb) c->raw_cb(c->data, RV_EUNAVAIL, NULL);
+        else c->cb(c->data, RV_EUNAVAIL, 0, NULL);
         free(c);
     }
     void (*done)(void *) = q->done;

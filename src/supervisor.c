@@ -75,6 +75,10 @@ static void spawn(rv_app_t *app, worker_t *w, int index, worker_t *all, int n, i
         close(p[0]);
         for (int i = 0; i < n; i++)
             if (all[i].fd >= 0) close(all[i].fd);
+        /* A SIGHUP sent before the worker's loop handles it must not kill it (its default
+         * action): ignore it meanwhile. Nothing is lost: once its handler is in place the worker
+         * applies any configuration published since it was forked. */
+        signal(SIGHUP, SIG_IGN);
         sigprocmask(SIG_UNBLOCK, blocked, NULL);
         /* Only the main process may notify systemd (NotifyAccess=main). */
         unsetenv("NOTIFY_SOCKET");

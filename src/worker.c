@@ -10,8 +10,10 @@
 
 #include "rivet/app.h"
 #include "rivet/common.h"
+#include "rivet/entitlement.h"
 #include "rivet/log.h"
 #include "rivet/ratelimit.h"
+#include "rivet/reconcile.h"
 #include "rivet/sd.h"
 #include "rivet/shared.h"
 
@@ -31,6 +33,9 @@ static void finish(rv_app_t *app) {
     if (app->stopping == 2) return;
     app->stopping = 2;
     uv_timer_stop(&app->shutdown_timer);
+    rv_reconcile_close(app->reconcile);
+    app->reconcile = NULL;
+    rv_entitlement_close(app);
     if (app->stripe) rv_stripe_close(app->stripe);
     app->stripe = NULL;
     if (app->http) rv_http_client_close(app->http);
@@ -263,9 +268,15 @@ static int start(rv_app_t *app) {
     uv_signal_start(&app->sig_term, on_signal, SIGTERM);
     uv_signal_start(&app->sig_int, on_signal, SIGINT);
     uv_signal_start(&app->sig_hup, on_signal, SIGHUP);
+    /* A reload the supervisor published between this worker's fork and now came as a SIGHUP
+     * that was ignored: catch up with it. */
+    if (app->shared_config) reload_start(app);
 
-    rv_queue_opts_t qo = {cfg->redis_url, cfg->redis_stream, cfg->redis_dedupe_ttl,
-                          cfg->redis_timeout_ms};
+    rv_queue_opts_t qo = {.url = cfg->redis_url,
+                          .stream = cfg->redis_stream,
+                          .dedupe_ttl = cfg->redis_dedupe_ttl,
+                          .timeout_ms = cfg->redis_timeout_ms,
+                          .past_due_active = cfg->past_due_active};
     if ((rc = rv_queue_init(app->loop, &qo, &app->queue)) != 0) {
         rv_error("rivetd: redis: %s", rv_strerror(rc));
         return rc;
@@ -278,6 +289,11 @@ static int start(rv_app_t *app) {
                            cfg->stripe_timeout_ms, cfg->stripe_max_retries};
     if ((rc = rv_stripe_init(app->http, app->loop, &so, &app->stripe)) != 0) {
         rv_error("rivetd: stripe: %s", rv_strerror(rc));
+        return rc;
+    }
+
+    if ((rc = rv_reconcile_start(app, cfg->reconcile_interval, &app->reconcile)) != 0) {
+        rv_error("rivetd: reconciler: %s", rv_strerror(rc));
         return rc;
     }
 
@@ -330,6 +346,65 @@ int rv_worker_run(rv_app_t *app) {
     uv_run(app->loop, UV_RUN_DEFAULT);
     int rc = uv_loop_close(app->loop);
     if (rc) rv_warn("rivetd: loop closed with handles open: %s", uv_strerror(rc));
+    rv_log_flush();
+    rv_http_global_cleanup();
+    return app->exit_code;
+}
+
+/* ---- rivetd --reconcile DURATION ------------------------------------------------------------ */
+
+static void on_reconciled(void *data, const rv_reconcile_stats_t *st) {
+    rv_app_t *app = data;
+    printf("reconcile: %s: %llu events read in %llu pages (created %lld..%lld): %llu recovered, "
+           "%llu delivered before, %llu ignored, %llu dead-lettered%s%s\n",
+           st->ok ? "done" : "stopped", (unsigned long long)st->events,
+           (unsigned long long)st->pages, (long long)st->from, (long long)st->upto,
+           (unsigned long long)st->recovered, (unsigned long long)st->duplicates,
+           (unsigned long long)st->ignored, (unsigned long long)st->dead,
+           st->ok ? "" : ": ", st->ok ? "" : st->error);
+    fflush(stdout);
+    app->exit_code = st->ok ? 0 : 1;
+    finish(app);
+}
+
+int rv_worker_reconcile(rv_app_t *app, uint64_t lookback_s) {
+    signal(SIGPIPE, SIG_IGN);
+    app->loop = uv_default_loop();
+    rv_config_t *cfg = &app->cfg;
+    int rc;
+    uv_prepare_init(app->loop, &app->log_flush);
+    app->log_flush.data = app;
+    uv_prepare_start(&app->log_flush, on_prepare);
+    uv_timer_init(app->loop, &app->shutdown_timer);
+    uv_timer_init(app->loop, &app->watchdog_timer);
+    uv_timer_init(app->loop, &app->gauge_timer);
+    uv_signal_init(app->loop, &app->sig_term);
+    uv_signal_init(app->loop, &app->sig_int);
+    uv_signal_init(app->loop, &app->sig_hup);
+    app->exit_code = 1;
+    rv_reconcile_t *r = NULL;
+    rv_queue_opts_t qo = {.url = cfg->redis_url,
+                          .stream = cfg->redis_stream,
+                          .dedupe_ttl = cfg->redis_dedupe_ttl,
+                          .timeout_ms = cfg->redis_timeout_ms,
+                          .past_due_active = cfg->past_due_active};
+    rv_stripe_opts_t so = {cfg->stripe_api_base, cfg->stripe_secret_key, cfg->stripe_api_version,
+                           cfg->stripe_timeout_ms, cfg->stripe_max_retries};
+    if ((rc = rv_queue_init(app->loop, &qo, &app->queue)) != 0 ||
+        (rc = rv_http_client_init(app->loop, &app->http)) != 0 ||
+        (rc = rv_stripe_init(app->http, app->loop, &so, &app->stripe)) != 0 ||
+        (rc = rv_reconcile_once(app, lookback_s, 60000, on_reconciled, app, &r)) != 0) {
+        fprintf(stderr, "rivetd: --reconcile: cannot start: %s\n", rv_strerror(rc));
+        finish(app);
+    } else {
+        app->reconcile = r;
+        fprintf(stderr, "rivetd: recovering the events of the last %llu s from %s\n",
+                (unsigned long long)lookback_s, cfg->stripe_api_base);
+    }
+    uv_run(app->loop, UV_RUN_DEFAULT);
+    uv_walk(app->loop, close_walk, NULL);
+    uv_run(app->loop, UV_RUN_DEFAULT);
+    uv_loop_close(app->loop);
     rv_log_flush();
     rv_http_global_cleanup();
     return app->exit_code;

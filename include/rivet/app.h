@@ -23,6 +23,9 @@ typedef struct rv_app_s {
     rv_http_client_t *http;
     rv_stripe_t *stripe;
     struct rv_ratelimit_s *ratelimit;
+    struct read_s *reads;      /* reads of Stripe's state in flight (entitlement.c) */
+    struct rv_reconcile_s *reconcile; /* the periodic recovery from Stripe, or NULL */
+    size_t nreads;
     uv_signal_t sig_term;
     uv_signal_t sig_int;
     uv_signal_t sig_hup;
@@ -62,6 +65,10 @@ void rv_app_publish_gauges(rv_app_t *app, int with_rss);
  * whole, or nothing of it: returns 0, or an error with a one-line reason in err and everything
  * as it was. Keys fixed for the life of the process keep their running values. */
 int rv_app_reload(rv_app_t *app, const char *text, char *err, size_t errlen);
+
+/* rivetd --reconcile: one recovery run over the last lookback_s seconds, then exit (0 when the
+ * whole range was covered). */
+int rv_worker_reconcile(rv_app_t *app, uint64_t lookback_s);
 
 /* Run one worker's loop until it stops; returns the exit status. */
 int rv_worker_run(rv_app_t *app);

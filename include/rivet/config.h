@@ -1,5 +1,7 @@
 /* Configuration: environment variables over an optional KEY=VALUE file, with defaults and
- * validation. Pure: the caller supplies the environment and the file's text. */
+ * validation. Pure: the caller supplies the environment and the file's text. One table in
+ * config.c describes every key; loading, validation, freeing, the redacted dump, what a reload
+ * keeps, and the documentation (README.md's table, conf/rivet.conf.example) all come from it. */
 #ifndef RIVET_CONFIG_H
 #define RIVET_CONFIG_H
 
@@ -53,6 +55,8 @@ typedef struct rv_config_s {
     uint64_t idle_timeout_ms;
     uint64_t shutdown_timeout_ms;
     int log_level;
+    uint64_t reconcile_interval; /* seconds between recovery runs; 0: none */
+    int past_due_active;         /* a past_due subscription keeps its access */
 } rv_config_t;
 
 /* Build a configuration from envp (NULL-terminated "KEY=VALUE" strings, may be NULL) over the
@@ -67,6 +71,39 @@ void rv_config_free(rv_config_t *cfg);
 
 /* Append the effective configuration, one KEY=VALUE per line, secrets redacted. */
 int rv_config_dump(const rv_config_t *cfg, rv_buf_t *out);
+
+/* For a reload: swap every start-only setting (listeners, workers, Redis, HTTP limits) between
+ * next and running, so that next carries the running values and running carries next's, to be
+ * released with it. Values derived from a key (the parsed LISTEN address) move with the key. */
+void rv_config_keep_start_only(rv_config_t *next, rv_config_t *running);
+
+/* How many start-only keys differ between next and running. Their names, separated by ", ", go
+ * into names (always terminated when len > 0; names that do not fit are left out). */
+size_t rv_config_start_only_changed(const rv_config_t *next, const rv_config_t *running,
+                                    char *names, size_t len);
+
+/* Flags of a key in rv_config_key_info_t. */
+#define RV_CONFIG_SECRET 1u     /* the dump redacts it; errors never show it */
+#define RV_CONFIG_START_ONLY 2u /* read at start; a reload keeps the running value */
+
+/* What the configuration table says about one key. The strings are static. */
+typedef struct rv_config_key_info_s {
+    const char *name;
+    const char *def;     /* the default as conf/rivet.conf.example shows it; NULL: required */
+    char doc_def[256];   /* the default as README.md's table shows it */
+    unsigned flags;
+} rv_config_key_info_t;
+
+/* Describe the i-th key of the table (0-based, in table order). Returns 0, or RV_ENOTFOUND when
+ * i is past the last key. */
+int rv_config_key_at(size_t i, rv_config_key_info_t *out);
+
+/* Formats of rv_config_reference. */
+enum { RV_CONFIG_REF_MARKDOWN = 0, RV_CONFIG_REF_ENV = 1 };
+
+/* Append the documentation generated from the table: README.md's configuration table (MARKDOWN)
+ * or the whole of conf/rivet.conf.example (ENV). Returns 0, RV_EINVAL or RV_ENOMEM. */
+int rv_config_reference(rv_buf_t *out, int format);
 
 /* Parse one line-oriented KEY=VALUE text (comments, export, quotes as in a .env) and call fn
  * for each pair. Returns 0, or RV_EINVAL with the 1-based line number in *bad_line. */

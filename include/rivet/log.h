@@ -35,7 +35,8 @@ int rv_log_limit(rv_log_limit_t *l);
 #define rv_warn_limited(lim, ...) \
     do { if (rv_log_limit(lim)) rv_log(RV_LOG_WARN, __VA_ARGS__); } while (0)
 
-#define rv_debug(...) do { if (rv_log_enabled(RV_LOG_DEBUG)) rv_log(RV_LOG_DEBUG, __VA_ARGS__); } while (0)
+#define rv_debug(...) \
+    do { if (rv_log_enabled(RV_LOG_DEBUG)) rv_log(RV_LOG_DEBUG, __VA_ARGS__); } while (0)
 #define rv_info(...) rv_log(RV_LOG_INFO, __VA_ARGS__)
 #define rv_warn(...) rv_log(RV_LOG_WARN, __VA_ARGS__)
 #define rv_error(...) rv_log(RV_LOG_ERROR, __VA_ARGS__)

@@ -19,6 +19,8 @@ enum rv_counter {
     RV_M_STRIPE_RETRIES,     /* operation */
     RV_M_WEBHOOK_EVENTS,     /* type, outcome */
     RV_M_REDIS_RECONNECTS,   /* no labels */
+    RV_M_RECONCILE_EVENTS,   /* outcome */
+    RV_M_RECONCILE_RUNS,     /* outcome */
     RV_M_COUNTERS
 };
 
@@ -28,7 +30,8 @@ enum rv_histogram {
     RV_H_HISTOGRAMS
 };
 
-/* Gauges each worker sets for itself; a scrape shows their sum over the workers. */
+/* Gauges each worker sets for itself; a scrape shows their sum over the workers (the last
+ * success time: their maximum). */
 enum rv_gauge_id {
     RV_G_REDIS_UP,           /* workers whose Redis connection is ready */
     RV_G_REDIS_PENDING,      /* Redis commands waiting for an answer */
@@ -38,6 +41,7 @@ enum rv_gauge_id {
     RV_G_INFLIGHT,           /* requests with their handlers */
     RV_G_INPUT_HELD,         /* bytes of request input held */
     RV_G_RSS,                /* resident set size in bytes */
+    RV_G_RECONCILE_LAST_OK,  /* Unix time of the last complete recovery run (the newest wins) */
     RV_G_GAUGES
 };
 

@@ -23,10 +23,15 @@ typedef struct rv_prov_event_s {
     char subscription_id[256]; /* "" when the event has none */
     char email[320];           /* "" when the event has none */
     char tier[32];             /* "basic" | "pro" | "enterprise" | "unknown" | "" */
-    char status[64];           /* subscription or payment status, "" when none */
-    int ordered;               /* 1 for subscription.updated: dropped when older than the last
-                                  applied event of the same subscription */
-    int sets_entitlement;      /* 1 when the customer hash should be updated from this event */
+    char status[64];           /* the object's status: a subscription's, a checkout's
+                                  payment_status, an invoice's; "" when none */
+    char session_id[256];      /* the Checkout Session of a checkout event, else "" */
+    int has_state;             /* the object is a subscription: tier, status, period_end and
+                                  cancel_at_period_end are its whole state */
+    int64_t period_end;        /* current_period_end, when has_period_end */
+    int has_period_end;
+    int cancel_at_period_end;  /* 0, 1, or -1 when absent */
+    int fulfills;              /* a paid (or free) completed checkout: provisions its session */
     char *data_json;           /* malloc'd: the entry's "data" field; NULL if ignored */
     char reason[128];          /* why an event was refused (RV_EPAYLOAD, RV_EMALFORMED): one
                                   printable ASCII sentence that never quotes the input; else "" */
@@ -46,6 +51,17 @@ typedef struct rv_prov_event_s {
  * dead-lettered and found again. On any error type and data_json are NULL.
  * Release with rv_prov_event_free on every return. */
 int rv_provision_map(const char *json, size_t len, const rv_prices_t *prices, rv_prov_event_t *out);
+
+/* Map a Stripe object that did not come in an event: a Checkout Session read from Stripe (the
+ * success page; as_type "checkout.session.completed") or a subscription read from Stripe
+ * (as_type "customer.subscription.updated"). event_id stays "", created is the caller's (the
+ * time of the read). Returns as rv_provision_map. */
+int rv_provision_map_object(const char *json, size_t len, const char *as_type, int64_t created,
+                            const rv_prices_t *prices, rv_prov_event_t *out);
+
+/* The "v" of every entry's data: 2 since entries carry "entitlement" and a subscription's status
+ * is the only "status" (a checkout's is "payment_status", an invoice's "invoice_status"). */
+#define RV_PROVISION_DATA_VERSION 2
 
 /* Longest Stripe id taken. */
 #define RV_PROVISION_ID_MAX 255

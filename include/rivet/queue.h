@@ -1,7 +1,8 @@
-/* Redis: the provisioning stream. hiredis async on the daemon's libuv loop, reconnecting with
- * backoff; one Lua script does the duplicate check, the ordering check, the entitlement hash and
- * the XADD atomically. Signed events that cannot be provisioned go, with the reason, to the
- * dead-letter stream "<stream>:dead" instead. */
+/* Redis: the provisioning stream and the customers' entitlements. hiredis async on the daemon's
+ * libuv loop, reconnecting with backoff; one Lua script (src/apply.lua) does the duplicate check,
+ * the entitlement update, the one-provision-per-checkout check and the XADD atomically. Signed
+ * events that cannot be provisioned go, with the reason, to the dead-letter stream
+ * "<stream>:dead" instead. */
 #ifndef RIVET_QUEUE_H
 #define RIVET_QUEUE_H
 
@@ -18,6 +19,7 @@ typedef struct rv_queue_opts_s {
     const char *stream;     /* REDIS_STREAM */
     uint64_t dedupe_ttl;    /* seconds an event id is remembered */
     uint64_t timeout_ms;    /* per command */
+    int past_due_active;    /* a past_due subscription keeps the customer's access */
 } rv_queue_opts_t;
 
 /* The dead-letter stream keeps about this many entries, the newest (XADD MAXLEN ~, so Redis
@@ -29,15 +31,39 @@ typedef struct rv_queue_opts_s {
 #define RV_QUEUE_DEAD_MAX 10000
 
 enum rv_enqueue_result {
-    RV_ENQ_ADDED = 1,     /* new event, appended to the stream */
+    RV_ENQ_ADDED = 1,     /* applied, and its entry appended to the stream */
     RV_ENQ_DUPLICATE = 2, /* event id seen before: nothing written */
-    RV_ENQ_STALE = 3,     /* older than what was applied for the subscription: remembered, not appended */
+    RV_ENQ_RECORDED = 3,  /* applied, no entry: its session was provisioned already, it is an
+                             unpaid checkout, or a read of Stripe that changed nothing */
+    RV_ENQ_MASK = 0xff,
+    RV_ENQ_ASK_STRIPE = 0x100, /* or'd in: the subscription is unknown, or two states carry the
+                                  same second; its state should be read from Stripe */
+};
+
+/* What rv_queue_apply applies. */
+enum rv_apply_mode {
+    RV_APPLY_EVENT = 0,   /* a Stripe event (webhook or recovery): at most once per event id */
+    RV_APPLY_FULFILL = 1, /* a paid Checkout Session read from Stripe (the success page) */
+    RV_APPLY_STATE = 2,   /* a subscription read from Stripe: an entry only when it changed the
+                             entitlement; created is the time of the read */
 };
 
 /* err is 0 (result is valid, Redis confirmed), RV_EUNAVAIL (not connected, the connection
  * failed, or Redis answered with an error) or RV_ETIMEDOUT (no answer within timeout_ms).
- * stream_id is the entry id when ADDED, else NULL; it is valid only during the callback. */
+ * result is an rv_enqueue_result, with RV_ENQ_ASK_STRIPE or'd in when set. stream_id is the entry
+ * id when ADDED, else NULL; it is valid only during the callback. */
 typedef void (*rv_enqueue_cb)(void *data, int err, int result, const char *stream_id);
+
+struct redisReply;
+
+/* A plain command's answer: err 0 with Redis's reply (valid during the call), or RV_EUNAVAIL
+ * (Redis answered an error, then reply is that error; or no connection, then reply is NULL) or
+ * RV_ETIMEDOUT (reply NULL). */
+typedef void (*rv_reply_cb)(void *data, int err, const struct redisReply *reply);
+
+/* Send one command (argc NUL-terminated strings, at most 21), with the queue's timeout and the
+ * same contract as rv_queue_enqueue: cb exactly once, later, unless it returns an error. */
+int rv_queue_call(rv_queue_t *q, int argc, const char *const *argv, rv_reply_cb cb, void *data);
 
 /* Create the queue and start connecting (from the loop, not inside this call). Options are
  * copied. The host of a redis:// URL must be an IP address or "localhost" (127.0.0.1): hiredis
@@ -63,10 +89,18 @@ int rv_queue_state(const rv_queue_t *q);
 /* Enqueue commands sent and not yet answered, for metrics. */
 size_t rv_queue_pending(const rv_queue_t *q);
 
-/* Submit an event. When it returns 0 the callback is called exactly once, later, never from
- * inside this call. When it returns an error (RV_EUNAVAIL when not connected or too many commands
- * are waiting, RV_EINVAL when the event has no type, id or data, or an event, customer or
- * subscription id that is not a Stripe id, RV_ENOMEM) it is never called. The event is copied. */
+/* Apply ev (mapped by rv_provision_map or rv_provision_map_object) in mode, with source named
+ * in its entry ("webhook", "recovery", "success_page", "stripe"): the customer's entitlement is
+ * updated by what is newer than what it has, and the entry carries the entitlement after it.
+ * Contract as rv_queue_enqueue. */
+int rv_queue_apply(rv_queue_t *q, const rv_prov_event_t *ev, int mode, const char *source,
+                   rv_enqueue_cb cb, void *data);
+
+/* Submit an event (rv_queue_apply in RV_APPLY_EVENT mode, source "webhook"). When it returns 0
+ * the callback is called exactly once, later, never from inside this call. When it returns an
+ * error (RV_EUNAVAIL when not connected or too many commands are waiting, RV_EINVAL when the
+ * event has no type, id or data, or an event, customer, subscription or session id that is not a
+ * Stripe id, RV_ENOMEM) it is never called. The event is copied. */
 int rv_queue_enqueue(rv_queue_t *q, const rv_prov_event_t *ev, rv_enqueue_cb cb, void *data);
 
 /* Keep a signed body that cannot be provisioned: XADD to "<stream>:dead" the fields reason,

@@ -1,7 +1,9 @@
 /* Integration tests of the API description: docs/openapi.json is a valid OpenAPI 3.1 document
  * that describes every public route, rivetd serves it byte for byte at /openapi.json, and
- * /docs is a self-contained HTML page that a real browser (headless Chromium) renders with
- * every route listed. */
+ * /docs is a self-contained HTML page, rendered at build time by tools/render_docs.py, that shows
+ * every operation and component of the document in its order, is what the renderer makes of the
+ * tree's document today, and that a real browser (headless Chromium) renders with every route
+ * listed. */
 #include <ctype.h>
 #include <errno.h>
 #include <setjmp.h>
@@ -24,6 +26,7 @@
 #include "rivet/common.h"
 
 #define DOC_PATH "docs/openapi.json"
+#define RENDERER "tools/render_docs.py"
 
 /* The public routes, as the landing page, Stripe and operators call them. */
 static const struct {
@@ -302,6 +305,57 @@ static size_t count(const char *hay, const char *needle) {
     return n;
 }
 
+/* s with the five HTML-significant characters escaped, as the page writes text, into out. */
+static void html_escape(const char *s, char *out, size_t outlen) {
+    size_t n = 0;
+    for (; *s; s++) {
+        const char *e;
+        char one[2] = {*s, '\0'};
+        switch (*s) {
+        case '&': e = "&amp;"; break;
+        case '<': e = "&lt;"; break;
+        case '>': e = "&gt;"; break;
+        case '"': e = "&quot;"; break;
+        case '\'': e = "&#39;"; break;
+        default: e = one; break;
+        }
+        size_t len = strlen(e);
+        if (n + len >= outlen) fail_msg("cannot escape %.40s: longer than %zu bytes", s, outlen);
+        memcpy(out + n, e, len);
+        n += len;
+    }
+    out[n] = '\0';
+}
+
+/* The page's id for a named component: the prefix, then the name with every byte other than an
+ * ASCII letter or digit written as '-'. */
+static void anchor_id(const char *prefix, const char *name, char *out, size_t outlen) {
+    size_t n = strlen(prefix);
+    if (n + strlen(name) >= outlen)
+        fail_msg("the id of %.40s is longer than %zu bytes", name, outlen);
+    memcpy(out, prefix, n);
+    for (const unsigned char *p = (const unsigned char *)name; *p; p++)
+        out[n++] = *p < 0x80 && isalnum(*p) ? (char)*p : '-';
+    out[n] = '\0';
+}
+
+static void upper(const char *in, char *out, size_t outlen) {
+    size_t i = 0;
+    for (; in[i] && i + 1 < outlen; i++) out[i] = (char)toupper((unsigned char)in[i]);
+    out[i] = '\0';
+}
+
+/* Where needle first occurs in html at or after from, or fail saying what is missing. */
+static const char *expect_after(const char *html, const char *from, const char *needle,
+                                const char *what) {
+    const char *at = strstr(from, needle);
+    if (at == NULL) {
+        fail_msg("%s: the page %s %s", what, strstr(html, needle) ? "has out of order" : "lacks",
+                 needle);
+    }
+    return at;
+}
+
 static void test_docs_page_served(void **state) {
     th_response_t r;
     if (get("/docs", &r) != 0) fail_msg("no answer to GET /docs");
@@ -341,13 +395,140 @@ static void test_docs_page_served(void **state) {
     assert_non_null(strstr(html, ">503</span>"));
     cJSON_Delete(doc);
 
-    /* Rendered once, served the same every time. */
+    /* Served the same every time. */
     th_response_t again;
     if (get("/docs", &again) != 0) fail_msg("no answer to the second GET /docs");
     assert_int_equal(again.status, 200);
     assert_int_equal(again.body_len, r.body_len);
     assert_memory_equal(again.body, r.body, r.body_len);
     th_response_free(&again);
+    th_response_free(&r);
+}
+
+/* The page shows the whole document in its order: the title, every operation (method, path,
+ * summary) in the contents and in a section of its own, then every common response, schema (with
+ * its fields) and security scheme; and every link within the page leads to an id on it. */
+static void test_docs_page_shows_document(void **state) {
+    th_response_t r;
+    if (get("/docs", &r) != 0) fail_msg("no answer to GET /docs");
+    if (r.status != 200) fail_msg("GET /docs: status %d: %s", r.status, r.body);
+    const char *html = r.body;
+    cJSON *doc = parse_doc(doc_text, doc_len);
+    char a[512], b[512], c[512], needle[2048];
+
+    const cJSON *info = cJSON_GetObjectItemCaseSensitive(doc, "info");
+    html_escape(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(info, "title")), a, sizeof a);
+    html_escape(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(info, "version")), b,
+                sizeof b);
+    snprintf(needle, sizeof needle, "<title>%s</title>", a);
+    expect_after(html, html, needle, "title");
+    snprintf(needle, sizeof needle, "<h1>%s <small>version %s</small></h1>", a, b);
+    expect_after(html, html, needle, "heading");
+
+    const char *toc = html, *sec = html;
+    int index = 0;
+    const cJSON *item, *op;
+    cJSON_ArrayForEach(item, cJSON_GetObjectItemCaseSensitive(doc, "paths")) {
+        cJSON_ArrayForEach(op, item) {
+            if (!is_http_method(op->string)) continue;
+            upper(op->string, a, sizeof a);
+            html_escape(item->string, b, sizeof b);
+            html_escape(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(op, "summary")), c,
+                        sizeof c);
+            snprintf(needle, sizeof needle,
+                     "<li><a href=\"#op-%d\"><span class=\"method m-%s\">%s</span> <code>%s</code>"
+                     "</a> &mdash; %s</li>",
+                     index, op->string, a, b, c);
+            toc = expect_after(html, toc, needle, "contents");
+            snprintf(needle, sizeof needle,
+                     "<section class=\"op\" id=\"op-%d\">\n<h3><span class=\"method m-%s\">%s"
+                     "</span> <code class=\"path\">%s</code> <span class=\"summary\">&mdash; %s"
+                     "</span></h3>",
+                     index, op->string, a, b, c);
+            sec = expect_after(html, sec, needle, "operations");
+            index++;
+        }
+    }
+    assert_int_equal(count(html, "<section class=\"op\""), index);
+
+    static const struct {
+        const char *member, *prefix;
+    } kinds[] = {
+        {"responses", "response-"}, {"schemas", "schema-"}, {"securitySchemes", "security-"}};
+    const cJSON *comps = cJSON_GetObjectItemCaseSensitive(doc, "components");
+    const char *at = sec;
+    size_t ncomp = 0;
+    for (size_t k = 0; k < RV_ARRAY_LEN(kinds); k++) {
+        const cJSON *x;
+        cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(comps, kinds[k].member)) {
+            anchor_id(kinds[k].prefix, x->string, a, sizeof a);
+            html_escape(x->string, b, sizeof b);
+            snprintf(needle, sizeof needle, "<section class=\"comp\" id=\"%s\"><h3>%s</h3>", a, b);
+            at = expect_after(html, at, needle, kinds[k].member);
+            ncomp++;
+            /* A schema's section lists its fields. */
+            const char *end = strstr(at, "</section>");
+            assert_non_null(end);
+            const cJSON *field;
+            cJSON_ArrayForEach(field, cJSON_GetObjectItemCaseSensitive(x, "properties")) {
+                html_escape(field->string, b, sizeof b);
+                snprintf(needle, sizeof needle, "<tr><td><code>%s</code>", b);
+                const char *f = strstr(at, needle);
+                if (f == NULL || f > end)
+                    fail_msg("the section of schema %s does not list its field %s", x->string,
+                             field->string);
+            }
+        }
+    }
+    assert_true(ncomp > 5);
+    assert_int_equal(count(html, "<section class=\"comp\""), ncomp);
+
+    size_t links = 0;
+    for (const char *p = html; (p = strstr(p, "href=\"#")) != NULL; links++) {
+        p += strlen("href=\"#");
+        const char *q = strchr(p, '"');
+        assert_non_null(q);
+        snprintf(needle, sizeof needle, " id=\"%.*s\"", (int)(q - p), p);
+        if (strstr(html, needle) == NULL)
+            fail_msg("the link to #%.*s leads nowhere", (int)(q - p), p);
+    }
+    assert_true(links > (size_t)index);
+    cJSON_Delete(doc);
+    th_response_free(&r);
+}
+
+/* The served page is, byte for byte, what the renderer makes of the tree's document now: an
+ * edit of either that did not rebuild the page and the binary shows here. */
+static void test_docs_page_is_current(void **state) {
+    char dir[] = "/tmp/rivet-render-XXXXXX";
+    if (mkdtemp(dir) == NULL) fail_msg("mkdtemp: %s", strerror(errno));
+    char cmd[1024], path[256];
+    snprintf(path, sizeof path, "%s/docs.html", dir);
+    snprintf(cmd, sizeof cmd, "python3 %s %s %s 2>%s/render.log", RENDERER, DOC_PATH, path, dir);
+    int st = exit_status(system(cmd));
+    size_t len = 0;
+    char *page = read_file(path, &len);
+    snprintf(path, sizeof path, "%s/render.log", dir);
+    char *log = read_file(path, NULL);
+    char why[512];
+    snprintf(why, sizeof why, "%s", log ? log : "");
+    free(log);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
+    if (st != 0 || page == NULL)
+        fail_msg("%s %s failed (status %d): %s", RENDERER, DOC_PATH, st, why);
+
+    th_response_t r;
+    if (get("/docs", &r) != 0) fail_msg("no answer to GET /docs");
+    if (r.status != 200) fail_msg("GET /docs: status %d: %s", r.status, r.body);
+    if (r.body_len != len || memcmp(r.body, page, len) != 0) {
+        size_t i = 0;
+        while (i < len && i < r.body_len && r.body[i] == page[i]) i++;
+        fail_msg("the served page (%zu bytes) is not what %s renders now (%zu bytes): they part "
+                 "at byte %zu, served \"%.40s\", rendered \"%.40s\" (rebuild the binary)",
+                 r.body_len, RENDERER, len, i, r.body + i, page + i);
+    }
+    free(page);
     th_response_free(&r);
 }
 
@@ -414,6 +595,8 @@ int main(void) {
         T(test_document_lists_every_public_route),
         T(test_openapi_json_served),
         T(test_docs_page_served),
+        T(test_docs_page_shows_document),
+        T(test_docs_page_is_current),
         T(test_docs_rendered_by_chromium),
     };
     const char *filter = getenv("RIVET_TEST_FILTER");

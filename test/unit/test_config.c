@@ -805,6 +805,539 @@ static void test_dump_empty_secrets(void **state) {
     rv_buf_free(&b);
 }
 
+/* ---- exact texts ---------------------------------------------------------------------------- */
+
+/* Every validation rule with its message, word for word: operators and the integration tests
+ * read these lines, so a change of wording must be deliberate. */
+static void test_error_messages_exact(void **state) {
+    fx_t *f = *state;
+    static const struct {
+        const char *entry;
+        const char *msg;
+    } cases[] = {
+        {"STRIPE_SECRET_KEY=", "config: STRIPE_SECRET_KEY is required"},
+        {"STRIPE_SECRET_KEY=sk_test_a\tb", "config: STRIPE_SECRET_KEY must not contain spaces or "
+                                           "control characters"},
+        {"STRIPE_SECRET_KEY=pk_test_123456789",
+         "config: STRIPE_SECRET_KEY must be a Stripe secret key (sk_... or rk_...)"},
+        {"STRIPE_SECRET_KEY=sk_test_12",
+         "config: STRIPE_SECRET_KEY must be a Stripe secret key (sk_... or rk_...)"},
+        {"STRIPE_WEBHOOK_SECRET=", "config: STRIPE_WEBHOOK_SECRET is required"},
+        {"STRIPE_WEBHOOK_SECRET= , ", "config: STRIPE_WEBHOOK_SECRET must list 1 to 8 secrets"},
+        {"STRIPE_WEBHOOK_SECRET=whsec_1111,whsec_2222,whsec_3333,whsec_4444,whsec_5555,"
+         "whsec_6666,whsec_7777,whsec_8888,whsec_9999",
+         "config: STRIPE_WEBHOOK_SECRET must list 1 to 8 secrets"},
+        {"STRIPE_WEBHOOK_SECRET=whsec_1",
+         "config: STRIPE_WEBHOOK_SECRET must be whsec_... secrets, comma-separated"},
+        {"STRIPE_PRICE_PRO=", "config: STRIPE_PRICE_PRO is required"},
+        {"STRIPE_PUBLISHABLE_KEY=sk_test_123",
+         "config: STRIPE_PUBLISHABLE_KEY must be a publishable key (pk_...)"},
+        {"STRIPE_API_BASE=", "config: STRIPE_API_BASE is required"},
+        {"STRIPE_API_BASE=api.stripe.com",
+         "config: STRIPE_API_BASE must be an absolute http(s) URL"},
+        {"STRIPE_API_VERSION=2024 06", "config: STRIPE_API_VERSION must not contain spaces or "
+                                       "control characters"},
+        {"STRIPE_TIMEOUT_MS=99", "config: STRIPE_TIMEOUT_MS must be an integer from 100 to 600000"},
+        {"STRIPE_MAX_RETRIES=11", "config: STRIPE_MAX_RETRIES must be an integer from 0 to 10"},
+        {"WEBHOOK_TOLERANCE=0", "config: WEBHOOK_TOLERANCE must be an integer from 1 to 86400"},
+        {"APP_URL=rivet.io", "config: APP_URL must be an absolute http(s) URL"},
+        {"API_URL=", "config: API_URL is required"},
+        {"REDIRECT_ORIGINS=ftp://rivet.io",
+         "config: REDIRECT_ORIGINS must be a comma-separated list of http(s) origins"},
+        {"REDIRECT_ORIGINS=https://rivet.io/a",
+         "config: REDIRECT_ORIGINS must list origins (scheme://host[:port]) without paths"},
+        {"CORS_ORIGINS=rivet.io",
+         "config: CORS_ORIGINS must be a comma-separated list of http(s) origins"},
+        {"TELEGRAM_BOT=", "config: TELEGRAM_BOT is required"},
+        {"TELEGRAM_BOT=bot-1", "config: TELEGRAM_BOT must be a bot user name (5-32 letters, "
+                               "digits, _)"},
+        {"RIVET_API_TOKEN=short",
+         "config: RIVET_API_TOKEN must be at least 16 characters when set"},
+        {"LISTEN=", "config: LISTEN is required"},
+        {"LISTEN=localhost", "config: LISTEN must be host:port or [v6]:port with an IP address"},
+        {"ADMIN_LISTEN=localhost", "config: ADMIN_LISTEN must be host:port, [v6]:port, or empty"},
+        {"WORKERS=0", "config: WORKERS must be an integer from 1 to 64"},
+        {"RATE_LIMIT_PER_MIN=1000001",
+         "config: RATE_LIMIT_PER_MIN must be an integer from 0 to 1000000"},
+        {"TRUST_PROXY=proxy.local", "config: TRUST_PROXY must list IP addresses"},
+        {"REDIS_URL=", "config: REDIS_URL is required"},
+        {"REDIS_URL=http://127.0.0.1/", "config: REDIS_URL must be "
+                                        "redis://[[user]:pass@]host[:port][/db] or "
+                                        "unix:///path[?db=N]"},
+        {"REDIS_STREAM=", "config: REDIS_STREAM is required"},
+        {"REDIS_DEDUPE_TTL=59", "config: REDIS_DEDUPE_TTL must be an integer from 60 to 315360000"},
+        {"REDIS_TIMEOUT_MS=9", "config: REDIS_TIMEOUT_MS must be an integer from 10 to 60000"},
+        {"MAX_BODY_BYTES=1023", "config: MAX_BODY_BYTES must be an integer from 1024 to 67108864"},
+        {"MAX_HEADER_BYTES=1023",
+         "config: MAX_HEADER_BYTES must be an integer from 1024 to 1048576"},
+        {"MAX_BODY_BUFFER=65535",
+         "config: MAX_BODY_BUFFER must be an integer from 65536 to 1099511627776"},
+        {"MAX_BODY_BUFFER=65536", "config: MAX_BODY_BUFFER must hold at least one request of "
+                                  "MAX_BODY_BYTES + MAX_HEADER_BYTES"},
+        {"MAX_CONNECTIONS=0", "config: MAX_CONNECTIONS must be an integer from 1 to 1000000"},
+        {"HEADER_TIMEOUT_MS=9", "config: HEADER_TIMEOUT_MS must be an integer from 10 to 3600000"},
+        {"BODY_TIMEOUT_MS=9", "config: BODY_TIMEOUT_MS must be an integer from 10 to 3600000"},
+        {"IDLE_TIMEOUT_MS=9", "config: IDLE_TIMEOUT_MS must be an integer from 10 to 3600000"},
+        {"SHUTDOWN_TIMEOUT_MS=3600001",
+         "config: SHUTDOWN_TIMEOUT_MS must be an integer from 0 to 3600000"},
+        {"LOG_LEVEL=trace", "config: LOG_LEVEL must be debug, info, warn or error"},
+    };
+    for (size_t i = 0; i < RV_ARRAY_LEN(cases); i++) {
+        if (load1(f, cases[i].entry) != RV_EINVAL) fail_msg("%s: accepted", cases[i].entry);
+        if (strcmp(f->err, cases[i].msg) != 0)
+            fail_msg("%s: error\n  \"%s\", expected\n  \"%s\"", cases[i].entry, f->err,
+                     cases[i].msg);
+    }
+
+    /* Too long: one byte over the limit of any string, and of the stream's name. */
+    static char entry[4200];
+    int n = snprintf(entry, sizeof entry, "STRIPE_PRICE_BASIC=");
+    memset(entry + n, 'p', 4097);
+    entry[n + 4097] = '\0';
+    assert_int_equal(load1(f, entry), RV_EINVAL);
+    assert_string_equal(f->err, "config: STRIPE_PRICE_BASIC is too long");
+    entry[n + 4096] = '\0';
+    expect_accept(f, entry);
+    n = snprintf(entry, sizeof entry, "REDIS_STREAM=");
+    memset(entry + n, 's', 201);
+    entry[n + 201] = '\0';
+    assert_int_equal(load1(f, entry), RV_EINVAL);
+    assert_string_equal(f->err, "config: REDIS_STREAM is too long");
+
+    assert_int_equal(load_with(f, NULL, NULL, "A=1\nB C\n"), RV_EINVAL);
+    assert_string_equal(f->err, "config: malformed line 2 in the configuration file");
+}
+
+/* The dump's text, line for line: `rivetd --check-config` prints it and operators compare it. */
+static void test_dump_exact(void **state) {
+    fx_t *f = *state;
+    const char *const extra[] = {
+        "STRIPE_SECRET_KEY=rk_live_SEKRETkeyVALUE4242",
+        "STRIPE_WEBHOOK_SECRET=" WH_SECRET "," WH_SECRET2,
+        "RIVET_API_TOKEN=" API_TOKEN,
+        "REDIS_URL=redis://rivet:" REDIS_PASS "@[::1]:6390/3",
+        "TRUST_PROXY=10.0.0.1,::1",
+        "WEBHOOK_TOLERANCE=600",
+        "LOG_LEVEL=warning",
+        NULL,
+    };
+    int rc = load_with(f, NULL, extra, NULL);
+    if (rc) fail_msg("rejected: %s", f->err);
+    rv_buf_t b = RV_BUF_INIT;
+    assert_int_equal(rv_config_dump(&f->cfg, &b), 0);
+    assert_int_equal(rv_buf_append(&b, "", 1), 0);
+    const char *want = "STRIPE_SECRET_KEY=rk_live_<redacted>\n"
+                       "STRIPE_WEBHOOK_SECRET=whsec_<redacted>,whsec_<redacted>\n"
+                       "STRIPE_PRICE_BASIC=price_basic_1\n"
+                       "STRIPE_PRICE_PRO=price_pro_1\n"
+                       "STRIPE_PRICE_ENTERPRISE=price_ent_1\n"
+                       "STRIPE_PUBLISHABLE_KEY=\n"
+                       "STRIPE_API_BASE=https://api.stripe.com\n"
+                       "STRIPE_API_VERSION=\n"
+                       "STRIPE_TIMEOUT_MS=30000\n"
+                       "STRIPE_MAX_RETRIES=2\n"
+                       "WEBHOOK_TOLERANCE=600\n"
+                       "APP_URL=https://rivet.io\n"
+                       "API_URL=https://api.rivet.io\n"
+                       "REDIRECT_ORIGINS=https://rivet.io\n"
+                       "CORS_ORIGINS=https://rivet.io,https://www.rivet.io,http://localhost:3000\n"
+                       "TELEGRAM_BOT=RivetCEO_bot\n"
+                       "RIVET_API_TOKEN=<redacted>\n"
+                       "LISTEN=127.0.0.1:8000\n"
+                       "ADMIN_LISTEN=127.0.0.1:8001\n"
+                       "WORKERS=1\n"
+                       "RATE_LIMIT_PER_MIN=60\n"
+                       "TRUST_PROXY=10.0.0.1,::1\n"
+                       "REDIS_URL=redis://rivet:<redacted>@[::1]:6390/3\n"
+                       "REDIS_STREAM=rivet:provisioning\n"
+                       "REDIS_DEDUPE_TTL=2592000\n"
+                       "REDIS_TIMEOUT_MS=2000\n"
+                       "PAST_DUE_ACTIVE=true\n"
+                       "RECONCILE_INTERVAL=300\n"
+                       "MAX_BODY_BYTES=1048576\n"
+                       "MAX_HEADER_BYTES=16384\n"
+                       "MAX_BODY_BUFFER=67108864\n"
+                       "MAX_CONNECTIONS=10000\n"
+                       "HEADER_TIMEOUT_MS=10000\n"
+                       "BODY_TIMEOUT_MS=30000\n"
+                       "IDLE_TIMEOUT_MS=60000\n"
+                       "SHUTDOWN_TIMEOUT_MS=10000\n"
+                       "LOG_LEVEL=warn\n";
+    if (strcmp(b.data, want) != 0) fail_msg("dump:\n%s\nexpected:\n%s", b.data, want);
+    rv_buf_free(&b);
+}
+
+/* ---- the table: reload ---------------------------------------------------------------------- */
+
+/* The keys a reload must keep (sockets, processes, Redis, HTTP limits) and some it must apply. */
+static const char *const start_only_keys[] = {
+    "LISTEN",           "ADMIN_LISTEN",     "WORKERS",         "REDIS_URL",
+    "REDIS_STREAM",     "REDIS_DEDUPE_TTL", "REDIS_TIMEOUT_MS", "MAX_BODY_BYTES",
+    "MAX_HEADER_BYTES", "MAX_BODY_BUFFER",  "MAX_CONNECTIONS", "HEADER_TIMEOUT_MS",
+    "BODY_TIMEOUT_MS",  "IDLE_TIMEOUT_MS",
+};
+static const char *const reloadable_keys[] = {
+    "STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET", "STRIPE_PRICE_BASIC", "STRIPE_PRICE_PRO",
+    "STRIPE_PRICE_ENTERPRISE", "STRIPE_PUBLISHABLE_KEY", "STRIPE_API_BASE", "STRIPE_API_VERSION",
+    "STRIPE_TIMEOUT_MS", "STRIPE_MAX_RETRIES", "WEBHOOK_TOLERANCE", "APP_URL", "API_URL",
+    "REDIRECT_ORIGINS", "CORS_ORIGINS", "TELEGRAM_BOT", "RIVET_API_TOKEN", "RATE_LIMIT_PER_MIN",
+    "TRUST_PROXY", "SHUTDOWN_TIMEOUT_MS", "LOG_LEVEL",
+};
+
+/* The table's entry for name; fails the test when there is none. */
+static rv_config_key_info_t key_info(const char *name) {
+    rv_config_key_info_t k;
+    for (size_t i = 0; rv_config_key_at(i, &k) == 0; i++)
+        if (strcmp(k.name, name) == 0) return k;
+    fail_msg("%s is not in the configuration table", name);
+    return k;
+}
+
+static void test_table_flags(void **state) {
+    for (size_t i = 0; i < RV_ARRAY_LEN(start_only_keys); i++)
+        if (!(key_info(start_only_keys[i]).flags & RV_CONFIG_START_ONLY))
+            fail_msg("%s is not start-only: a reload would apply it", start_only_keys[i]);
+    for (size_t i = 0; i < RV_ARRAY_LEN(reloadable_keys); i++)
+        if (key_info(reloadable_keys[i]).flags & RV_CONFIG_START_ONLY)
+            fail_msg("%s is start-only: a reload would ignore it", reloadable_keys[i]);
+    static const char *const secret[] = {"STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET",
+                                         "RIVET_API_TOKEN", "REDIS_URL"};
+    for (size_t i = 0; i < RV_ARRAY_LEN(secret); i++)
+        if (!(key_info(secret[i]).flags & RV_CONFIG_SECRET)) fail_msg("%s not secret", secret[i]);
+    assert_false(key_info("STRIPE_PUBLISHABLE_KEY").flags & RV_CONFIG_SECRET);
+
+    /* Names are unique, and the index past the last key is refused, not read. */
+    rv_config_key_info_t a, b;
+    size_t n = 0;
+    while (rv_config_key_at(n, &a) == 0) n++;
+    assert_true(n >= RV_ARRAY_LEN(start_only_keys) + RV_ARRAY_LEN(reloadable_keys));
+    assert_int_equal(rv_config_key_at(n, &a), RV_ENOTFOUND);
+    assert_int_equal(rv_config_key_at((size_t)-1, &a), RV_ENOTFOUND);
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(rv_config_key_at(i, &a), 0);
+        for (size_t j = i + 1; j < n; j++) {
+            assert_int_equal(rv_config_key_at(j, &b), 0);
+            if (strcmp(a.name, b.name) == 0) fail_msg("%s is in the table twice", a.name);
+        }
+    }
+}
+
+/* Every key of the table without a default is required: leaving it out names it. */
+static void test_table_required_keys(void **state) {
+    fx_t *f = *state;
+    rv_config_key_info_t k;
+    size_t required = 0;
+    for (size_t i = 0; rv_config_key_at(i, &k) == 0; i++) {
+        if (k.def != NULL) continue;
+        required++;
+        assert_string_equal(k.doc_def, "required");
+        assert_int_equal(load_with(f, k.name, NULL, NULL), RV_EINVAL);
+        char want[128];
+        snprintf(want, sizeof want, "config: %s is required", k.name);
+        assert_string_equal(f->err, want);
+    }
+    assert_int_equal(required, NBASE);
+}
+
+/* Setting a key to the default the table documents changes nothing: the documented defaults
+ * are the real ones (including REDIRECT_ORIGINS, whose default follows APP_URL). */
+static void test_table_defaults_are_real(void **state) {
+    fx_t *f = *state;
+    assert_int_equal(load_with(f, NULL, NULL, NULL), 0);
+    rv_buf_t plain = RV_BUF_INIT, set = RV_BUF_INIT;
+    assert_int_equal(rv_config_dump(&f->cfg, &plain), 0);
+    assert_int_equal(rv_buf_append(&plain, "", 1), 0);
+    rv_config_key_info_t k;
+    size_t n = 0;
+    for (size_t i = 0; rv_config_key_at(i, &k) == 0; i++) {
+        if (k.def == NULL) continue;
+        char entry[512];
+        snprintf(entry, sizeof entry, "%s=%s", k.name, k.def);
+        expect_accept(f, entry);
+        rv_buf_reset(&set);
+        assert_int_equal(rv_config_dump(&f->cfg, &set), 0);
+        assert_int_equal(rv_buf_append(&set, "", 1), 0);
+        if (strcmp(plain.data, set.data) != 0)
+            fail_msg("%s: the documented default is not the real one:\n%s\n---\n%s", entry,
+                     plain.data, set.data);
+        /* The README shows the same default, in its own notation. */
+        char doc[512];
+        if (*k.def == '\0')
+            snprintf(doc, sizeof doc, "empty");
+        else if (strspn(k.def, "0123456789") == strlen(k.def))
+            snprintf(doc, sizeof doc, "%s", k.def);
+        else
+            snprintf(doc, sizeof doc, "`%s`", k.def);
+        if (strcmp(k.name, "REDIRECT_ORIGINS") == 0)
+            snprintf(doc, sizeof doc, "`APP_URL`'s origin");
+        assert_string_equal(k.doc_def, doc);
+        n++;
+    }
+    assert_true(n > 20);
+    rv_buf_free(&plain);
+    rv_buf_free(&set);
+}
+
+/* A configuration with every start-only and every reloadable key away from its default. */
+static const char *const changed_env[] = {
+    "LISTEN=127.0.0.1:9100", "ADMIN_LISTEN=[::1]:9101", "WORKERS=3",
+    "REDIS_URL=redis://127.0.0.1:6390/2", "REDIS_STREAM=other:stream", "REDIS_DEDUPE_TTL=86400",
+    "REDIS_TIMEOUT_MS=500", "MAX_BODY_BYTES=2048", "MAX_HEADER_BYTES=4096",
+    "MAX_BODY_BUFFER=1048576", "MAX_CONNECTIONS=7", "HEADER_TIMEOUT_MS=300",
+    "BODY_TIMEOUT_MS=301", "IDLE_TIMEOUT_MS=302",
+    /* Reloadable. */
+    "TELEGRAM_BOT=Next_bot", "CORS_ORIGINS=https://next.example", "SHUTDOWN_TIMEOUT_MS=5",
+    "LOG_LEVEL=error", "STRIPE_PRICE_PRO=price_pro_next", "RATE_LIMIT_PER_MIN=9", NULL,
+};
+
+static void test_keep_start_only(void **state) {
+    fx_t *f = *state;
+    rv_config_t running, next;
+    char err[256];
+    assert_int_equal(load_with(f, NULL, NULL, NULL), 0);
+    running = f->cfg;
+    memset(&f->cfg, 0, sizeof f->cfg);
+    int rc = load_with(f, NULL, changed_env, NULL);
+    if (rc) fail_msg("rejected: %s", f->err);
+    next = f->cfg;
+    memset(&f->cfg, 0, sizeof f->cfg);
+
+    rv_config_keep_start_only(&next, &running);
+    /* next keeps what was running for sockets, processes, Redis and limits... */
+    assert_string_equal(next.listen, "127.0.0.1:8000");
+    assert_addr(&next.listen_addr, AF_INET, "127.0.0.1", 8000);
+    assert_string_equal(next.admin_listen, "127.0.0.1:8001");
+    assert_addr(&next.admin_addr, AF_INET, "127.0.0.1", 8001);
+    assert_int_equal(next.workers, 1);
+    assert_string_equal(next.redis_url, "redis://127.0.0.1:6379/0");
+    assert_string_equal(next.redis_stream, "rivet:provisioning");
+    assert_int_equal(next.redis_dedupe_ttl, 2592000);
+    assert_int_equal(next.redis_timeout_ms, 2000);
+    assert_int_equal(next.max_body_bytes, 1048576);
+    assert_int_equal(next.max_header_bytes, 16384);
+    assert_int_equal(next.max_body_buffer, 67108864);
+    assert_int_equal(next.max_connections, 10000);
+    assert_int_equal(next.header_timeout_ms, 10000);
+    assert_int_equal(next.body_timeout_ms, 30000);
+    assert_int_equal(next.idle_timeout_ms, 60000);
+    /* ...and its own reloadable settings. */
+    assert_string_equal(next.telegram_bot, "Next_bot");
+    const char *const cors[] = {"https://next.example"};
+    assert_list(&next.cors_origins, cors, 1);
+    assert_int_equal(next.shutdown_timeout_ms, 5);
+    assert_int_equal(next.log_level, RV_LOG_ERROR);
+    assert_string_equal(next.price_pro, "price_pro_next");
+    assert_int_equal(next.rate_limit_per_min, 9);
+    /* The old configuration got next's start-only values, so freeing both frees each once. */
+    assert_string_equal(running.listen, "127.0.0.1:9100");
+    assert_addr(&running.listen_addr, AF_INET, "127.0.0.1", 9100);
+    assert_addr(&running.admin_addr, AF_INET6, "::1", 9101);
+    assert_string_equal(running.redis_url, "redis://127.0.0.1:6390/2");
+    assert_int_equal(running.max_connections, 7);
+    assert_string_equal(running.telegram_bot, "RivetCEO_bot");
+    assert_int_equal(rv_config_start_only_changed(&next, &running, err, sizeof err),
+                     RV_ARRAY_LEN(start_only_keys));
+    rv_config_free(&running);
+    rv_config_free(&next);
+}
+
+static void test_start_only_changed(void **state) {
+    fx_t *f = *state;
+    rv_config_t a, b;
+    char names[512];
+    assert_int_equal(load_with(f, NULL, NULL, NULL), 0);
+    a = f->cfg;
+    memset(&f->cfg, 0, sizeof f->cfg);
+
+    /* Equal values in distinct allocations are not a change. */
+    assert_int_equal(load_with(f, NULL, NULL, NULL), 0);
+    memset(names, 'X', sizeof names);
+    assert_int_equal(rv_config_start_only_changed(&f->cfg, &a, names, sizeof names), 0);
+    assert_string_equal(names, "");
+
+    /* Reloadable keys alone are not a change either. */
+    const char *const reloadable[] = {"TELEGRAM_BOT=Next_bot", "LOG_LEVEL=debug",
+                                      "SHUTDOWN_TIMEOUT_MS=1", "TRUST_PROXY=10.0.0.1", NULL};
+    assert_int_equal(load_with(f, NULL, reloadable, NULL), 0);
+    assert_int_equal(rv_config_start_only_changed(&f->cfg, &a, names, sizeof names), 0);
+
+    const char *const some[] = {"WORKERS=2", "REDIS_TIMEOUT_MS=100", "IDLE_TIMEOUT_MS=99",
+                                "ADMIN_LISTEN=", "TELEGRAM_BOT=Next_bot", NULL};
+    assert_int_equal(load_with(f, NULL, some, NULL), 0);
+    assert_int_equal(rv_config_start_only_changed(&f->cfg, &a, names, sizeof names), 4);
+    assert_string_equal(names, "ADMIN_LISTEN, WORKERS, REDIS_TIMEOUT_MS, IDLE_TIMEOUT_MS");
+    /* A short buffer keeps whole names only, and the count stays right. */
+    assert_int_equal(rv_config_start_only_changed(&f->cfg, &a, names, 24), 4);
+    assert_string_equal(names, "ADMIN_LISTEN, WORKERS");
+    assert_int_equal(rv_config_start_only_changed(&f->cfg, &a, names, 5), 4);
+    assert_string_equal(names, "");
+    assert_int_equal(rv_config_start_only_changed(&f->cfg, &a, NULL, 0), 4);
+
+    int rc = load_with(f, NULL, changed_env, NULL);
+    if (rc) fail_msg("rejected: %s", f->err);
+    b = f->cfg;
+    memset(&f->cfg, 0, sizeof f->cfg);
+    assert_int_equal(rv_config_start_only_changed(&b, &a, names, sizeof names),
+                     RV_ARRAY_LEN(start_only_keys));
+    for (size_t i = 0; i < RV_ARRAY_LEN(start_only_keys); i++)
+        if (strstr(names, start_only_keys[i]) == NULL)
+            fail_msg("%s changed but is not named: %s", start_only_keys[i], names);
+    rv_config_free(&a);
+    rv_config_free(&b);
+}
+
+/* ---- the table: documentation ---------------------------------------------------------------- */
+
+/* The tests run from the repository's root. */
+#define EXAMPLE_PATH "conf/rivet.conf.example"
+#define README_PATH "README.md"
+#define README_HEADER "| key | default | meaning |\n"
+
+static char *read_text(const char *path) {
+    FILE *fp = fopen(path, "rb");
+    if (fp == NULL) fail_msg("cannot open %s (the tests run from the repository's root)", path);
+    rv_buf_t b = RV_BUF_INIT;
+    char chunk[4096];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, fp)) > 0)
+        assert_int_equal(rv_buf_append(&b, chunk, n), 0);
+    fclose(fp);
+    assert_int_equal(rv_buf_append(&b, "", 1), 0);
+    return rv_buf_steal(&b, NULL);
+}
+
+static int is_key_line(const char *k, size_t *klen) {
+    size_t n = 0;
+    if (!(k[0] >= 'A' && k[0] <= 'Z')) return 0;
+    while ((k[n] >= 'A' && k[n] <= 'Z') || (k[n] >= '0' && k[n] <= '9') || k[n] == '_') n++;
+    *klen = n;
+    return k[n] == '=';
+}
+
+/* The example lists every key of the table once, in the table's order: a required key set to a
+ * placeholder, every other key commented out with the table's default; and no other key. */
+static void test_example_lists_table_keys(void **state) {
+    char *text = read_text(EXAMPLE_PATH);
+    size_t next = 0;
+    for (char *line = text; *line; line += strcspn(line, "\n") + (line[strcspn(line, "\n")] != 0)) {
+        size_t len = strcspn(line, "\n"), klen;
+        int commented = line[0] == '#';
+        const char *k = line + commented;
+        if (!is_key_line(k, &klen)) continue;
+        char name[64], value[512];
+        snprintf(name, sizeof name, "%.*s", (int)klen, k);
+        snprintf(value, sizeof value, "%.*s", (int)(len - commented - klen - 1), k + klen + 1);
+        rv_config_key_info_t info;
+        if (rv_config_key_at(next, &info) != 0)
+            fail_msg("%s: %s is not in the configuration table", EXAMPLE_PATH, name);
+        if (strcmp(info.name, name) != 0)
+            fail_msg("%s: %s where the table has %s (missing, or out of the table's order)",
+                     EXAMPLE_PATH, name, info.name);
+        if (info.def == NULL) {
+            if (commented || strstr(value, "REPLACE_ME") == NULL)
+                fail_msg("%s: required %s must be set to a REPLACE_ME placeholder", EXAMPLE_PATH,
+                         name);
+        } else {
+            if (!commented) fail_msg("%s: %s is set; it must show its default", EXAMPLE_PATH, name);
+            if (strcmp(value, info.def) != 0)
+                fail_msg("%s: %s shows \"%s\"; its default is \"%s\"", EXAMPLE_PATH, name, value,
+                         info.def);
+        }
+        next++;
+    }
+    rv_config_key_info_t info;
+    if (rv_config_key_at(next, &info) == 0)
+        fail_msg("%s lacks %s (or lists keys out of the table's order)", EXAMPLE_PATH, info.name);
+    free(text);
+}
+
+/* README.md's configuration table has one row per key of the table, in its order, with the
+ * table's default; and no other key. */
+static void test_readme_lists_table_keys(void **state) {
+    char *text = read_text(README_PATH);
+    const char *p = strstr(text, README_HEADER);
+    if (p == NULL) fail_msg("%s has no \"%.*s\" table", README_PATH, 25, README_HEADER);
+    p += strlen(README_HEADER);
+    if (strncmp(p, "|---|---|---|\n", 14) != 0)
+        fail_msg("%s: table header not followed by |---|", README_PATH);
+    p += 14;
+    size_t next = 0;
+    for (; *p == '|'; p += strcspn(p, "\n") + (p[strcspn(p, "\n")] != 0)) {
+        char row[2048];
+        snprintf(row, sizeof row, "%.*s", (int)strcspn(p, "\n"), p);
+        /* "| `KEY` | default | meaning |": the default is everything between the second and the
+         * third separator (a default never holds " | "). */
+        char *key = row + 2, *sep1 = strstr(key, " | ");
+        if (strncmp(row, "| `", 3) != 0 || sep1 == NULL)
+            fail_msg("%s: malformed row %s", README_PATH, row);
+        char *def = sep1 + 3, *sep2 = strstr(def, " | ");
+        if (sep2 == NULL) fail_msg("%s: malformed row %s", README_PATH, row);
+        *sep1 = *sep2 = '\0';
+        if (key[strlen(key) - 1] != '`' || strchr(key + 1, '`') != key + strlen(key) - 1)
+            fail_msg("%s: a row names one key in backquotes: %s", README_PATH, key);
+        key[strlen(key) - 1] = '\0';
+        key++;
+        rv_config_key_info_t info;
+        if (rv_config_key_at(next, &info) != 0)
+            fail_msg("%s: %s is not in the configuration table", README_PATH, key);
+        if (strcmp(info.name, key) != 0)
+            fail_msg("%s: %s where the table has %s (missing, or out of the table's order)",
+                     README_PATH, key, info.name);
+        if (strcmp(info.doc_def, def) != 0)
+            fail_msg("%s: %s's default is \"%s\"; the table says \"%s\"", README_PATH, key, def,
+                     info.doc_def);
+        next++;
+    }
+    rv_config_key_info_t info;
+    if (rv_config_key_at(next, &info) == 0)
+        fail_msg("%s lacks %s (or lists keys out of the table's order)", README_PATH, info.name);
+    free(text);
+}
+
+/* Write what a file should hold next to the build, for whoever regenerates it. */
+static const char *write_expected(const char *name, const char *text) {
+    static char path[512];
+    const char *dir = getenv("RIVET_BUILD");
+    snprintf(path, sizeof path, "%s/%s", dir && *dir ? dir : "build", name);
+    FILE *fp = fopen(path, "w");
+    if (fp == NULL) return "(could not be written)";
+    fputs(text, fp);
+    fclose(fp);
+    return path;
+}
+
+/* Both documents are exactly what the table generates: prose included, nothing edited by hand. */
+static void test_docs_generated_from_table(void **state) {
+    rv_buf_t md = RV_BUF_INIT, env = RV_BUF_INIT;
+    assert_int_equal(rv_config_reference(&md, RV_CONFIG_REF_MARKDOWN), 0);
+    assert_int_equal(rv_config_reference(&env, RV_CONFIG_REF_ENV), 0);
+    assert_int_equal(rv_buf_append(&md, "", 1), 0);
+    assert_int_equal(rv_buf_append(&env, "", 1), 0);
+    assert_int_equal(rv_config_reference(&md, 7), RV_EINVAL);
+
+    char *example = read_text(EXAMPLE_PATH);
+    if (strcmp(example, env.data) != 0)
+        fail_msg("%s is not what the table in src/config.c generates; the generated text is in %s",
+                 EXAMPLE_PATH, write_expected("rivet.conf.example", env.data));
+    char *readme = read_text(README_PATH);
+    const char *t = strstr(readme, README_HEADER);
+    assert_non_null(t);
+    size_t len = 0;
+    while (t[len] == '|') len += strcspn(t + len, "\n") + 1;
+    if (len != strlen(md.data) || memcmp(t, md.data, len) != 0)
+        fail_msg("%s's configuration table is not what the table in src/config.c generates; the "
+                 "generated rows are in %s",
+                 README_PATH, write_expected("config-table.md", md.data));
+    /* No generated line is wider than the 100 columns of the sources (the README's rows may be). */
+    for (const char *l = env.data; *l; l += strcspn(l, "\n") + 1)
+        if (strcspn(l, "\n") > 100) fail_msg("%s: line over 100 columns: %.*s", EXAMPLE_PATH,
+                                             (int)strcspn(l, "\n"), l);
+    free(example);
+    free(readme);
+    rv_buf_free(&md);
+    rv_buf_free(&env);
+}
+
 /* ---- robustness ---------------------------------------------------------------------------- */
 
 static void test_small_or_missing_error_buffer(void **state) {
@@ -862,6 +1395,16 @@ int main(void) {
         T(test_price_and_tier),
         T(test_dump_redacts),
         T(test_dump_empty_secrets),
+        T(test_error_messages_exact),
+        T(test_dump_exact),
+        T(test_table_flags),
+        T(test_table_required_keys),
+        T(test_table_defaults_are_real),
+        T(test_keep_start_only),
+        T(test_start_only_changed),
+        T(test_example_lists_table_keys),
+        T(test_readme_lists_table_keys),
+        T(test_docs_generated_from_table),
         T(test_small_or_missing_error_buffer),
         T(test_free_zeroed),
     };
