@@ -310,16 +310,23 @@ static void config_unknown(rv_queue_t *q, redisReply *reply) {
             q->where);
 }
 
-static void on_config_aof(redisAsyncContext *ac, void *r, void *privdata) {
-    rv_queue_t *q = privdata;
-    redisReply *reply = r;
-    if (!reply || ac->data != q) return;
+/* The value of a CONFIG GET reply for q, or NULL when there is none to judge (the connection is
+ * going away, or Redis did not say: then that is logged once). */
+static const char *config_of(rv_queue_t *q, redisAsyncContext *ac, redisReply *reply) {
+    if (!reply || ac->data != q) return NULL;
     const char *v = config_value(reply);
     if (!v) {
         config_unknown(q, reply);
-        return;
+        return NULL;
     }
     q->cfg_seen = 1;
+    return v;
+}
+
+static void on_config_aof(redisAsyncContext *ac, void *r, void *privdata) {
+    rv_queue_t *q = privdata;
+    const char *v = config_of(q, ac, r);
+    if (!v) return;
     int off = strcasecmp(v, "no") == 0;
     if (off && q->aof_seen != 2) {
         rv_warn("redis: appendonly is off: an acknowledged provisioning event can be lost if Redis "
@@ -330,14 +337,8 @@ static void on_config_aof(redisAsyncContext *ac, void *r, void *privdata) {
 
 static void on_config_policy(redisAsyncContext *ac, void *r, void *privdata) {
     rv_queue_t *q = privdata;
-    redisReply *reply = r;
-    if (!reply || ac->data != q) return;
-    const char *v = config_value(reply);
-    if (!v) {
-        config_unknown(q, reply);
-        return;
-    }
-    q->cfg_seen = 1;
+    const char *v = config_of(q, ac, r);
+    if (!v) return;
     int evicts = strcasecmp(v, "noeviction") != 0;
     if (evicts && q->policy_seen != 2) {
         rv_warn("redis: maxmemory-policy is %.64s: under memory pressure Redis can evict event "
@@ -523,6 +524,30 @@ static void set_arg(cmd_t *c, int i, const char *s) {
     c->argvlen[i] = strlen(s);
 }
 
+/* A command with room for extra bytes of copied arguments; NULL when out of memory. */
+static cmd_t *cmd_new(rv_queue_t *q, size_t extra, void *data) {
+    cmd_t *c = malloc(sizeof *c + extra);
+    if (!c) return NULL;
+    memset(c, 0, sizeof *c);
+    c->q = q;
+    c->data = data;
+    c->fail_err = RV_EUNAVAIL;
+    return c;
+}
+
+/* Send c's first argc arguments with fn as the reply callback, and watch its deadline. On
+ * failure c is freed and its callback never called. */
+static int cmd_send(rv_queue_t *q, cmd_t *c, int argc, redisCallbackFn *fn) {
+    if (redisAsyncCommandArgv(q->ac, fn, c, argc, c->argv, c->argvlen) != REDIS_OK) {
+        free(c);
+        return RV_EUNAVAIL;
+    }
+    c->deadline = uv_now(q->loop) + q->timeout_ms;
+    list_push(q, c);
+    cmd_timer_arm(q);
+    return 0;
+}
+
 /* A key "<prefix><id>" as argument i, built in the command's string area. */
 static void put_key(cmd_t *c, size_t *off, int i, const char *prefix, const char *id) {
     size_t pl = strlen(prefix), il = strlen(id);
@@ -569,13 +594,9 @@ int rv_queue_apply(rv_queue_t *q, const rv_prov_event_t *ev, int mode, const cha
     size_t total = 3 * 64 + strlen(ev->event_id) + strlen(ev->customer_id) +
                    strlen(ev->session_id) + 3;
     for (size_t i = 0; i < RV_ARRAY_LEN(copied); i++) total += strlen(copied[i]) + 1;
-    cmd_t *c = malloc(sizeof *c + total);
+    cmd_t *c = cmd_new(q, total, data);
     if (!c) return RV_ENOMEM;
-    memset(c, 0, sizeof *c);
-    c->q = q;
     c->cb = cb;
-    c->data = data;
-    c->fail_err = RV_EUNAVAIL;
 
     size_t off = 0;
     set_arg(c, ARG_CMD, "EVALSHA");
@@ -598,15 +619,7 @@ int rv_queue_apply(rv_queue_t *q, const rv_prov_event_t *ev, int mode, const cha
     set_arg(c, ARG_PAST_DUE, q->past_due_active ? "1" : "0");
     set_arg(c, ARG_SOURCE, source);
 
-    if (redisAsyncCommandArgv(q->ac, on_enqueue_reply, c, NARGS, c->argv, c->argvlen) !=
-        REDIS_OK) {
-        free(c);
-        return RV_EUNAVAIL;
-    }
-    c->deadline = uv_now(q->loop) + q->timeout_ms;
-    list_push(q, c);
-    cmd_timer_arm(q);
-    return 0;
+    return cmd_send(q, c, NARGS, on_enqueue_reply);
 }
 
 int rv_queue_enqueue(rv_queue_t *q, const rv_prov_event_t *ev, rv_enqueue_cb cb, void *data) {
@@ -636,23 +649,12 @@ int rv_queue_call(rv_queue_t *q, int argc, const char *const *argv, rv_reply_cb 
     if (q->npending >= MAX_PENDING) return RV_EUNAVAIL;
     size_t total = 0;
     for (int i = 0; i < argc; i++) total += strlen(argv[i]) + 1;
-    cmd_t *c = malloc(sizeof *c + total);
+    cmd_t *c = cmd_new(q, total, data);
     if (!c) return RV_ENOMEM;
-    memset(c, 0, sizeof *c);
-    c->q = q;
     c->raw_cb = cb;
-    c->data = data;
-    c->fail_err = RV_EUNAVAIL;
     size_t off = 0;
     for (int i = 0; i < argc; i++) put_arg(c, &off, i, argv[i], strlen(argv[i]));
-    if (redisAsyncCommandArgv(q->ac, on_raw_reply, c, argc, c->argv, c->argvlen) != REDIS_OK) {
-        free(c);
-        return RV_EUNAVAIL;
-    }
-    c->deadline = uv_now(q->loop) + q->timeout_ms;
-    list_push(q, c);
-    cmd_timer_arm(q);
-    return 0;
+    return cmd_send(q, c, argc, on_raw_reply);
 }
 
 /* ---- dead letters --------------------------------------------------------------------------- */
@@ -707,13 +709,9 @@ int rv_queue_dead_letter(rv_queue_t *q, const char *event_id, const char *stripe
     int recvlen = snprintf(received, sizeof received, "%lld", (long long)time(NULL));
     size_t total = sizeof ekey_prefix + idlen + reasonlen + 1 + idlen + 1 + typelen + 1 +
                    (size_t)recvlen + 1 + len + 1;
-    cmd_t *c = malloc(sizeof *c + total);
+    cmd_t *c = cmd_new(q, total, data);
     if (!c) return RV_ENOMEM;
-    memset(c, 0, sizeof *c);
-    c->q = q;
     c->cb = cb;
-    c->data = data;
-    c->fail_err = RV_EUNAVAIL;
 
     size_t off = 0;
     c->argv[DARG_CMD] = "EVAL";
@@ -739,14 +737,7 @@ int rv_queue_dead_letter(rv_queue_t *q, const char *event_id, const char *stripe
     put_arg(c, &off, DARG_RECEIVED, received, (size_t)recvlen);
     put_arg(c, &off, DARG_BODY, len ? body : "", len);
 
-    if (redisAsyncCommandArgv(q->ac, on_dead_reply, c, DARGS, c->argv, c->argvlen) != REDIS_OK) {
-        free(c);
-        return RV_EUNAVAIL;
-    }
-    c->deadline = uv_now(q->loop) + q->timeout_ms;
-    list_push(q, c);
-    cmd_timer_arm(q);
-    return 0;
+    return cmd_send(q, c, DARGS, on_dead_reply);
 }
 
 /* ---- life cycle ----------------------------------------------------------------------------- */

@@ -478,29 +478,23 @@ static int on_chunk_complete(llhttp_t *p) {
     return 0;
 }
 
-/* RFC 9110 token: the only characters a header name may have. */
-static int token(const char *s, size_t n) {
-    if (n == 0) return 0;
+/* 1 when each of the n bytes is an ASCII letter, a digit or one of extra. */
+static int chars_in(const char *s, size_t n, const char *extra) {
     for (size_t i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)s[i];
         if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              (ch && strchr("!#$%&'*+-.^_`|~", ch))))
+              (ch && strchr(extra, ch))))
             return 0;
     }
     return 1;
 }
 
+/* RFC 9110 token: the only characters a header name may have. */
+static int token(const char *s, size_t n) { return n > 0 && chars_in(s, n, "!#$%&'*+-.^_`|~"); }
+
 /* RFC 9112 §3.2: Host = uri-host [ ":" port ]; a reg-name, an IPv4 address or an IP-literal in
  * brackets. No userinfo, path, blanks or controls. An empty value is allowed. */
-static int host_valid(const char *s, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              (ch && strchr("-._~!$&'()*+,;=%:[]", ch))))
-            return 0;
-    }
-    return 1;
-}
+static int host_valid(const char *s, size_t n) { return chars_in(s, n, "-._~!$&'()*+,;=%:[]"); }
 
 /* Skip optional whitespace at both ends of [*s, *s + *n). */
 static void trim_ows(const char **s, size_t *n) {

@@ -245,12 +245,8 @@ static void raise_fd_limit(const rv_config_t *cfg) {
                 "LimitNOFILE", cfg->max_connections, (unsigned long long)rl.rlim_cur);
 }
 
-static int start(rv_app_t *app) {
-    rv_config_t *cfg = &app->cfg;
-    rv_server_opts_t o;
-    int rc;
-
-    raise_fd_limit(cfg);
+/* The loop's own handles: log flushing, timers and signal watchers (not yet started). */
+static void handles_init(rv_app_t *app) {
     uv_prepare_init(app->loop, &app->log_flush);
     app->log_flush.data = app;
     uv_prepare_start(&app->log_flush, on_prepare);
@@ -258,13 +254,43 @@ static int start(rv_app_t *app) {
     uv_timer_init(app->loop, &app->watchdog_timer);
     uv_timer_init(app->loop, &app->gauge_timer);
     app->shutdown_timer.data = app->watchdog_timer.data = app->gauge_timer.data = app;
-    /* The resident size costs a system call: once a second, not every iteration. */
-    uv_timer_start(&app->gauge_timer, on_gauges, 0, 1000);
-    uv_unref((uv_handle_t *)&app->gauge_timer);
     uv_signal_init(app->loop, &app->sig_term);
     uv_signal_init(app->loop, &app->sig_int);
     uv_signal_init(app->loop, &app->sig_hup);
     app->sig_term.data = app->sig_int.data = app->sig_hup.data = app;
+}
+
+/* The clients of Redis and Stripe. Returns 0 or an error (logged). */
+static int clients_open(rv_app_t *app) {
+    const rv_config_t *cfg = &app->cfg;
+    rv_queue_opts_t qo = {.url = cfg->redis_url,
+                          .stream = cfg->redis_stream,
+                          .dedupe_ttl = cfg->redis_dedupe_ttl,
+                          .timeout_ms = cfg->redis_timeout_ms,
+                          .past_due_active = cfg->past_due_active};
+    rv_stripe_opts_t so = {cfg->stripe_api_base, cfg->stripe_secret_key, cfg->stripe_api_version,
+                           cfg->stripe_timeout_ms, cfg->stripe_max_retries};
+    int rc;
+    if ((rc = rv_queue_init(app->loop, &qo, &app->queue)) != 0) {
+        rv_error("rivetd: redis: %s", rv_strerror(rc));
+    } else if ((rc = rv_http_client_init(app->loop, &app->http)) != 0) {
+        rv_error("rivetd: http client: %s", rv_strerror(rc));
+    } else if ((rc = rv_stripe_init(app->http, app->loop, &so, &app->stripe)) != 0) {
+        rv_error("rivetd: stripe: %s", rv_strerror(rc));
+    }
+    return rc;
+}
+
+static int start(rv_app_t *app) {
+    rv_config_t *cfg = &app->cfg;
+    rv_server_opts_t o;
+    int rc;
+
+    raise_fd_limit(cfg);
+    handles_init(app);
+    /* The resident size costs a system call: once a second, not every iteration. */
+    uv_timer_start(&app->gauge_timer, on_gauges, 0, 1000);
+    uv_unref((uv_handle_t *)&app->gauge_timer);
     uv_signal_start(&app->sig_term, on_signal, SIGTERM);
     uv_signal_start(&app->sig_int, on_signal, SIGINT);
     uv_signal_start(&app->sig_hup, on_signal, SIGHUP);
@@ -272,26 +298,7 @@ static int start(rv_app_t *app) {
      * that was ignored: catch up with it. */
     if (app->shared_config) reload_start(app);
 
-    rv_queue_opts_t qo = {.url = cfg->redis_url,
-                          .stream = cfg->redis_stream,
-                          .dedupe_ttl = cfg->redis_dedupe_ttl,
-                          .timeout_ms = cfg->redis_timeout_ms,
-                          .past_due_active = cfg->past_due_active};
-    if ((rc = rv_queue_init(app->loop, &qo, &app->queue)) != 0) {
-        rv_error("rivetd: redis: %s", rv_strerror(rc));
-        return rc;
-    }
-    if ((rc = rv_http_client_init(app->loop, &app->http)) != 0) {
-        rv_error("rivetd: http client: %s", rv_strerror(rc));
-        return rc;
-    }
-    rv_stripe_opts_t so = {cfg->stripe_api_base, cfg->stripe_secret_key, cfg->stripe_api_version,
-                           cfg->stripe_timeout_ms, cfg->stripe_max_retries};
-    if ((rc = rv_stripe_init(app->http, app->loop, &so, &app->stripe)) != 0) {
-        rv_error("rivetd: stripe: %s", rv_strerror(rc));
-        return rc;
-    }
-
+    if ((rc = clients_open(app)) != 0) return rc;
     if ((rc = rv_reconcile_start(app, cfg->reconcile_interval, &app->reconcile)) != 0) {
         rv_error("rivetd: reconciler: %s", rv_strerror(rc));
         return rc;
@@ -370,36 +377,18 @@ static void on_reconciled(void *data, const rv_reconcile_stats_t *st) {
 int rv_worker_reconcile(rv_app_t *app, uint64_t lookback_s) {
     signal(SIGPIPE, SIG_IGN);
     app->loop = uv_default_loop();
-    rv_config_t *cfg = &app->cfg;
-    int rc;
-    uv_prepare_init(app->loop, &app->log_flush);
-    app->log_flush.data = app;
-    uv_prepare_start(&app->log_flush, on_prepare);
-    uv_timer_init(app->loop, &app->shutdown_timer);
-    uv_timer_init(app->loop, &app->watchdog_timer);
-    uv_timer_init(app->loop, &app->gauge_timer);
-    uv_signal_init(app->loop, &app->sig_term);
-    uv_signal_init(app->loop, &app->sig_int);
-    uv_signal_init(app->loop, &app->sig_hup);
     app->exit_code = 1;
+    handles_init(app);
     rv_reconcile_t *r = NULL;
-    rv_queue_opts_t qo = {.url = cfg->redis_url,
-                          .stream = cfg->redis_stream,
-                          .dedupe_ttl = cfg->redis_dedupe_ttl,
-                          .timeout_ms = cfg->redis_timeout_ms,
-                          .past_due_active = cfg->past_due_active};
-    rv_stripe_opts_t so = {cfg->stripe_api_base, cfg->stripe_secret_key, cfg->stripe_api_version,
-                           cfg->stripe_timeout_ms, cfg->stripe_max_retries};
-    if ((rc = rv_queue_init(app->loop, &qo, &app->queue)) != 0 ||
-        (rc = rv_http_client_init(app->loop, &app->http)) != 0 ||
-        (rc = rv_stripe_init(app->http, app->loop, &so, &app->stripe)) != 0 ||
-        (rc = rv_reconcile_once(app, lookback_s, 60000, on_reconciled, app, &r)) != 0) {
+    int rc = clients_open(app);
+    if (rc == 0) rc = rv_reconcile_once(app, lookback_s, 60000, on_reconciled, app, &r);
+    if (rc) {
         fprintf(stderr, "rivetd: --reconcile: cannot start: %s\n", rv_strerror(rc));
         finish(app);
     } else {
         app->reconcile = r;
         fprintf(stderr, "rivetd: recovering the events of the last %llu s from %s\n",
-                (unsigned long long)lookback_s, cfg->stripe_api_base);
+                (unsigned long long)lookback_s, app->cfg.stripe_api_base);
     }
     uv_run(app->loop, UV_RUN_DEFAULT);
     uv_walk(app->loop, close_walk, NULL);
