@@ -29,6 +29,8 @@ const rv_route_t rv_public_routes[] = {
     {"POST", "/api/webhooks/stripe", rv_handle_webhook, "webhook", RV_BODY_CONFIGURED},
     {"GET", "/openapi.json", rv_handle_openapi, "openapi", 0},
     {"GET", "/docs", rv_handle_docs, "docs", 0},
+    {"POST", "/api/telegram/link", rv_handle_telegram_link, "telegram_link", 0},
+    {"GET", "/api/entitlements", rv_handle_entitlements, "entitlements", 0},
 };
 const size_t rv_public_nroutes = RV_ARRAY_LEN(rv_public_routes);
 

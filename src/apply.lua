@@ -3,7 +3,9 @@
 --
 -- KEYS: 1 the event key (rivet:event:<id>; unused unless mode is "event"), 2 the stream,
 --       3 the customer hash (rivet:customer:<id>; unused without a customer),
---       4 the checkout key (rivet:checkout:<session id>; unused without a session).
+--       4 the checkout key (rivet:checkout:<session id>; unused without a session),
+--       5 the key of a new Telegram start token (rivet:tg:start:<token>),
+--       6 the customer's email index (rivet:email:<lower-case email>; unused without one).
 -- ARGV: 1 seconds to keep event and checkout keys, 2 mode: "event" (a Stripe event, from a
 --       webhook or from recovery), "fulfill" (a paid Checkout Session read by the success page),
 --       "state" (a subscription read from Stripe), 3 entry type ("" for none), 4 Stripe event id,
@@ -13,11 +15,21 @@
 --       object is a subscription, else "", 11 the plan of a checkout (its provisional state when
 --       the subscription is not known yet), else "", 12 "1" when the object fulfills its
 --       Checkout Session (paid, or free), 13 "1" when past_due counts as active, 14 the source
---       ("webhook", "recovery", "success_page", "stripe").
--- Returns {code, entry id, ask}: code 1 an entry was appended, 2 the event was seen before
--- (nothing written), 3 recorded without an entry (a session already provisioned, an unpaid one,
--- or a read of Stripe that changed nothing); ask 1 when Stripe should be asked for the
--- subscription: it is not known yet, or two different states carry the same second.
+--       ("webhook", "recovery", "success_page", "stripe"), 15 a new start token (used only if
+--       the customer needs one), 16 the deep link's prefix ("https://t.me/<bot>?start="),
+--       17 seconds a start token lives, 18 now (Unix seconds).
+-- Returns {code, entry id, ask, telegram}: code 1 an entry was appended, 2 the event was seen
+-- before (nothing written), 3 recorded without an entry (a session already provisioned, an
+-- unpaid one, or a read of Stripe that changed nothing); ask 1 when Stripe should be asked for
+-- the subscription: it is not known yet, or two different states carry the same second;
+-- telegram, for a provisioned session: the deep link to give the customer, "linked" once a chat
+-- is linked, else "".
+--
+-- Telegram: the first user.provision of a customer that has no linked chat issues the start
+-- token (kept as rivet:tg:start:<token> -> customer for ARGV[17] seconds, and as tg_token and
+-- tg_token_exp in the hash); a later provision, or the success page, gives the same token while
+-- it lives and a fresh one once it expired or was used. The entitlement is also kept whole as
+-- JSON in the hash field "ent", which the bot's look-ups answer as it is.
 --
 -- The customer hash keeps each subscription as a field "s:<id>" = "version|tier|status|
 -- period_end|cancel_at_period_end", replaced only by a newer version, and the entitlement derived
@@ -26,13 +38,14 @@
 -- the last one of a customer, ends in the right state.
 
 local mode = ARGV[2]
-if mode == 'event' and redis.call('EXISTS', KEYS[1]) == 1 then return {2, '', 0} end
+if mode == 'event' and redis.call('EXISTS', KEYS[1]) == 1 then return {2, '', 0, ''} end
 local ttl = tonumber(ARGV[1])
 local version = tonumber(ARGV[6])
 local cust, sub, state = ARGV[7], ARGV[9], ARGV[10]
 local ask = 0
 local changed = false
 local entitlement = nil
+local telegram = ''
 
 local function jstr(s)
   if s == nil or s == '' then return 'null' end
@@ -51,6 +64,8 @@ if cust ~= '' then
       (rec.email_v == nil or version >= tonumber(rec.email_v)) then
     set.email = email
     set.email_v = ARGV[6]
+    -- The bot may look a customer up by email: the newest customer of an address wins.
+    redis.call('SET', KEYS[6], cust)
   end
 
   if sub ~= '' then
@@ -111,12 +126,21 @@ if cust ~= '' then
     end
   end
 
-  local args = {}
-  for k, v in pairs(set) do
-    args[#args + 1] = k
-    args[#args + 1] = v
+  -- A provisioned session gives the customer a way into the bot, unless a chat is linked.
+  if ARGV[3] == 'user.provision' and ARGV[12] == '1' and ARGV[16] ~= '' then
+    if rec.telegram_user_id then
+      telegram = 'linked'
+    else
+      local now = tonumber(ARGV[18])
+      if not (rec.tg_token and tonumber(rec.tg_token_exp or '0') > now) then
+        redis.call('SET', KEYS[5], cust, 'EX', ARGV[17])
+        set.tg_token = ARGV[15]
+        set.tg_token_exp = tostring(now + tonumber(ARGV[17]))
+        rec.tg_token = ARGV[15]
+      end
+      telegram = ARGV[16] .. rec.tg_token
+    end
   end
-  if #args > 0 then redis.call('HSET', KEYS[3], unpack(args)) end
 
   local pe = rec.current_period_end
   if pe == nil or pe == '' then pe = 'null' end
@@ -125,7 +149,15 @@ if cust ~= '' then
       ',"active":' .. (rec.active == 'true' and 'true' or 'false') ..
       ',"subscription_id":' .. jstr(rec.subscription_id) .. ',"current_period_end":' .. pe ..
       ',"cancel_at_period_end":' .. (rec.cancel_at_period_end == '1' and 'true' or 'false') ..
-      '}'
+      ',"telegram_user_id":' .. (rec.telegram_user_id or 'null') .. '}'
+  if rec.ent ~= entitlement then set.ent = entitlement end
+
+  local args = {}
+  for k, v in pairs(set) do
+    args[#args + 1] = k
+    args[#args + 1] = v
+  end
+  if #args > 0 then redis.call('HSET', KEYS[3], unpack(args)) end
 end
 
 local type = ARGV[3]
@@ -139,10 +171,13 @@ end
 local id = ''
 if add then
   local data = ARGV[5]:sub(1, -2) .. ',"source":"' .. ARGV[14] .. '"'
+  if telegram ~= '' and telegram ~= 'linked' then
+    data = data .. ',"telegram_link":' .. cjson.encode(telegram)
+  end
   if entitlement then data = data .. ',"entitlement":' .. entitlement end
   data = data .. '}'
   id = redis.call('XADD', KEYS[2], '*', 'type', type, 'stripe_event_id', ARGV[4], 'data', data)
   if type == 'user.provision' then redis.call('SET', KEYS[4], id, 'EX', ttl) end
 end
 if mode == 'event' then redis.call('SET', KEYS[1], add and id or 'recorded', 'EX', ttl) end
-return {add and 1 or 3, id, ask}
+return {add and 1 or 3, id, ask, telegram}

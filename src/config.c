@@ -495,6 +495,19 @@ static const cfkey_t keys[] = {
      .flags = F_NOT_EMPTY, .check = check_bot_name, .doc = "the bot named in the success answer",
      .note = "The Telegram bot named in the checkout success answer (5 to 32 letters, digits or "
              "_)."},
+    {.name = "TELEGRAM_LINK_TTL", .kind = K_UINT, FIELD(telegram_link_ttl), .def = "604800",
+     .min = 300, .max = 7776000, .flags = F_START_ONLY,
+     .doc = "seconds a one-time Telegram start token lives",
+     .note = "Seconds a one-time Telegram start token (the deep link into the bot given after a "
+             "payment) lives. The success page issues a fresh one after it expired, until a chat "
+             "is linked."},
+    {.name = "CHECKOUT_LINK_MAX_AGE", .kind = K_UINT, FIELD(checkout_link_max_age),
+     .def = "86400", .min = 60, .max = 2592000,
+     .doc = "seconds after a checkout during which its session id shows personal data and opens "
+            "the billing portal (410 after)",
+     .note = "Seconds after a Checkout Session was created during which its id (in a success URL) "
+             "still shows the customer's email and opens the billing portal. Later it gets 410 "
+             "and the customer is sent to the bot."},
     {.name = "RIVET_API_TOKEN", .kind = K_STRING, FIELD(api_token), .def = "",
      .flags = F_SECRET, .check = check_api_token,
      .doc = "bearer token (16+ characters) for the portal by customer id",

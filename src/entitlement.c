@@ -5,6 +5,8 @@
  * cancel them and free what they hold (a cancelled Stripe call never calls back). */
 #include "rivet/entitlement.h"
 
+#include <hiredis/hiredis.h>
+
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -119,35 +121,34 @@ int rv_entitlement_ask_stripe(rv_app_t *app, const char *sub_id) {
 }
 
 typedef struct fulfill_s {
-    void (*done)(void *data, int err, int result);
+    rv_fulfill_cb done;
     void *data;
     char session_id[RV_PROVISION_ID_MAX + 1];
     char sub_id[RV_PROVISION_ID_MAX + 1];
     rv_app_t *app;
 } fulfill_t;
 
-static void on_fulfilled(void *data, int err, int result, const char *stream_id) {
+static void on_fulfilled(void *data, int err, int result, const char *telegram) {
     fulfill_t *f = data;
     if (err) {
         rv_warn("entitlement: %s not provisioned from the success page: redis %s", f->session_id,
                 rv_strerror(err));
     } else if ((result & RV_ENQ_MASK) == RV_ENQ_ADDED) {
-        rv_info("entitlement: %s provisioned from the success page (entry %s)", f->session_id,
-                stream_id);
+        rv_info("entitlement: %s provisioned from the success page", f->session_id);
     }
     if (!err && (result & RV_ENQ_ASK_STRIPE) && f->sub_id[0])
         rv_entitlement_ask_stripe(f->app, f->sub_id);
-    if (f->done) f->done(f->data, err, err ? 0 : result & RV_ENQ_MASK);
+    f->done(f->data, err, err ? 0 : result & RV_ENQ_MASK, telegram);
     free(f);
 }
 
-int rv_entitlement_fulfill(rv_app_t *app, const cJSON *session,
-                           void (*done)(void *data, int err, int result), void *data) {
+int rv_entitlement_fulfill(rv_app_t *app, const cJSON *session, rv_fulfill_cb done, void *data) {
     const cJSON *st = cJSON_GetObjectItemCaseSensitive(session, "status");
     const cJSON *mode = cJSON_GetObjectItemCaseSensitive(session, "mode");
-    if (!cJSON_IsString(st) || strcmp(st->valuestring, "complete") != 0 || !cJSON_IsString(mode) ||
-        strcmp(mode->valuestring, "subscription") != 0)
+    if (!done || !cJSON_IsString(st) || strcmp(st->valuestring, "complete") != 0 ||
+        !cJSON_IsString(mode) || strcmp(mode->valuestring, "subscription") != 0)
         return RV_EIGNORED;
+    if (app->queue == NULL) return RV_EUNAVAIL;
     fulfill_t *f = calloc(1, sizeof *f);
     if (f == NULL) return RV_ENOMEM;
     f->done = done;
@@ -159,15 +160,22 @@ int rv_entitlement_fulfill(rv_app_t *app, const cJSON *session,
     if (cJSON_IsString(id)) snprintf(f->session_id, sizeof f->session_id, "%s", id->valuestring);
     if (cJSON_IsString(sub) && rv_provision_is_id(sub->valuestring))
         snprintf(f->sub_id, sizeof f->sub_id, "%s", sub->valuestring);
-    char reason[128] = "";
-    int rc = apply_object(app, session, "checkout.session.completed", RV_APPLY_FULFILL,
-                          "success_page", on_fulfilled, f, reason, sizeof reason);
-    if (rc) {
-        if (rc != RV_EUNAVAIL)
-            rv_warn("entitlement: %s: the session cannot be provisioned: %s", f->session_id,
-                    reason[0] ? reason : rv_strerror(rc));
+    char *text = cJSON_PrintUnformatted(session);
+    if (text == NULL) {
         free(f);
+        return RV_ENOMEM;
     }
+    rv_prices_t prices = prices_of(app);
+    rv_prov_event_t ev;
+    int rc = rv_provision_map_object(text, strlen(text), "checkout.session.completed",
+                                     (int64_t)time(NULL), &prices, &ev);
+    free(text);
+    if (rc == 0) rc = rv_queue_fulfill(app->queue, &ev, on_fulfilled, f);
+    else
+        rv_warn("entitlement: %s: the session cannot be provisioned: %s", f->session_id,
+                ev.reason[0] ? ev.reason : rv_strerror(rc));
+    rv_prov_event_free(&ev);
+    if (rc) free(f);
     return rc;
 }
 
@@ -177,4 +185,181 @@ void rv_entitlement_close(rv_app_t *app) {
         if (r->call) rv_stripe_cancel(r->call);
         read_free(r);
     }
+}
+
+/* ---- the bot's look-ups ----------------------------------------------------------------------- */
+
+typedef struct lookup_s {
+    rv_app_t *app;
+    rv_lookup_cb cb;
+    void *data;
+    char customer[RV_PROVISION_ID_MAX + 1];
+} lookup_t;
+
+static void on_entitlement(void *data, int err, const struct redisReply *reply) {
+    lookup_t *l = data;
+    const char *ent = !err && reply && reply->type == REDIS_REPLY_STRING ? reply->str : NULL;
+    l->cb(l->data, err, ent ? l->customer : NULL, ent);
+    free(l);
+}
+
+static int lookup_customer(lookup_t *l) {
+    char key[32 + RV_PROVISION_ID_MAX];
+    snprintf(key, sizeof key, "rivet:customer:%s", l->customer);
+    const char *argv[] = {"HGET", key, "ent"};
+    return rv_queue_call(l->app->queue, 3, argv, on_entitlement, l);
+}
+
+/* An index gave the customer id; its entitlement comes next. */
+static void on_index(void *data, int err, const struct redisReply *reply) {
+    lookup_t *l = data;
+    if (err || !reply || reply->type != REDIS_REPLY_STRING ||
+        !rv_provision_is_id(reply->str)) {
+        l->cb(l->data, err, NULL, NULL);
+        free(l);
+        return;
+    }
+    snprintf(l->customer, sizeof l->customer, "%s", reply->str);
+    int rc = lookup_customer(l);
+    if (rc) {
+        l->cb(l->data, rc, NULL, NULL);
+        free(l);
+    }
+}
+
+int rv_entitlement_lookup(rv_app_t *app, int kind, const char *value, rv_lookup_cb cb,
+                          void *data) {
+    if (app->queue == NULL) return RV_EUNAVAIL;
+    if (kind == RV_BY_CUSTOMER && !rv_provision_is_id(value)) return RV_EINVAL;
+    if (strlen(value) > 320) return RV_EINVAL;
+    lookup_t *l = calloc(1, sizeof *l);
+    if (l == NULL) return RV_ENOMEM;
+    l->app = app;
+    l->cb = cb;
+    l->data = data;
+    int rc;
+    if (kind == RV_BY_CUSTOMER) {
+        memcpy(l->customer, value, strlen(value) + 1); /* a Stripe id: it fits */
+        rc = lookup_customer(l);
+    } else {
+        char key[400];
+        int n = snprintf(key, sizeof key, "%s",
+                         kind == RV_BY_TELEGRAM ? "rivet:tg:user:" : "rivet:email:");
+        for (const char *p = value; *p && (size_t)n < sizeof key - 1; p++)
+            key[n++] = (char)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p);
+        key[n] = '\0';
+        const char *argv[] = {"GET", key};
+        rc = rv_queue_call(app->queue, 2, argv, on_index, l);
+    }
+    if (rc) free(l);
+    return rc;
+}
+
+/* ---- redeeming a start token ------------------------------------------------------------------ */
+
+/* KEYS: 1 the token, 2 the stream, 3 the customer hash, 4 the Telegram user's index.
+ * ARGV: 1 the customer the token named when read, 2 Telegram user id, 3 chat id, 4 the entry's
+ * data without its entitlement. Returns {result, entitlement}. */
+static const char link_script[] =
+    "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {2, ''} end\n"
+    "local other = redis.call('GET', KEYS[4])\n"
+    "local prev = redis.call('HGET', KEYS[3], 'telegram_user_id')\n"
+    "if (other and other ~= ARGV[1]) or (prev and prev ~= ARGV[2]) then return {3, ''} end\n"
+    "redis.call('DEL', KEYS[1])\n"
+    "local ent = redis.call('HGET', KEYS[3], 'ent') or ''\n"
+    "ent = ent:gsub('\"telegram_user_id\":[^,}]*}$', '\"telegram_user_id\":' .. ARGV[2] .. '}')\n"
+    "redis.call('HSET', KEYS[3], 'telegram_user_id', ARGV[2], 'chat_id', ARGV[3], 'ent', ent)\n"
+    "redis.call('HDEL', KEYS[3], 'tg_token', 'tg_token_exp')\n"
+    "redis.call('SET', KEYS[4], ARGV[1])\n"
+    "if prev == ARGV[2] then return {4, ent} end\n"
+    "local data = ARGV[4]:sub(1, -2) .. ',\"entitlement\":' .. ent .. '}'\n"
+    "redis.call('XADD', KEYS[2], '*', 'type', 'user.telegram_linked', 'stripe_event_id', '',\n"
+    "  'data', data)\n"
+    "return {1, ent}\n";
+
+typedef struct link_s {
+    rv_app_t *app;
+    rv_link_cb cb;
+    void *data;
+    char token[80];
+    char user[24], chat[24];
+} link_t;
+
+static void on_linked(void *data, int err, const struct redisReply *reply) {
+    link_t *k = data;
+    if (err || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+        reply->element[0]->type != REDIS_REPLY_INTEGER ||
+        reply->element[1]->type != REDIS_REPLY_STRING) {
+        k->cb(k->data, err ? err : RV_EUNAVAIL, 0, NULL);
+    } else {
+        int result = (int)reply->element[0]->integer;
+        k->cb(k->data, 0, result, result == RV_LINK_LINKED || result == RV_LINK_AGAIN
+                                      ? reply->element[1]->str
+                                      : NULL);
+    }
+    free(k);
+}
+
+/* The token named a customer: redeem it atomically, checking it still does. */
+static void on_token(void *data, int err, const struct redisReply *reply) {
+    link_t *k = data;
+    if (err || !reply || reply->type != REDIS_REPLY_STRING || !rv_provision_is_id(reply->str)) {
+        k->cb(k->data, err, err ? 0 : RV_LINK_UNKNOWN, NULL);
+        free(k);
+        return;
+    }
+    char cust[RV_PROVISION_ID_MAX + 1];
+    snprintf(cust, sizeof cust, "%s", reply->str);
+    char tkey[128], ckey[32 + RV_PROVISION_ID_MAX], ukey[48], entry[512];
+    snprintf(tkey, sizeof tkey, "rivet:tg:start:%s", k->token);
+    snprintf(ckey, sizeof ckey, "rivet:customer:%s", cust);
+    snprintf(ukey, sizeof ukey, "rivet:tg:user:%s", k->user);
+    snprintf(entry, sizeof entry,
+             "{\"v\":%d,\"type\":\"user.telegram_linked\",\"stripe_event_id\":\"\","
+             "\"created\":%lld,\"customer_id\":\"%s\",\"telegram_user_id\":%s,\"chat_id\":%s,"
+             "\"source\":\"telegram\"}",
+             RV_PROVISION_DATA_VERSION, (long long)time(NULL), cust, k->user, k->chat);
+    const char *argv[] = {"EVAL", link_script, "4",    tkey,    k->app->cfg.redis_stream,
+                          ckey,   ukey,        cust,   k->user, k->chat,
+                          entry};
+    int rc = rv_queue_call(k->app->queue, 11, argv, on_linked, k);
+    if (rc) {
+        k->cb(k->data, rc, 0, NULL);
+        free(k);
+    }
+}
+
+/* Digits only, at most 19 (a signed 64-bit number): Telegram's ids. A chat id may be negative
+ * (a group); a user id may not. */
+static int is_id_number(const char *s, int may_be_negative) {
+    if (may_be_negative && *s == '-') s++;
+    size_t n = strlen(s);
+    if (n == 0 || n > 19) return 0;
+    for (size_t i = 0; i < n; i++)
+        if (s[i] < '0' || s[i] > '9') return 0;
+    return 1;
+}
+
+int rv_entitlement_link(rv_app_t *app, const char *token, const char *telegram_user_id,
+                        const char *chat_id, rv_link_cb cb, void *data) {
+    if (app->queue == NULL) return RV_EUNAVAIL;
+    size_t tl = strlen(token);
+    if (tl == 0 || tl > 64 || strspn(token, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                            "0123456789_-") != tl)
+        return RV_EINVAL;
+    if (!is_id_number(telegram_user_id, 0) || !is_id_number(chat_id, 1)) return RV_EINVAL;
+    link_t *k = calloc(1, sizeof *k);
+    if (k == NULL) return RV_ENOMEM;
+    k->app = app;
+    k->cb = cb;
+    k->data = data;
+    snprintf(k->token, sizeof k->token, "%s", token);
+    snprintf(k->user, sizeof k->user, "%s", telegram_user_id);
+    snprintf(k->chat, sizeof k->chat, "%s", chat_id);
+    char tkey[128];
+    snprintf(tkey, sizeof tkey, "rivet:tg:start:%s", token);
+    const char *argv[] = {"GET", tkey};
+    int rc = rv_queue_call(app->queue, 2, argv, on_token, k);
+    if (rc) free(k);
+    return rc;
 }

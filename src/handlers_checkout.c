@@ -6,12 +6,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cjson/cJSON.h>
 
 #include "rivet/app.h"
 #include "rivet/common.h"
 #include "rivet/entitlement.h"
+#include "rivet/handlers.h"
 #include "rivet/json.h"
 #include "rivet/log.h"
 #include "rivet/metrics.h"
@@ -77,14 +79,6 @@ static rv_request_t *ctx_end(call_ctx_t *ctx, const rv_stripe_result_t *res) {
     return req;
 }
 
-static void respond_buf(rv_request_t *req, int status, rv_buf_t *b, int rc) {
-    if (rc) {
-        rv_respond_error(req, 500, "Internal error", NULL);
-    } else {
-        rv_respond_json(req, status, b->data, b->len, NULL);
-    }
-    rv_buf_free(b);
-}
 
 /* Stripe could not do it: 502 (504 when the deadline passed), with Stripe's request id for
  * support, never Stripe's message or anything about keys. */
@@ -105,7 +99,7 @@ static void stripe_failed(rv_request_t *req, const rv_stripe_result_t *res, cons
     if (rc == 0) rc = rv_buf_puts(&b, ",\"request_id\":");
     if (rc == 0) rc = res->request_id ? rv_json_escape(&b, res->request_id) : rv_buf_puts(&b, "null");
     if (rc == 0) rc = rv_buf_puts(&b, "}");
-    respond_buf(req, status, &b, rc);
+    rv_respond_buf(req, status, &b, rc);
 }
 
 static int answered_ok(const rv_stripe_result_t *res) {
@@ -125,83 +119,7 @@ static const char *jcustomer(const cJSON *obj) {
     return NULL;
 }
 
-/* 429 when the caller's address has used up its allowance. */
-static int rate_limited(rv_request_t *req) {
-    rv_app_t *app = req->app;
-    if (app->ratelimit == NULL) return 0;
-    char addr[64];
-    /* Several X-Forwarded-For lines are one list (RFC 9110 §5.3): a proxy may append its own
-     * line after the client's, and the right-most entries are the ones proxies vouch for. */
-    rv_buf_t xff = RV_BUF_INIT;
-    int lines = rv_request_header_join(req, "x-forwarded-for", &xff);
-    rv_client_addr(req->peer, lines > 0 ? xff.data : NULL, xff.len, &app->cfg.trust_proxy, addr,
-                   sizeof addr);
-    rv_buf_free(&xff);
-    unsigned retry = 1;
-    if (rv_ratelimit_take(app->ratelimit, addr, uv_now(app->loop), &retry)) return 0;
-    char hdr[48];
-    snprintf(hdr, sizeof hdr, "Retry-After: %u\r\n", retry);
-    rv_info("ratelimit: %s limited on %s", addr, req->path);
-    rv_respond_error(req, 429, "Too many requests", hdr);
-    return 1;
-}
 
-#define MAX_VERRS 6
-
-typedef struct verrs_s {
-    rv_json_verr_t e[MAX_VERRS];
-    size_t n;
-} verrs_t;
-
-static void verr(verrs_t *v, const char *where, const char *field, const char *msg,
-                 const char *type) {
-    if (v->n >= MAX_VERRS) return;
-    rv_json_verr_t *e = &v->e[v->n++];
-    memset(e, 0, sizeof *e);
-    e->loc[0] = where;
-    e->loc[1] = field;
-    e->msg = msg;
-    e->type = type;
-}
-
-static void respond_verrs(rv_request_t *req, const verrs_t *v) {
-    rv_buf_t b = RV_BUF_INIT;
-    int rc = rv_json_validation(&b, v->e, v->n);
-    respond_buf(req, 422, &b, rc);
-}
-
-/* Parse the body as a JSON object; on failure answer 422 and return NULL. An empty body is an
- * empty object when empty_ok. */
-static cJSON *body_object(rv_request_t *req, int empty_ok) {
-    verrs_t v = {0};
-    if (req->body_len == 0 && empty_ok) return cJSON_CreateObject();
-    cJSON *j = cJSON_ParseWithLength(req->body, req->body_len);
-    if (j == NULL) {
-        verr(&v, "body", NULL, "JSON decode error", "json_invalid");
-        respond_verrs(req, &v);
-        return NULL;
-    }
-    if (!cJSON_IsObject(j)) {
-        cJSON_Delete(j);
-        verr(&v, "body", NULL,
-             "Input should be a valid dictionary or object to extract fields from",
-             "model_attributes_type");
-        respond_verrs(req, &v);
-        return NULL;
-    }
-    return j;
-}
-
-/* An optional string field: NULL when absent or null; type error recorded otherwise. */
-static const char *opt_string(const cJSON *j, const char *key, verrs_t *v) {
-    const cJSON *x = cJSON_GetObjectItemCaseSensitive(j, key);
-    if (x == NULL || cJSON_IsNull(x)) return NULL;
-    if (!cJSON_IsString(x)) {
-        verr(v, "body", key, "Input should be a valid string", "string_type");
-        return NULL;
-    }
-    return x->valuestring;
-}
 
 /* ---- POST /api/checkout/create ------------------------------------------------------------ */
 
@@ -219,10 +137,10 @@ static void on_created(void *data, const rv_stripe_result_t *res) {
             /* Stripe does not know the configured price of this tier. */
             rv_warn("stripe: checkout: price rejected by Stripe (param %s, request_id %s): check "
                     "STRIPE_PRICE_*", res->err_param, res->request_id ? res->request_id : "-");
-            verrs_t v = {0};
-            verr(&v, "body", "tier", "No purchasable price is configured for this tier",
+            rv_verrs_t v = {0};
+            rv_verr(&v, "body", "tier", "No purchasable price is configured for this tier",
                  "value_error");
-            respond_verrs(req, &v);
+            rv_respond_verrs(req, &v);
             return;
         }
         stripe_failed(req, res, "checkout.sessions.create");
@@ -242,11 +160,11 @@ static void on_created(void *data, const rv_stripe_result_t *res) {
     if (rc == 0) rc = rv_buf_puts(&b, ",\"session_id\":");
     if (rc == 0) rc = rv_json_escape(&b, id);
     if (rc == 0) rc = rv_buf_puts(&b, "}");
-    respond_buf(req, 200, &b, rc);
+    rv_respond_buf(req, 200, &b, rc);
 }
 
 /* A caller's Idempotency-Key is passed on to Stripe when it is plain and bounded. */
-static int idem_key(rv_request_t *req, char *out, size_t outlen, verrs_t *v) {
+static int idem_key(rv_request_t *req, char *out, size_t outlen, rv_verrs_t *v) {
     size_t n;
     const char *k = rv_request_header(req, "idempotency-key", &n);
     out[0] = '\0';
@@ -254,7 +172,7 @@ static int idem_key(rv_request_t *req, char *out, size_t outlen, verrs_t *v) {
     int ok = n >= 1 && n <= 255 && n < outlen;
     for (size_t i = 0; ok && i < n; i++) ok = k[i] > 0x20 && k[i] < 0x7f;
     if (!ok) {
-        verr(v, "header", "Idempotency-Key", "Must be 1-255 printable characters", "value_error");
+        rv_verr(v, "header", "Idempotency-Key", "Must be 1-255 printable characters", "value_error");
         return -1;
     }
     memcpy(out, k, n);
@@ -265,41 +183,41 @@ static int idem_key(rv_request_t *req, char *out, size_t outlen, verrs_t *v) {
 void rv_handle_checkout_create(rv_request_t *req) {
     rv_app_t *app = req->app;
     const rv_config_t *cfg = &app->cfg;
-    if (rate_limited(req)) return;
-    cJSON *j = body_object(req, 0);
+    if (rv_rate_limited(req)) return;
+    cJSON *j = rv_body_object(req, 0);
     if (j == NULL) return;
 
-    verrs_t v = {0};
+    rv_verrs_t v = {0};
     const cJSON *email_j = cJSON_GetObjectItemCaseSensitive(j, "email");
     const cJSON *tier_j = cJSON_GetObjectItemCaseSensitive(j, "tier");
     const char *email = NULL, *tier = NULL;
     if (email_j == NULL) {
-        verr(&v, "body", "email", "Field required", "missing");
+        rv_verr(&v, "body", "email", "Field required", "missing");
     } else if (!cJSON_IsString(email_j)) {
-        verr(&v, "body", "email", "Input should be a valid string", "string_type");
+        rv_verr(&v, "body", "email", "Input should be a valid string", "string_type");
     } else if (!rv_valid_email(email_j->valuestring)) {
-        verr(&v, "body", "email", "value is not a valid email address", "value_error");
+        rv_verr(&v, "body", "email", "value is not a valid email address", "value_error");
     } else {
         email = email_j->valuestring;
     }
     if (tier_j == NULL) {
-        verr(&v, "body", "tier", "Field required", "missing");
+        rv_verr(&v, "body", "tier", "Field required", "missing");
     } else if (!cJSON_IsString(tier_j) || rv_config_price_of_tier(cfg, tier_j->valuestring) == NULL) {
-        verr(&v, "body", "tier", "Input should be 'basic', 'pro' or 'enterprise'", "enum");
+        rv_verr(&v, "body", "tier", "Input should be 'basic', 'pro' or 'enterprise'", "enum");
     } else {
         tier = tier_j->valuestring;
     }
-    const char *success = opt_string(j, "success_url", &v);
-    const char *cancel = opt_string(j, "cancel_url", &v);
+    const char *success = rv_opt_string(j, "success_url", &v);
+    const char *cancel = rv_opt_string(j, "cancel_url", &v);
     if (success && !rv_valid_redirect(success, &cfg->redirect_origins))
-        verr(&v, "body", "success_url", "URL must be on an allowed origin", "value_error");
+        rv_verr(&v, "body", "success_url", "URL must be on an allowed origin", "value_error");
     if (cancel && !rv_valid_redirect(cancel, &cfg->redirect_origins))
-        verr(&v, "body", "cancel_url", "URL must be on an allowed origin", "value_error");
+        rv_verr(&v, "body", "cancel_url", "URL must be on an allowed origin", "value_error");
     char key[256];
     idem_key(req, key, sizeof key, &v);
     if (v.n) {
         cJSON_Delete(j);
-        respond_verrs(req, &v);
+        rv_respond_verrs(req, &v);
         return;
     }
 
@@ -349,6 +267,84 @@ static const char *session_email(const cJSON *s) {
     return cd ? jstr(cd, "email") : NULL;
 }
 
+/* What the success page says, gathered from the session while Stripe's answer is at hand. */
+typedef struct success_s {
+    rv_request_t *req;
+    const char *status; /* "success", "pending", "expired" (static) */
+    char email[330];    /* "" when none */
+    char tier[16];
+    char session_status[24], payment_status[32]; /* "" when none */
+} success_t;
+
+/* A session id is a bearer of personal data (a success URL ends up in histories, Referers and
+ * logs): it serves only within CHECKOUT_LINK_MAX_AGE of the checkout. */
+static int session_too_old(rv_request_t *req, const cJSON *session) {
+    rv_app_t *app = req->app;
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(session, "created");
+    if (!cJSON_IsNumber(c)) return 0;
+    if ((double)time(NULL) - c->valuedouble <= (double)app->cfg.checkout_link_max_age) return 0;
+    rv_respond_error(req, 410,
+                     "This checkout link has expired; open the Rivet bot in Telegram to manage "
+                     "your plan",
+                     NULL);
+    return 1;
+}
+
+/* Answer the success page; telegram is the deep link into the bot, "linked", or NULL (none). */
+static void success_answer(success_t *s, const char *telegram) {
+    rv_request_t *req = s->req;
+    rv_app_t *app = req->app;
+    int linked = telegram && strcmp(telegram, "linked") == 0;
+    char bot_url[96], step2[160];
+    snprintf(bot_url, sizeof bot_url, "https://t.me/%s", app->cfg.telegram_bot);
+    const char *link = telegram && !linked && telegram[0] ? telegram : bot_url;
+    if (linked)
+        snprintf(step2, sizeof step2, "Your Telegram chat is linked: open @%s to start",
+                 app->cfg.telegram_bot);
+    else
+        snprintf(step2, sizeof step2, "Open Telegram with the link and press Start in @%s",
+                 app->cfg.telegram_bot);
+    const char *steps_ok[] = {"Check your email for your receipt", step2,
+                              "Tell the bot about your first asset or work order by voice"};
+    const char *steps_open[] = {"Finish the payment on the checkout page"};
+    const char *steps_expired[] = {"The checkout expired: start a new one from the pricing page"};
+    const char **steps = steps_ok;
+    size_t nsteps = 3;
+    if (!strcmp(s->status, "pending")) { steps = steps_open; nsteps = 1; }
+    if (!strcmp(s->status, "expired")) { steps = steps_expired; nsteps = 1; }
+
+    rv_buf_t b = RV_BUF_INIT;
+    int rc = rv_buf_puts(&b, "{\"status\":");
+    if (rc == 0) rc = rv_json_escape(&b, s->status);
+    if (rc == 0) rc = rv_buf_puts(&b, ",\"email\":");
+    if (rc == 0) rc = s->email[0] ? rv_json_escape(&b, s->email) : rv_buf_puts(&b, "null");
+    if (rc == 0) rc = rv_buf_puts(&b, ",\"tier\":");
+    if (rc == 0) rc = rv_json_escape(&b, s->tier);
+    if (rc == 0) rc = rv_buf_puts(&b, ",\"telegram_link\":");
+    if (rc == 0) rc = rv_json_escape(&b, link);
+    if (rc == 0) rc = rv_buf_printf(&b, ",\"telegram_linked\":%s", linked ? "true" : "false");
+    if (rc == 0) rc = rv_buf_puts(&b, ",\"next_steps\":[");
+    for (size_t i = 0; rc == 0 && i < nsteps; i++) {
+        if (i) rc = rv_buf_puts(&b, ",");
+        if (rc == 0) rc = rv_json_escape(&b, steps[i]);
+    }
+    if (rc == 0) rc = rv_buf_puts(&b, "],\"session_status\":");
+    if (rc == 0)
+        rc = s->session_status[0] ? rv_json_escape(&b, s->session_status) : rv_buf_puts(&b, "null");
+    if (rc == 0) rc = rv_buf_puts(&b, ",\"payment_status\":");
+    if (rc == 0)
+        rc = s->payment_status[0] ? rv_json_escape(&b, s->payment_status) : rv_buf_puts(&b, "null");
+    if (rc == 0) rc = rv_buf_puts(&b, "}");
+    rv_respond_buf(req, 200, &b, rc);
+    free(s);
+}
+
+static void on_fulfilled(void *data, int err, int result, const char *telegram) {
+    success_t *s = data;
+    if (err) rv_warn("checkout: success page: provisioning not confirmed: %s", rv_strerror(err));
+    success_answer(s, err ? NULL : telegram);
+}
+
 static void on_session(void *data, const rv_stripe_result_t *res) {
     rv_request_t *req = ctx_end(data, res);
     rv_app_t *app = req->app;
@@ -360,54 +356,34 @@ static void on_session(void *data, const rv_stripe_result_t *res) {
         stripe_failed(req, res, "checkout.sessions.retrieve");
         return;
     }
+    if (session_too_old(req, res->json)) return;
+    success_t *s = calloc(1, sizeof *s);
+    if (s == NULL) {
+        rv_respond_error(req, 500, "Internal error", NULL);
+        return;
+    }
+    s->req = req;
     const char *st = jstr(res->json, "status");
     const char *pay = jstr(res->json, "payment_status");
-    /* Stripe's fulfillment guide: the success page may see the payment before any webhook, so it
-     * provisions the session too (once per session, whichever path comes first). */
-    int frc = rv_entitlement_fulfill(app, res->json, NULL, NULL);
-    if (frc && frc != RV_EIGNORED && frc != RV_EUNAVAIL)
-        rv_warn("checkout: success page: cannot provision: %s", rv_strerror(frc));
-    /* "success" only for a completed checkout; an open or expired one says so. */
-    const char *status = "pending";
-    if (st && strcmp(st, "complete") == 0) status = "success";
-    else if (st && strcmp(st, "expired") == 0) status = "expired";
     const char *email = session_email(res->json);
-    const char *tier = session_tier(res->json);
-    char link[128], step2[160];
-    snprintf(link, sizeof link, "https://t.me/%s", app->cfg.telegram_bot);
-    snprintf(step2, sizeof step2, "Open Telegram and start a chat with @%s", app->cfg.telegram_bot);
-    const char *steps_ok[] = {"Check your email for your receipt", step2,
-                              "Tell the bot about your first asset or work order by voice"};
-    const char *steps_open[] = {"Finish the payment on the checkout page"};
-    const char *steps_expired[] = {"The checkout expired: start a new one from the pricing page"};
-    const char **steps = steps_ok;
-    size_t nsteps = 3;
-    if (!strcmp(status, "pending")) { steps = steps_open; nsteps = 1; }
-    if (!strcmp(status, "expired")) { steps = steps_expired; nsteps = 1; }
-
-    rv_buf_t b = RV_BUF_INIT;
-    int rc = rv_buf_puts(&b, "{\"status\":");
-    if (rc == 0) rc = rv_json_escape(&b, status);
-    if (rc == 0) rc = rv_buf_puts(&b, ",\"email\":");
-    if (rc == 0) rc = email ? rv_json_escape(&b, email) : rv_buf_puts(&b, "null");
-    if (rc == 0) rc = rv_buf_puts(&b, ",\"tier\":");
-    if (rc == 0) rc = rv_json_escape(&b, tier);
-    if (rc == 0) rc = rv_buf_puts(&b, ",\"telegram_link\":");
-    if (rc == 0) rc = rv_json_escape(&b, link);
-    if (rc == 0) rc = rv_buf_puts(&b, ",\"next_steps\":[");
-    for (size_t i = 0; rc == 0 && i < nsteps; i++) {
-        if (i) rc = rv_buf_puts(&b, ",");
-        if (rc == 0) rc = rv_json_escape(&b, steps[i]);
-    }
-    if (rc == 0) rc = rv_buf_puts(&b, "],\"session_status\":");
-    if (rc == 0) rc = st ? rv_json_escape(&b, st) : rv_buf_puts(&b, "null");
-    if (rc == 0) rc = rv_buf_puts(&b, ",\"payment_status\":");
-    if (rc == 0) rc = pay ? rv_json_escape(&b, pay) : rv_buf_puts(&b, "null");
-    if (rc == 0) rc = rv_buf_puts(&b, "}");
-    respond_buf(req, 200, &b, rc);
+    /* "success" only for a completed checkout; an open or expired one says so. */
+    s->status = "pending";
+    if (st && strcmp(st, "complete") == 0) s->status = "success";
+    else if (st && strcmp(st, "expired") == 0) s->status = "expired";
+    snprintf(s->email, sizeof s->email, "%s", email && strlen(email) < sizeof s->email ? email : "");
+    snprintf(s->tier, sizeof s->tier, "%s", session_tier(res->json));
+    snprintf(s->session_status, sizeof s->session_status, "%s", st && strlen(st) < 24 ? st : "");
+    snprintf(s->payment_status, sizeof s->payment_status, "%s", pay && strlen(pay) < 32 ? pay : "");
+    /* Stripe's fulfillment guide: the success page may see the payment before any webhook, so it
+     * provisions the session too (once per session, whichever path comes first), and answers
+     * the customer's deep link into the bot. */
+    int rc = rv_entitlement_fulfill(app, res->json, on_fulfilled, s);
+    if (rc == 0) return;
+    if (rc != RV_EIGNORED && rc != RV_EUNAVAIL)
+        rv_warn("checkout: success page: cannot provision: %s", rv_strerror(rc));
+    success_answer(s, NULL);
 }
 
-/* Start GET /v1/checkout/sessions/<id>; answers the request itself when it cannot. */
 static void retrieve_session(rv_request_t *req, const char *id, int kind, rv_stripe_cb cb) {
     rv_app_t *app = req->app;
     rv_buf_t path = RV_BUF_INIT;
@@ -430,15 +406,15 @@ static void retrieve_session(rv_request_t *req, const char *id, int kind, rv_str
 
 void rv_handle_checkout_success(rv_request_t *req) {
     char id[300];
-    verrs_t v = {0};
+    rv_verrs_t v = {0};
     int rc = rv_request_query(req, "session_id", id, sizeof id);
     if (rc == RV_ENOTFOUND) {
-        verr(&v, "query", "session_id", "Field required", "missing");
+        rv_verr(&v, "query", "session_id", "Field required", "missing");
     } else if (rc || !rv_valid_session_id(id)) {
-        verr(&v, "query", "session_id", "Must be a Checkout Session id (cs_...)", "value_error");
+        rv_verr(&v, "query", "session_id", "Must be a Checkout Session id (cs_...)", "value_error");
     }
     if (v.n) {
-        respond_verrs(req, &v);
+        rv_respond_verrs(req, &v);
         return;
     }
     retrieve_session(req, id, CALL_SUCCESS, on_session);
@@ -461,7 +437,7 @@ static void on_portal(void *data, const rv_stripe_result_t *res) {
     int rc = rv_buf_puts(&b, "{\"portal_url\":");
     if (rc == 0) rc = rv_json_escape(&b, url);
     if (rc == 0) rc = rv_buf_puts(&b, "}");
-    respond_buf(req, 200, &b, rc);
+    rv_respond_buf(req, 200, &b, rc);
 }
 
 static void create_portal(rv_request_t *req, const char *customer) {
@@ -493,6 +469,7 @@ static void on_portal_session(void *data, const rv_stripe_result_t *res) {
         stripe_failed(req, res, "checkout.sessions.retrieve");
         return;
     }
+    if (session_too_old(req, res->json)) return;
     const char *st = jstr(res->json, "status");
     const char *cus = jcustomer(res->json);
     if (st == NULL || strcmp(st, "complete") != 0 || cus == NULL) {
@@ -504,48 +481,70 @@ static void on_portal_session(void *data, const rv_stripe_result_t *res) {
     create_portal(req, cus);
 }
 
-/* 1 when the request carries "Authorization: Bearer <RIVET_API_TOKEN>". */
-static int bearer_ok(rv_request_t *req) {
-    rv_app_t *app = req->app;
-    size_t tl = strlen(app->cfg.api_token);
-    size_t n;
-    const char *h = rv_request_header(req, "authorization", &n);
-    if (tl == 0 || h == NULL || n < 7 || strncasecmp(h, "Bearer ", 7) != 0) return 0;
-    h += 7;
-    n -= 7;
-    /* The length is not secret; the contents are compared in constant time. */
-    return n == tl && rv_memeq_ct(h, app->cfg.api_token, tl) == 0;
+
+/* The bot opens the portal for a linked Telegram user: the customer comes from Redis. */
+static void on_portal_user(void *data, int err, const char *customer_id, const char *entitlement) {
+    rv_request_t *req = data;
+    if (err) {
+        rv_respond_error(req, 503, "Entitlements unavailable; retry later", "Retry-After: 1\r\n");
+    } else if (customer_id == NULL) {
+        rv_respond_error(req, 404, "No customer is linked to this Telegram user", NULL);
+    } else {
+        create_portal(req, customer_id);
+    }
 }
 
 void rv_handle_billing_portal(rv_request_t *req) {
-    if (rate_limited(req)) return;
-    cJSON *j = body_object(req, 1);
+    if (rv_rate_limited(req)) return;
+    cJSON *j = rv_body_object(req, 1);
     if (j == NULL) return;
-    verrs_t v = {0};
-    char customer[300] = "", session[300] = "";
-    const char *bc = opt_string(j, "customer_id", &v);
-    const char *bs = opt_string(j, "session_id", &v);
+    rv_verrs_t v = {0};
+    char customer[300] = "", session[300] = "", user[32] = "";
+    const char *bc = rv_opt_string(j, "customer_id", &v);
+    const char *bs = rv_opt_string(j, "session_id", &v);
     if (bc) snprintf(customer, sizeof customer, "%s", bc);
     if (bs) snprintf(session, sizeof session, "%s", bs);
+    const cJSON *tu = cJSON_GetObjectItemCaseSensitive(j, "telegram_user_id");
+    if (cJSON_IsNumber(tu) && tu->valuedouble >= 1 && tu->valuedouble < 9007199254740992.0 &&
+        tu->valuedouble == (double)(long long)tu->valuedouble)
+        snprintf(user, sizeof user, "%lld", (long long)tu->valuedouble);
+    else if (tu && !cJSON_IsNull(tu))
+        rv_verr(&v, "body", "telegram_user_id", "Input should be a positive integer", "int_type");
     cJSON_Delete(j);
+    if (user[0]) {
+        /* Naming a Telegram user is for the bot only, like naming a customer. */
+        if (!rv_bearer_ok(req)) {
+            rv_respond_error(req, 401, "A telegram_user_id requires the API token",
+                             "WWW-Authenticate: Bearer\r\n");
+            return;
+        }
+        if (v.n) {
+            rv_respond_verrs(req, &v);
+            return;
+        }
+        int rc = rv_entitlement_lookup(req->app, RV_BY_TELEGRAM, user, on_portal_user, req);
+        if (rc) rv_respond_error(req, 503, "Entitlements unavailable; retry later",
+                                 "Retry-After: 1\r\n");
+        return;
+    }
     if (!customer[0] && rv_request_query(req, "customer_id", customer, sizeof customer) == RV_ERANGE)
-        verr(&v, "query", "customer_id", "Too long", "value_error");
+        rv_verr(&v, "query", "customer_id", "Too long", "value_error");
     if (!session[0] && rv_request_query(req, "session_id", session, sizeof session) == RV_ERANGE)
-        verr(&v, "query", "session_id", "Too long", "value_error");
+        rv_verr(&v, "query", "session_id", "Too long", "value_error");
     if (v.n) {
-        respond_verrs(req, &v);
+        rv_respond_verrs(req, &v);
         return;
     }
     if (customer[0]) {
         /* Naming a customer is only for trusted servers: anyone else could open any billing. */
-        if (!bearer_ok(req)) {
+        if (!rv_bearer_ok(req)) {
             rv_respond_error(req, 401, "A customer_id requires the API token",
                              "WWW-Authenticate: Bearer\r\n");
             return;
         }
         if (!rv_valid_customer_id(customer)) {
-            verr(&v, "body", "customer_id", "Must be a Stripe customer id (cus_...)", "value_error");
-            respond_verrs(req, &v);
+            rv_verr(&v, "body", "customer_id", "Must be a Stripe customer id (cus_...)", "value_error");
+            rv_respond_verrs(req, &v);
             return;
         }
         create_portal(req, customer);
@@ -553,8 +552,8 @@ void rv_handle_billing_portal(rv_request_t *req) {
     }
     if (session[0]) {
         if (!rv_valid_session_id(session)) {
-            verr(&v, "body", "session_id", "Must be a Checkout Session id (cs_...)", "value_error");
-            respond_verrs(req, &v);
+            rv_verr(&v, "body", "session_id", "Must be a Checkout Session id (cs_...)", "value_error");
+            rv_respond_verrs(req, &v);
             return;
         }
         retrieve_session(req, session, CALL_PORTAL_LOOKUP, on_portal_session);

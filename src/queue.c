@@ -73,10 +73,11 @@ static const char dead_script[] =
 enum { DARG_CMD, DARG_SCRIPT, DARG_NUMKEYS, DARG_KEY_EVENT, DARG_KEY_STREAM, DARG_TTL, DARG_MAX,
        DARG_REASON, DARG_ID, DARG_TYPE, DARG_RECEIVED, DARG_BODY, DARGS };
 
-/* EVALSHA sha numkeys + 4 keys + 14 arguments, in the script's order. */
+/* EVALSHA sha numkeys + 6 keys + 18 arguments, in the script's order. */
 enum { ARG_CMD, ARG_SCRIPT, ARG_NUMKEYS, ARG_KEY_EVENT, ARG_KEY_STREAM, ARG_KEY_CUST,
-       ARG_KEY_CHECKOUT, ARG_TTL, ARG_MODE, ARG_TYPE, ARG_ID, ARG_DATA, ARG_VERSION, ARG_CUST,
-       ARG_EMAIL, ARG_SUB, ARG_STATE, ARG_PLAN, ARG_FULFILLS, ARG_PAST_DUE, ARG_SOURCE, NARGS };
+       ARG_KEY_CHECKOUT, ARG_KEY_TOKEN, ARG_KEY_EMAIL, ARG_TTL, ARG_MODE, ARG_TYPE, ARG_ID,
+       ARG_DATA, ARG_VERSION, ARG_CUST, ARG_EMAIL, ARG_SUB, ARG_STATE, ARG_PLAN, ARG_FULFILLS,
+       ARG_PAST_DUE, ARG_SOURCE, ARG_TOKEN, ARG_LINK, ARG_TOKEN_TTL, ARG_NOW, NARGS };
 
 _Static_assert((int)DARGS <= (int)NARGS,
                "a dead-letter command fits in a command's argument arrays");
@@ -90,6 +91,7 @@ struct cmd_s {
     int retried;       /* the script was sent again after NOSCRIPT */
     rv_enqueue_cb cb;
     rv_reply_cb raw_cb; /* a plain command's callback (rv_queue_call), else NULL */
+    rv_fulfill_cb fulfill_cb; /* an apply whose caller wants the Telegram link, else NULL */
     void *data;
     const char *argv[NARGS];
     size_t argvlen[NARGS];
@@ -105,6 +107,8 @@ struct rv_queue_s {
     char ttl[24];
     uint64_t timeout_ms;
     int past_due_active;
+    char link_prefix[160]; /* "https://t.me/<bot>?start=", or "" for no start tokens */
+    char token_ttl[24];
 
     redisAsyncContext *ac; /* NULL when there is no connection */
     int state;             /* enum rv_queue_state */
@@ -182,6 +186,7 @@ static void cmd_finish(cmd_t *c, int err, int result, const char *stream_id) {
         return;
     }
     if (c->raw_cb) c->raw_cb(c->data, err, NULL);
+    else if (c->fulfill_cb) c->fulfill_cb(c->data, err, result, NULL);
     else c->cb(c->data, err, result, stream_id);
     free(c);
 }
@@ -495,10 +500,11 @@ static void on_enqueue_reply(redisAsyncContext *ac, void *r, void *privdata) {
         cmd_finish(c, RV_EUNAVAIL, 0, NULL);
         return;
     }
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3 ||
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 4 ||
         reply->element[0]->type != REDIS_REPLY_INTEGER ||
         reply->element[1]->type != REDIS_REPLY_STRING ||
         reply->element[2]->type != REDIS_REPLY_INTEGER ||
+        reply->element[3]->type != REDIS_REPLY_STRING ||
         reply->element[0]->integer < RV_ENQ_ADDED || reply->element[0]->integer > RV_ENQ_RECORDED) {
         rv_warn("redis: event %s: unexpected answer from the script", c->argv[ARG_ID]);
         cmd_finish(c, RV_EUNAVAIL, 0, NULL);
@@ -507,6 +513,11 @@ static void on_enqueue_reply(redisAsyncContext *ac, void *r, void *privdata) {
     int result = (int)reply->element[0]->integer;
     const char *id = result == RV_ENQ_ADDED ? reply->element[1]->str : NULL;
     if (reply->element[2]->integer) result |= RV_ENQ_ASK_STRIPE;
+    if (c->fulfill_cb && !q->closing) {
+        c->fulfill_cb(c->data, 0, result, reply->element[3]->str);
+        free(c);
+        return;
+    }
     cmd_finish(c, 0, result, id);
 }
 
@@ -560,9 +571,23 @@ static void put_key(cmd_t *c, size_t *off, int i, const char *prefix, const char
 
 static const char *const mode_names[] = {"event", "fulfill", "state"};
 
-int rv_queue_apply(rv_queue_t *q, const rv_prov_event_t *ev, int mode, const char *source,
-                   rv_enqueue_cb cb, void *data) {
-    if (!q || !ev || !cb || !ev->type || !ev->data_json || mode < RV_APPLY_EVENT ||
+/* A Telegram start token: 128 random bits from the OS, base64url without padding (22
+ * characters of A-Z a-z 0-9 - _, within Telegram's 64 for a start parameter). */
+static int start_token(char out[23]) {
+    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    unsigned char raw[18]; /* 144 bits: a whole number of base64 digits, 132 of them used */
+    if (rv_random(raw, sizeof raw) != 0) return RV_EIO;
+    for (int i = 0, o = 0; i < 18 && o < 22; i += 3) {
+        uint32_t v = (uint32_t)raw[i] << 16 | (uint32_t)raw[i + 1] << 8 | raw[i + 2];
+        for (int k = 3; k >= 0 && o < 22; k--) out[o++] = b64[(v >> (6 * k)) & 63];
+    }
+    out[22] = '\0';
+    return 0;
+}
+
+static int apply(rv_queue_t *q, const rv_prov_event_t *ev, int mode, const char *source,
+                 rv_enqueue_cb cb, rv_fulfill_cb fcb, void *data) {
+    if (!q || !ev || (!cb && !fcb) || !ev->type || !ev->data_json || mode < RV_APPLY_EVENT ||
         mode > RV_APPLY_STATE || !source)
         return RV_EINVAL;
     if (mode == RV_APPLY_EVENT && !rv_provision_is_id(ev->event_id)) return RV_EINVAL;
@@ -589,19 +614,30 @@ int rv_queue_apply(rv_queue_t *q, const rv_prov_event_t *ev, int mode, const cha
     /* The state's fields are joined with '|': a status with one would shift them. */
     if (strchr(ev->status, '|')) return RV_EINVAL;
 
+    /* A token for the customer's way into the bot, used by the script only if one is needed. */
+    char token[23] = "", now[24], email_key[16 + sizeof ev->email];
+    if (ev->fulfills && q->link_prefix[0] && start_token(token) != 0) return RV_EIO;
+    snprintf(now, sizeof now, "%lld", (long long)time(NULL));
+    size_t el = strlen(ev->email);
+    for (size_t i = 0; i <= el; i++) {
+        unsigned char ch = (unsigned char)ev->email[i];
+        email_key[i] = (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
+    }
+
     const char *const copied[] = {ev->type, ev->event_id, ev->data_json, version, ev->customer_id,
-                                  ev->email, ev->subscription_id, state, plan};
-    size_t total = 3 * 64 + strlen(ev->event_id) + strlen(ev->customer_id) +
-                   strlen(ev->session_id) + 3;
+                                  ev->email, ev->subscription_id, state, plan, token, now};
+    size_t total = 4 * 64 + strlen(ev->event_id) + strlen(ev->customer_id) +
+                   strlen(ev->session_id) + 2 * el + 6;
     for (size_t i = 0; i < RV_ARRAY_LEN(copied); i++) total += strlen(copied[i]) + 1;
     cmd_t *c = cmd_new(q, total, data);
     if (!c) return RV_ENOMEM;
     c->cb = cb;
+    c->fulfill_cb = fcb;
 
     size_t off = 0;
     set_arg(c, ARG_CMD, "EVALSHA");
     set_arg(c, ARG_SCRIPT, q->sha);
-    set_arg(c, ARG_NUMKEYS, "4");
+    set_arg(c, ARG_NUMKEYS, "6");
     if (ev->event_id[0]) put_key(c, &off, ARG_KEY_EVENT, "rivet:event:", ev->event_id);
     else set_arg(c, ARG_KEY_EVENT, DUMMY_KEY);
     set_arg(c, ARG_KEY_STREAM, q->stream);
@@ -609,17 +645,34 @@ int rv_queue_apply(rv_queue_t *q, const rv_prov_event_t *ev, int mode, const cha
     else set_arg(c, ARG_KEY_CUST, DUMMY_KEY);
     if (ev->session_id[0]) put_key(c, &off, ARG_KEY_CHECKOUT, "rivet:checkout:", ev->session_id);
     else set_arg(c, ARG_KEY_CHECKOUT, DUMMY_KEY);
+    if (token[0]) put_key(c, &off, ARG_KEY_TOKEN, "rivet:tg:start:", token);
+    else set_arg(c, ARG_KEY_TOKEN, DUMMY_KEY);
+    if (el) put_key(c, &off, ARG_KEY_EMAIL, "rivet:email:", email_key);
+    else set_arg(c, ARG_KEY_EMAIL, DUMMY_KEY);
     set_arg(c, ARG_TTL, q->ttl);
     set_arg(c, ARG_MODE, mode_names[mode]);
-    static const int at[] = {ARG_TYPE, ARG_ID, ARG_DATA, ARG_VERSION, ARG_CUST, ARG_EMAIL, ARG_SUB,
-                             ARG_STATE, ARG_PLAN};
+    static const int at[] = {ARG_TYPE,  ARG_ID,  ARG_DATA,  ARG_VERSION, ARG_CUST, ARG_EMAIL,
+                             ARG_SUB,   ARG_STATE, ARG_PLAN, ARG_TOKEN, ARG_NOW};
     for (size_t i = 0; i < RV_ARRAY_LEN(copied); i++)
         put_arg(c, &off, at[i], copied[i], strlen(copied[i]));
     set_arg(c, ARG_FULFILLS, ev->fulfills ? "1" : "0");
     set_arg(c, ARG_PAST_DUE, q->past_due_active ? "1" : "0");
     set_arg(c, ARG_SOURCE, source);
+    set_arg(c, ARG_LINK, q->link_prefix);
+    set_arg(c, ARG_TOKEN_TTL, q->token_ttl);
 
     return cmd_send(q, c, NARGS, on_enqueue_reply);
+}
+
+int rv_queue_apply(rv_queue_t *q, const rv_prov_event_t *ev, int mode, const char *source,
+                   rv_enqueue_cb cb, void *data) {
+    if (!cb) return RV_EINVAL;
+    return apply(q, ev, mode, source, cb, NULL, data);
+}
+
+int rv_queue_fulfill(rv_queue_t *q, const rv_prov_event_t *ev, rv_fulfill_cb cb, void *data) {
+    if (!cb) return RV_EINVAL;
+    return apply(q, ev, RV_APPLY_FULFILL, "success_page", NULL, cb, data);
 }
 
 int rv_queue_enqueue(rv_queue_t *q, const rv_prov_event_t *ev, rv_enqueue_cb cb, void *data) {
@@ -794,6 +847,11 @@ int rv_queue_init(uv_loop_t *loop, const rv_queue_opts_t *opts, rv_queue_t **out
     snprintf(q->ttl, sizeof q->ttl, "%llu", (unsigned long long)opts->dedupe_ttl);
     q->timeout_ms = opts->timeout_ms ? opts->timeout_ms : DEFAULT_TIMEOUT_MS;
     q->past_due_active = opts->past_due_active;
+    if (opts->telegram_bot && opts->telegram_bot[0])
+        snprintf(q->link_prefix, sizeof q->link_prefix, "https://t.me/%s?start=",
+                 opts->telegram_bot);
+    snprintf(q->token_ttl, sizeof q->token_ttl, "%llu",
+             (unsigned long long)(opts->telegram_link_ttl ? opts->telegram_link_ttl : 604800));
     q->backoff_ms = BACKOFF_MIN_MS;
     q->state = RV_QUEUE_DISCONNECTED;
 
@@ -832,6 +890,7 @@ static void on_timer_closed(uv_handle_t *h) {
         cmd_t *c = q->dead;
         q->dead = c->next;
         if (c->raw_cb) c->raw_cb(c->data, RV_EUNAVAIL, NULL);
+        else if (c->fulfill_cb) c->fulfill_cb(c->data, RV_EUNAVAIL, 0, NULL);
         else c->cb(c->data, RV_EUNAVAIL, 0, NULL);
         free(c);
     }

@@ -267,7 +267,9 @@ static int clients_open(rv_app_t *app) {
                           .stream = cfg->redis_stream,
                           .dedupe_ttl = cfg->redis_dedupe_ttl,
                           .timeout_ms = cfg->redis_timeout_ms,
-                          .past_due_active = cfg->past_due_active};
+                          .past_due_active = cfg->past_due_active,
+                          .telegram_bot = cfg->telegram_bot,
+                          .telegram_link_ttl = cfg->telegram_link_ttl};
     rv_stripe_opts_t so = {cfg->stripe_api_base, cfg->stripe_secret_key, cfg->stripe_api_version,
                            cfg->stripe_timeout_ms, cfg->stripe_max_retries};
     int rc;

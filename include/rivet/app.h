@@ -99,6 +99,8 @@ void rv_handle_preflight(rv_request_t *req);
 void rv_handle_openapi(rv_request_t *req);
 void rv_handle_docs(rv_request_t *req);
 void rv_handle_metrics(rv_request_t *req);
+void rv_handle_telegram_link(rv_request_t *req);
+void rv_handle_entitlements(rv_request_t *req);
 
 /* Add CORS headers for an allowed Origin (the server's decorate hook). */
 void rv_app_decorate(rv_request_t *req, int status, rv_buf_t *headers);

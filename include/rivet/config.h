@@ -34,6 +34,8 @@ typedef struct rv_config_s {
     rv_strlist_t redirect_origins; /* "scheme://host[:port]", lower case */
     rv_strlist_t cors_origins;
     char *telegram_bot;
+    uint64_t telegram_link_ttl;     /* seconds a start token lives */
+    uint64_t checkout_link_max_age; /* seconds a session id gives personal data and the portal */
     char *api_token; /* "" when unset: server-to-server portal calls are refused */
     char *listen;
     char *admin_listen; /* "" disables the admin listener */

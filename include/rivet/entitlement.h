@@ -16,10 +16,40 @@ int rv_entitlement_ask_stripe(rv_app_t *app, const char *sub_id);
 
 /* Provision a Checkout Session read from Stripe, if it is complete and paid (or free), unless
  * it already was: one user.provision per session, whichever of the success page, a webhook or
- * recovery comes first. done (may be NULL) is called once with 0 and the rv_enqueue_result, or
- * an error (also for a session that does not provision). */
-int rv_entitlement_fulfill(rv_app_t *app, const cJSON *session,
-                           void (*done)(void *data, int err, int result), void *data);
+ * recovery comes first. done is called once, later, as rv_fulfill_cb (with the customer's deep
+ * link into the bot), unless this returns an error: RV_EIGNORED for a session that is not a
+ * completed subscription checkout, RV_EUNAVAIL, RV_ENOMEM, or a mapping error. */
+int rv_entitlement_fulfill(rv_app_t *app, const cJSON *session, rv_fulfill_cb done, void *data);
+
+/* How rv_entitlement_lookup finds a customer. */
+enum rv_lookup_kind { RV_BY_CUSTOMER, RV_BY_TELEGRAM, RV_BY_EMAIL };
+
+/* A look-up's answer: err 0 with customer_id and the entitlement JSON (both NULL when nobody is
+ * known by that key), or an error (Redis unavailable). Valid only during the call. */
+typedef void (*rv_lookup_cb)(void *data, int err, const char *customer_id,
+                             const char *entitlement);
+
+/* Find a customer's entitlement in Redis (never Stripe): by customer id, Telegram user id
+ * (digits) or email (any case). Returns 0 (cb once, later) or an error (cb never). */
+int rv_entitlement_lookup(rv_app_t *app, int kind, const char *value, rv_lookup_cb cb,
+                          void *data);
+
+enum rv_link_result {
+    RV_LINK_LINKED = 1,      /* linked now (a user.telegram_linked entry was appended) */
+    RV_LINK_UNKNOWN = 2,     /* no such token: never issued, used, or expired */
+    RV_LINK_ELSEWHERE = 3,   /* the Telegram user, or the customer, is linked to another */
+    RV_LINK_AGAIN = 4,       /* the same user and customer were linked already */
+};
+
+/* The answer to rv_entitlement_link: err 0 with an rv_link_result and, when linked, the
+ * entitlement JSON; or an error. */
+typedef void (*rv_link_cb)(void *data, int err, int result, const char *entitlement);
+
+/* Redeem a start token for a Telegram user and chat (digits), once, atomically: the token is
+ * consumed, the ids recorded in the entitlement, an index from the Telegram user to the customer
+ * kept. Returns 0 (cb once, later) or an error (cb never). */
+int rv_entitlement_link(rv_app_t *app, const char *token, const char *telegram_user_id,
+                        const char *chat_id, rv_link_cb cb, void *data);
 
 /* Cancel the reads in flight and free what they hold (the worker, stopping). */
 void rv_entitlement_close(rv_app_t *app);

@@ -20,6 +20,8 @@ typedef struct rv_queue_opts_s {
     uint64_t dedupe_ttl;    /* seconds an event id is remembered */
     uint64_t timeout_ms;    /* per command */
     int past_due_active;    /* a past_due subscription keeps the customer's access */
+    const char *telegram_bot;   /* the bot a start token is for; NULL or "": no tokens */
+    uint64_t telegram_link_ttl; /* seconds a start token lives (0: a week) */
 } rv_queue_opts_t;
 
 /* The dead-letter stream keeps about this many entries, the newest (XADD MAXLEN ~, so Redis
@@ -95,6 +97,16 @@ size_t rv_queue_pending(const rv_queue_t *q);
  * Contract as rv_queue_enqueue. */
 int rv_queue_apply(rv_queue_t *q, const rv_prov_event_t *ev, int mode, const char *source,
                    rv_enqueue_cb cb, void *data);
+
+/* The answer to rv_queue_fulfill: as rv_enqueue_cb, and telegram: the deep link into the bot
+ * for the customer ("https://t.me/<bot>?start=<token>", a token that lives, issued now if it had
+ * to be), "linked" when a chat is linked already, "" when none applies (an unpaid session);
+ * NULL with an error. Valid only during the call. */
+typedef void (*rv_fulfill_cb)(void *data, int err, int result, const char *telegram);
+
+/* rv_queue_apply in RV_APPLY_FULFILL mode, source "success_page", answering the customer's
+ * Telegram link too. */
+int rv_queue_fulfill(rv_queue_t *q, const rv_prov_event_t *ev, rv_fulfill_cb cb, void *data);
 
 /* Submit an event (rv_queue_apply in RV_APPLY_EVENT mode, source "webhook"). When it returns 0
  * the callback is called exactly once, later, never from inside this call. When it returns an

@@ -942,6 +942,8 @@ static void test_dump_exact(void **state) {
                        "REDIRECT_ORIGINS=https://rivet.io\n"
                        "CORS_ORIGINS=https://rivet.io,https://www.rivet.io,http://localhost:3000\n"
                        "TELEGRAM_BOT=RivetCEO_bot\n"
+                       "TELEGRAM_LINK_TTL=604800\n"
+                       "CHECKOUT_LINK_MAX_AGE=86400\n"
                        "RIVET_API_TOKEN=<redacted>\n"
                        "LISTEN=127.0.0.1:8000\n"
                        "ADMIN_LISTEN=127.0.0.1:8001\n"
