@@ -19,6 +19,7 @@
 
 #include "rivet/common.h"
 #include "rivet/log.h"
+#include "rivet/sentinel.h"
 #include "rivet/redis_url.h"
 
 /* ---- KEY=VALUE file parsing ------------------------------------------------------------- */
@@ -403,6 +404,25 @@ static int check_stream_name(ctx_t *c, const cfkey_t *k, rv_config_t *cfg) {
     return 0;
 }
 
+static int check_sentinels(ctx_t *c, const cfkey_t *k, rv_config_t *cfg) {
+    const char *v = str_of(cfg, k);
+    rv_sentinel_addr_t a[RV_SENTINEL_MAX];
+    if (v[0] && rv_sentinel_parse(v, a, RV_SENTINEL_MAX) < 1)
+        return fail(c, k, "must list ip:port of up to %d sentinels, comma-separated",
+                    RV_SENTINEL_MAX);
+    return 0;
+}
+
+/* With sentinels the master name is what they are asked about. */
+static int check_sentinel_master(ctx_t *c, const cfkey_t *k, rv_config_t *cfg) {
+    const char *v = str_of(cfg, k);
+    if (cfg->redis_sentinels[0] && v[0] == '\0')
+        return fail(c, k, "is required when REDIS_SENTINELS is set");
+    if (strlen(v) > 120 || strpbrk(v, " \t"))
+        return fail(c, k, "must be a master name without blanks, at most 120 bytes");
+    return 0;
+}
+
 /* One request of the largest allowed size must fit in the budget, or it could never be read. */
 static int check_body_buffer(ctx_t *c, const cfkey_t *k, rv_config_t *cfg) {
     if (cfg->max_body_buffer < cfg->max_body_bytes + cfg->max_header_bytes)
@@ -564,6 +584,24 @@ static const cfkey_t keys[] = {
     {.name = "REDIS_TIMEOUT_MS", .kind = K_UINT, FIELD(redis_timeout_ms), .def = "2000",
      .min = 10, .max = 60000, .flags = F_START_ONLY, .doc = "milliseconds per Redis command",
      .note = "Deadline of one Redis command in milliseconds."},
+    {.name = "REDIS_SENTINELS", .kind = K_STRING, FIELD(redis_sentinels), .def = "",
+     .flags = F_START_ONLY, .check = check_sentinels,
+     .doc = "`ip:port,…` of Redis Sentinels to find the primary through; empty: `REDIS_URL`'s host",
+     .note = "Comma-separated ip:port of Redis Sentinels. When set, rivetd asks them for the "
+             "primary of REDIS_SENTINEL_MASTER at every connection, confirms it with ROLE and "
+             "moves at once on +switch-master; REDIS_URL still gives the password and the "
+             "database."},
+    {.name = "REDIS_SENTINEL_MASTER", .kind = K_STRING, FIELD(redis_sentinel_master), .def = "",
+     .flags = F_START_ONLY, .check = check_sentinel_master,
+     .doc = "the master name the sentinels monitor (required with `REDIS_SENTINELS`)",
+     .note = "The name the sentinels monitor the primary under (sentinel monitor <name> ...)."},
+    {.name = "REDIS_MIN_REPLICAS", .kind = K_UINT, FIELD(redis_min_replicas), .def = "0",
+     .min = 0, .max = 16, .flags = F_START_ONLY,
+     .doc = "replicas that must confirm (`WAIT`) an event before the webhook is acknowledged",
+     .note = "Replicas that must have an event (WAIT, within REDIS_TIMEOUT_MS) before its webhook "
+             "gets 200; fewer: 503 and Stripe delivers again. Replication stays asynchronous: "
+             "this narrows the window in which a failover loses an acknowledged event, it does "
+             "not close it."},
     {.name = "PAST_DUE_ACTIVE", .kind = K_BOOL, FIELD(past_due_active), .def = "true",
      .flags = F_START_ONLY,
      .doc = "whether a `past_due` subscription keeps access while Stripe retries the payment",

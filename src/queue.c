@@ -33,6 +33,7 @@
 #include "rivet/log.h"
 #include "rivet/metrics.h"
 #include "rivet/redis_url.h"
+#include "rivet/sentinel.h"
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
@@ -89,6 +90,10 @@ struct cmd_s {
     uint64_t deadline; /* loop time (uv_now) by which Redis must have answered */
     int fail_err;      /* what a NULL reply means: RV_EUNAVAIL, or RV_ETIMEDOUT once overdue */
     int retried;       /* the script was sent again after NOSCRIPT */
+    int waiting;       /* the script answered; WAIT for replicas is in flight */
+    int result;        /* the script's result, kept while WAIT runs */
+    char stream_id[48];
+    char telegram[200];
     rv_enqueue_cb cb;
     rv_reply_cb raw_cb; /* a plain command's callback (rv_queue_call), else NULL */
     rv_fulfill_cb fulfill_cb; /* an apply whose caller wants the Telegram link, else NULL */
@@ -109,6 +114,9 @@ struct rv_queue_s {
     int past_due_active;
     char link_prefix[160]; /* "https://t.me/<bot>?start=", or "" for no start tokens */
     char token_ttl[24];
+    rv_sentinel_t *sentinel; /* finds the primary, when REDIS_SENTINELS is set */
+    unsigned min_replicas;   /* WAIT for this many replicas before an apply is confirmed */
+    char wait_args[2][24];   /* WAIT's arguments: replicas, milliseconds */
 
     redisAsyncContext *ac; /* NULL when there is no connection */
     int state;             /* enum rv_queue_state */
@@ -353,6 +361,18 @@ static void on_config_policy(redisAsyncContext *ac, void *r, void *privdata) {
     q->policy_seen = evicts ? 2 : 1;
 }
 
+static void on_role(redisAsyncContext *ac, void *r, void *privdata) {
+    rv_queue_t *q = privdata;
+    redisReply *reply = r;
+    if (!setup_reply_ok(q, ac, reply, "ROLE")) return;
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements >= 1 &&
+        reply->element[0]->type == REDIS_REPLY_STRING &&
+        strcmp(reply->element[0]->str, "master") == 0)
+        return;
+    log_failure(q, "redis: %s is not the primary (ROLE); asking the sentinels again", q->where);
+    conn_drop(q);
+}
+
 static void on_script_load(redisAsyncContext *ac, void *r, void *privdata) {
     rv_queue_t *q = privdata;
     redisReply *reply = r;
@@ -388,6 +408,8 @@ static int send_handshake(rv_queue_t *q, redisAsyncContext *ac) {
     if (q->url.db != 0) rc |= redisAsyncCommand(ac, on_select, q, "SELECT %d", q->url.db);
     rc |= redisAsyncCommand(ac, on_config_aof, q, "CONFIG GET appendonly");
     rc |= redisAsyncCommand(ac, on_config_policy, q, "CONFIG GET maxmemory-policy");
+    /* Sentinel's guide: what a sentinel said may be stale; the server itself confirms. */
+    if (q->sentinel) rc |= redisAsyncCommand(ac, on_role, q, "ROLE");
     rc |= redisAsyncCommand(ac, on_script_load, q, "SCRIPT LOAD %s", APPLY_SCRIPT);
     return rc == REDIS_OK ? 0 : RV_ENOMEM;
 }
@@ -429,7 +451,49 @@ static void on_disconnect(const redisAsyncContext *cac, int status) {
     schedule_reconnect(q);
 }
 
+static void conn_open(rv_queue_t *q);
+
+/* The sentinels named the primary: connect to it. */
+static void on_primary(void *data, int err, const char *host, int port) {
+    rv_queue_t *q = data;
+    if (q->closing || q->ac) return;
+    if (err || strlen(host) >= sizeof q->url.host || port < 1 || port > 65535) {
+        q->state = RV_QUEUE_DISCONNECTED;
+        log_failure(q, "redis: no sentinel named the primary; retrying");
+        schedule_reconnect(q);
+        return;
+    }
+    snprintf(q->url.host, sizeof q->url.host, "%s", host);
+    q->url.port = port;
+    snprintf(q->where, sizeof q->where, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
+    conn_open(q);
+}
+
+/* A sentinel announced a failover: leave the old primary now rather than at the next failure. */
+static void on_switch(void *data, const char *host, int port) {
+    rv_queue_t *q = data;
+    if (q->closing) return;
+    if (q->ac && strcmp(q->url.host, host) == 0 && q->url.port == port) return;
+    q->backoff_ms = BACKOFF_MIN_MS;
+    if (q->ac) {
+        conn_drop(q);
+    } else if (!uv_is_active((uv_handle_t *)&q->reconnect_timer) &&
+               q->state == RV_QUEUE_DISCONNECTED) {
+        schedule_reconnect(q);
+    }
+}
+
+/* Connect: through the sentinels, asked again at every connection, or to REDIS_URL's host. */
 static void conn_start(rv_queue_t *q) {
+    if (q->sentinel) {
+        q->state = RV_QUEUE_CONNECTING;
+        if (rv_sentinel_find(q->sentinel, on_primary, q) != 0) schedule_reconnect(q);
+        return;
+    }
+    conn_open(q);
+}
+
+static void conn_open(rv_queue_t *q) {
     redisAsyncContext *ac;
     q->state = RV_QUEUE_CONNECTING;
     if (q->url.path[0]) ac = redisAsyncConnectUnix(q->url.path);
@@ -465,6 +529,36 @@ retry:
 }
 
 /* ---- enqueue ---------------------------------------------------------------------------- */
+
+/* WAIT's answer: how many replicas have every write made before it. Fewer than asked: not
+ * confirmed (the caller answers 503 and Stripe delivers again; the event key keeps it once). */
+static void on_wait_reply(redisAsyncContext *ac, void *r, void *privdata) {
+    static rv_log_limit_t lim = {.what = "redis: WAIT short of replicas"};
+    cmd_t *c = privdata;
+    rv_queue_t *q = c->q;
+    redisReply *reply = r;
+    list_unlink(q, c);
+    if (!reply) {
+        q->ready = 0;
+        cmd_finish(c, c->fail_err, 0, NULL);
+        return;
+    }
+    if (reply->type != REDIS_REPLY_INTEGER || reply->integer < (long long)q->min_replicas) {
+        rv_warn_limited(&lim,
+                        "redis: %lld of %u replicas confirmed within %s ms: the event is not "
+                        "acknowledged",
+                        reply->type == REDIS_REPLY_INTEGER ? reply->integer : -1LL,
+                        q->min_replicas, q->wait_args[1]);
+        cmd_finish(c, RV_EUNAVAIL, 0, NULL);
+        return;
+    }
+    if (c->fulfill_cb && !q->closing) {
+        c->fulfill_cb(c->data, 0, c->result, c->telegram);
+        free(c);
+        return;
+    }
+    cmd_finish(c, 0, c->result, c->stream_id[0] ? c->stream_id : NULL);
+}
 
 static void on_enqueue_reply(redisAsyncContext *ac, void *r, void *privdata) {
     cmd_t *c = privdata;
@@ -513,6 +607,27 @@ static void on_enqueue_reply(redisAsyncContext *ac, void *r, void *privdata) {
     int result = (int)reply->element[0]->integer;
     const char *id = result == RV_ENQ_ADDED ? reply->element[1]->str : NULL;
     if (reply->element[2]->integer) result |= RV_ENQ_ASK_STRIPE;
+    if (q->min_replicas && ac->data == q && !q->closing) {
+        /* Confirmed only once enough replicas have it: WAIT covers every write this connection
+         * made before it, a duplicate's earlier write included. */
+        c->waiting = 1;
+        c->result = result;
+        snprintf(c->stream_id, sizeof c->stream_id, "%s", id ? id : "");
+        snprintf(c->telegram, sizeof c->telegram, "%s", reply->element[3]->str);
+        const char *argv[] = {"WAIT", q->wait_args[0], q->wait_args[1]};
+        for (int i = 0; i < 3; i++) {
+            c->argv[i] = argv[i];
+            c->argvlen[i] = strlen(argv[i]);
+        }
+        if (redisAsyncCommandArgv(ac, on_wait_reply, c, 3, c->argv, c->argvlen) != REDIS_OK) {
+            cmd_finish(c, RV_EUNAVAIL, 0, NULL);
+            return;
+        }
+        c->deadline = uv_now(q->loop) + q->timeout_ms;
+        list_push(q, c);
+        cmd_timer_arm(q);
+        return;
+    }
     if (c->fulfill_cb && !q->closing) {
         c->fulfill_cb(c->data, 0, result, reply->element[3]->str);
         free(c);
@@ -854,6 +969,27 @@ int rv_queue_init(uv_loop_t *loop, const rv_queue_opts_t *opts, rv_queue_t **out
              (unsigned long long)(opts->telegram_link_ttl ? opts->telegram_link_ttl : 604800));
     q->backoff_ms = BACKOFF_MIN_MS;
     q->state = RV_QUEUE_DISCONNECTED;
+    q->min_replicas = opts->min_replicas;
+    snprintf(q->wait_args[0], sizeof q->wait_args[0], "%u", opts->min_replicas);
+    /* WAIT gives up a little before the command's own deadline, so that a slow replica is a
+     * refused event, not a connection dropped for silence. */
+    snprintf(q->wait_args[1], sizeof q->wait_args[1], "%llu",
+             (unsigned long long)(q->timeout_ms * 3 / 4 ? q->timeout_ms * 3 / 4 : 1));
+    if (opts->sentinels && opts->sentinels[0]) {
+        rv_sentinel_addr_t addrs[RV_SENTINEL_MAX];
+        int n = rv_sentinel_parse(opts->sentinels, addrs, RV_SENTINEL_MAX);
+        uint64_t t = q->timeout_ms < 1000 ? q->timeout_ms : 1000;
+        int rc = n < 1 ? RV_EINVAL
+                       : rv_sentinel_init(loop, addrs, n, opts->sentinel_master, t, on_switch,
+                                          q, &q->sentinel);
+        if (rc) {
+            free(q->stream);
+            free(q->dead_stream);
+            free(q);
+            return rc;
+        }
+        snprintf(q->where, sizeof q->where, "the primary of %s", opts->sentinel_master);
+    }
 
     /* uv_timer_init cannot fail. */
     uv_timer_init(loop, &q->reconnect_timer);
@@ -905,6 +1041,8 @@ static void on_timer_closed(uv_handle_t *h) {
 void rv_queue_close(rv_queue_t *q, void (*done)(void *data), void *data) {
     if (!q || q->closing) return;
     q->closing = 1;
+    rv_sentinel_close(q->sentinel);
+    q->sentinel = NULL;
     q->ready = 0;
     q->done = done;
     q->done_data = data;

@@ -269,7 +269,10 @@ static int clients_open(rv_app_t *app) {
                           .timeout_ms = cfg->redis_timeout_ms,
                           .past_due_active = cfg->past_due_active,
                           .telegram_bot = cfg->telegram_bot,
-                          .telegram_link_ttl = cfg->telegram_link_ttl};
+                          .telegram_link_ttl = cfg->telegram_link_ttl,
+                          .sentinels = cfg->redis_sentinels,
+                          .sentinel_master = cfg->redis_sentinel_master,
+                          .min_replicas = cfg->redis_min_replicas};
     rv_stripe_opts_t so = {cfg->stripe_api_base, cfg->stripe_secret_key, cfg->stripe_api_version,
                            cfg->stripe_timeout_ms, cfg->stripe_max_retries};
     int rc;

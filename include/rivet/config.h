@@ -58,6 +58,9 @@ typedef struct rv_config_s {
     uint64_t shutdown_timeout_ms;
     int log_level;
     uint64_t reconcile_interval; /* seconds between recovery runs; 0: none */
+    char *redis_sentinels;       /* "ip:port,..." or "" */
+    char *redis_sentinel_master;
+    unsigned redis_min_replicas;
     int past_due_active;         /* a past_due subscription keeps its access */
 } rv_config_t;
 
