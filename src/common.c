@@ -34,7 +34,7 @@ int rv_memeq_ct(const void *a, const void *b, size_t n) {
     const volatile unsigned char *x = a, *y = b;
     unsigned char d = 0;
     for (size_t i = 0; i < n; i++) d |= x[i] ^ y[i];
-    return d != 0;
+    return d == 0;
 }
 
 int rv_strieq(const char *a, size_t alen, const char *b) {
@@ -46,6 +46,12 @@ int rv_strieq(const char *a, size_t alen, const char *b) {
         if (c2 >= 'A' && c2 <= 'Z') c2 += 32;
         if (c1 != c2) return 0;
     }
+    return 1;
+}
+
+int rv_printable(const char *s, int spaces) {
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+        if (*p < 0x20 || *p == 0x7f || (*p == ' ' && !spaces)) return 0;
     return 1;
 }
 

@@ -122,11 +122,7 @@ int rv_config_parse_file(const char *text, int (*fn)(void *ud, const char *key, 
 
 /* ---- small helpers ----------------------------------------------------------------------- */
 
-static int printable(const char *s) {
-    for (; *s; s++)
-        if ((unsigned char)*s < 0x21 || (unsigned char)*s == 0x7f) return 0;
-    return 1;
-}
+static int printable(const char *s) { return rv_printable(s, 0); }
 
 static int starts_with(const char *s, const char *prefix) {
     return strncmp(s, prefix, strlen(prefix)) == 0;
@@ -1151,10 +1147,3 @@ const char *rv_config_price_of_tier(const rv_config_t *cfg, const char *tier) {
     return NULL;
 }
 
-const char *rv_config_tier_of_price(const rv_config_t *cfg, const char *price) {
-    if (price == NULL) return "unknown";
-    if (strcmp(price, cfg->price_basic) == 0) return "basic";
-    if (strcmp(price, cfg->price_pro) == 0) return "pro";
-    if (strcmp(price, cfg->price_enterprise) == 0) return "enterprise";
-    return "unknown";
-}

@@ -17,6 +17,7 @@
 #include "rivet/json.h"
 #include "rivet/log.h"
 #include "rivet/metrics.h"
+#include "rivet/provision.h"
 #include "rivet/ratelimit.h"
 #include "rivet/validate.h"
 
@@ -221,18 +222,25 @@ void rv_handle_checkout_create(rv_request_t *req) {
         return;
     }
 
-    char def_success[2200], def_cancel[2200];
-    snprintf(def_success, sizeof def_success, "%s/success?session_id={CHECKOUT_SESSION_ID}",
-             cfg->app_url);
-    snprintf(def_cancel, sizeof def_cancel, "%s/pricing", cfg->app_url);
+    /* APP_URL may be up to 4096 bytes: the defaults are built to size, never cut short. */
+    rv_buf_t def_success = RV_BUF_INIT, def_cancel = RV_BUF_INIT;
+    if (rv_buf_printf(&def_success, "%s/success?session_id={CHECKOUT_SESSION_ID}",
+                      cfg->app_url) ||
+        rv_buf_printf(&def_cancel, "%s/pricing", cfg->app_url)) {
+        rv_buf_free(&def_success);
+        rv_buf_free(&def_cancel);
+        cJSON_Delete(j);
+        rv_respond_error(req, 500, "Internal error", NULL);
+        return;
+    }
     const rv_form_kv_t params[] = {
         {"mode", "subscription"},
         {"payment_method_types[0]", "card"},
         {"line_items[0][price]", rv_config_price_of_tier(cfg, tier)},
         {"line_items[0][quantity]", "1"},
         {"customer_email", email},
-        {"success_url", success ? success : def_success},
-        {"cancel_url", cancel ? cancel : def_cancel},
+        {"success_url", success ? success : def_success.data},
+        {"cancel_url", cancel ? cancel : def_cancel.data},
         {"metadata[tier]", tier},
         {"metadata[source]", "rivet_landing"},
         {"subscription_data[metadata][tier]", tier},
@@ -243,6 +251,9 @@ void rv_handle_checkout_create(rv_request_t *req) {
                                   RV_ARRAY_LEN(params), key[0] ? key : NULL, on_created, ctx,
                                   &ctx->call)
                  : RV_ENOMEM;
+    /* The parameters were copied into the request. */
+    rv_buf_free(&def_success);
+    rv_buf_free(&def_cancel);
     cJSON_Delete(j);
     if (rc) {
         if (ctx) ctx_end(ctx, NULL);
@@ -255,9 +266,8 @@ void rv_handle_checkout_create(rv_request_t *req) {
 
 static const char *session_tier(const cJSON *s) {
     const cJSON *md = cJSON_GetObjectItemCaseSensitive(s, "metadata");
-    const char *t = md ? jstr(md, "tier") : NULL;
-    if (t && (!strcmp(t, "basic") || !strcmp(t, "pro") || !strcmp(t, "enterprise"))) return t;
-    return "unknown";
+    const char *t = rv_provision_tier(md ? jstr(md, "tier") : NULL);
+    return t ? t : "unknown";
 }
 
 static const char *session_email(const cJSON *s) {

@@ -104,5 +104,5 @@ int rv_bearer_ok(rv_request_t *req) {
     h += 7;
     n -= 7;
     /* The length is not secret; the contents are compared in constant time. */
-    return n == tl && rv_memeq_ct(h, app->cfg.api_token, tl) == 0;
+    return n == tl && rv_memeq_ct(h, app->cfg.api_token, tl);
 }

@@ -3,9 +3,12 @@
  * errors are written at once. */
 #include "rivet/log.h"
 
+#include <errno.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "rivet/common.h"
@@ -72,11 +75,39 @@ static void limits_report_due(void) {
         if (l->suppressed && now - l->start_ms >= LIMIT_PERIOD_MS) limit_report(l, now);
 }
 
+static uint64_t dropped; /* bytes of lines a full journal socket did not take */
+static int not_socket;    /* stderr is a pipe, a file or a terminal */
+
+/* Under systemd stderr is a stream socket to journald: a journal that does not keep up must not
+ * stall the loop, so the socket is written without waiting (MSG_DONTWAIT, which leaves the
+ * shared file description alone) and what it cannot take now is dropped and counted; the count
+ * is written with the next line that gets through. A pipe, a file or a terminal is written the
+ * ordinary way (they block only as long as their reader does). */
+static ssize_t put(const char *p, size_t n) {
+    if (!not_socket) {
+        ssize_t w = send(STDERR_FILENO, p, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (w >= 0 || errno != ENOTSOCK) return w;
+        not_socket = 1;
+    }
+    return write(STDERR_FILENO, p, n);
+}
+
 static void write_out(void) {
+    if (dropped && log_len == 0) return;
     size_t off = 0;
+    if (dropped) {
+        char note[96];
+        int n = snprintf(note, sizeof note, "warn log: %llu bytes of log lines dropped (the "
+                         "journal was full)\n", (unsigned long long)dropped);
+        if (put(note, (size_t)n) == n) dropped = 0;
+    }
     while (off < log_len) {
-        ssize_t w = write(STDERR_FILENO, log_buf + off, log_len - off);
-        if (w <= 0) break; /* nowhere to write: drop rather than block or spin */
+        ssize_t w = put(log_buf + off, log_len - off);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) {
+            dropped += log_len - off; /* nowhere to write now: drop rather than block or spin */
+            break;
+        }
         off += (size_t)w;
     }
     log_len = 0;

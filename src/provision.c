@@ -234,14 +234,16 @@ static const char *tier_of_price(const rv_prices_t *prices, const char *price) {
     return "unknown";
 }
 
+const char *rv_provision_tier(const char *name) {
+    static const char *const tiers[] = {"basic", "pro", "enterprise"};
+    for (size_t i = 0; name != NULL && i < RV_ARRAY_LEN(tiers); i++)
+        if (strcmp(name, tiers[i]) == 0) return tiers[i];
+    return NULL;
+}
+
 /* metadata.tier of o, only when it names one of the three plans. */
 static const char *metadata_tier(const cJSON *o) {
-    const char *t = get_str(get(o, "metadata"), "tier");
-    if (t == NULL) return NULL;
-    if (strcmp(t, "basic") == 0 || strcmp(t, "pro") == 0 || strcmp(t, "enterprise") == 0) {
-        return t;
-    }
-    return NULL;
+    return rv_provision_tier(get_str(get(o, "metadata"), "tier"));
 }
 
 /* The price of a subscription item or an invoice line: "price" (older and current subscription

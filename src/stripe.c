@@ -125,12 +125,7 @@ static void conf_release(conf_t *f) {
     free(f);
 }
 
-static int printable(const char *s) {
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p < 0x20 || *p == 0x7f) return 0;
-    }
-    return 1;
-}
+static int printable(const char *s) { return rv_printable(s, 1); }
 
 static char *join(const char *a, const char *b) {
     size_t la = strlen(a), lb = strlen(b);

@@ -169,7 +169,7 @@ int rv_webhook_verify(const char *header, size_t header_len, const char *body, s
             break;
         }
         for (size_t j = 0; j < sh.nv1; j++) {
-            int eq = rv_memeq_ct(mac, sh.v1[j], SIG_LEN) == 0;
+            int eq = rv_memeq_ct(mac, sh.v1[j], SIG_LEN);
             matched |= eq & sh.v1_ok[j];
         }
     }

@@ -35,11 +35,16 @@ const char *rv_strerror(int err);
 #define RV_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 #define RV_UNUSED(x) ((void)(x))
 
-/* Constant-time comparison of two byte strings of the same length: 0 when equal. */
+/* Constant-time comparison of two byte strings of the same length: 1 when equal, like every
+ * rv_*eq function. */
 int rv_memeq_ct(const void *a, const void *b, size_t n);
 
 /* Case-insensitive ASCII comparison of a counted string with a C string: 1 when equal. */
 int rv_strieq(const char *a, size_t alen, const char *b);
+
+/* 1 when every byte of s is visible ASCII (0x21..0x7e), or also a space when spaces is 1; else
+ * 0. Bytes above 0x7e count as visible: UTF-8 text passes. */
+int rv_printable(const char *s, int spaces);
 
 /* The value of a hexadecimal digit (either case), or -1. */
 int rv_hexval(int c);

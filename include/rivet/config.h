@@ -124,8 +124,7 @@ int rv_url_origin(const char *url, char *out, size_t outlen);
 
 /* The configured price id of a tier ("basic", "pro", "enterprise"), or NULL. */
 const char *rv_config_price_of_tier(const rv_config_t *cfg, const char *tier);
-/* The tier of a configured price id, or "unknown". */
-const char *rv_config_tier_of_price(const rv_config_t *cfg, const char *price);
+
 
 /* 1 when s is one of the list's strings (exact match). */
 int rv_strlist_contains(const rv_strlist_t *l, const char *s);

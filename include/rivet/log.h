@@ -1,6 +1,8 @@
 /* Levelled logging, one line per record, to stderr (journald adds the time).
  * Lines are buffered and written once per loop iteration (rv_log_flush), and at once for
- * warnings and errors, so that an access line per request costs no system call of its own. */
+ * warnings and errors, so that an access line per request costs no system call of its own.
+ * When stderr is journald's socket, writing never waits: what a full journal cannot take is
+ * dropped and its size reported with the next line written. */
 #ifndef RIVET_LOG_H
 #define RIVET_LOG_H
 

@@ -63,6 +63,9 @@ int rv_provision_map_object(const char *json, size_t len, const char *as_type, i
  * is the only "status" (a checkout's is "payment_status", an invoice's "invoice_status"). */
 #define RV_PROVISION_DATA_VERSION 2
 
+/* The plan named, as a static string, when name is "basic", "pro" or "enterprise"; else NULL. */
+const char *rv_provision_tier(const char *name);
+
 /* Longest Stripe id taken. */
 #define RV_PROVISION_ID_MAX 255
 

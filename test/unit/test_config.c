@@ -734,12 +734,6 @@ static void test_price_and_tier(void **state) {
     assert_null(rv_config_price_of_tier(&f->cfg, "free"));
     assert_null(rv_config_price_of_tier(&f->cfg, "Basic"));
     assert_null(rv_config_price_of_tier(&f->cfg, ""));
-    assert_string_equal(rv_config_tier_of_price(&f->cfg, "price_basic_1"), "basic");
-    assert_string_equal(rv_config_tier_of_price(&f->cfg, "price_pro_1"), "pro");
-    assert_string_equal(rv_config_tier_of_price(&f->cfg, "price_ent_1"), "enterprise");
-    assert_string_equal(rv_config_tier_of_price(&f->cfg, "price_other"), "unknown");
-    assert_string_equal(rv_config_tier_of_price(&f->cfg, ""), "unknown");
-    assert_string_equal(rv_config_tier_of_price(&f->cfg, NULL), "unknown");
 }
 
 /* ---- dump ---------------------------------------------------------------------------------- */
