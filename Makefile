@@ -2,7 +2,9 @@
 #
 #   make            build build/rivetd
 #   make run        set up (Debian packages) and run rivetd with the local setup in conf/
-#   make test       set up, build, run every test, then again under ASan+UBSan
+#   make test       set up, build, run every test, then again under ASan+UBSan, then the fuzzers
+#                   briefly and the format check
+#   make check-all  the same without the set-up; make check: this build's tests only
 #   make bench      benchmarks (wrk), printing figures
 #   make SAN=1 BUILD=build/san ...   a sanitizer build
 
@@ -41,7 +43,8 @@ INTEG_SRCS := $(wildcard test/integration/test_*.c)
 INTEG_BINS := $(INTEG_SRCS:test/integration/%.c=$(BUILD)/test/integration/%)
 HARNESS_OBJS := $(patsubst test/integration/%.c,$(BUILD)/test/integration/%.o,$(filter-out $(INTEG_SRCS),$(wildcard test/integration/*.c)))
 
-.PHONY: all deps run test check unit integration san-test bench clean install uninstall fuzz fuzz-smoke
+.PHONY: all deps run test check check-all format format-check unit integration san-test bench \
+        clean install uninstall fuzz fuzz-smoke
 
 all: $(BUILD)/rivetd
 
@@ -95,13 +98,29 @@ unit: $(UNIT_BINS)
 integration: $(BUILD)/rivetd $(INTEG_BINS)
 	@test/run-tests.sh integration $(BUILD) $(INTEG_BINS)
 
-# check: this build's tests; test: set up, then check both plain and sanitized.
+# check: this build's tests. check-all: everything make test runs, without the set-up (for a
+# developer re-running the tests). test: set up, then check-all.
 check: unit integration
 
-test: deps
+check-all: format-check
 	$(MAKE) check
 	$(MAKE) SAN=1 BUILD=build/san check
 	$(MAKE) fuzz-smoke
+
+test: deps
+	$(MAKE) check-all
+
+# The code is formatted as .clang-format says; format rewrites it so, format-check fails if not.
+FORMAT_FILES = $(wildcard src/*.c include/rivet/*.h test/unit/*.c test/integration/*.c \
+                 test/integration/*.h test/fuzz/*.c test/fuzz/*.h bench/*.c)
+
+format:
+	clang-format -i $(FORMAT_FILES)
+
+format-check:
+	@bad=$$(for f in $(FORMAT_FILES); do clang-format "$$f" | cmp -s - "$$f" || echo "$$f"; done); \
+	if [ -n "$$bad" ]; then echo "not formatted as .clang-format says (make format):"; \
+	echo "$$bad"; exit 1; fi; echo "format: $(words $(FORMAT_FILES)) files as .clang-format says"
 
 bench: $(BUILD)/rivetd
 	@deps/install.sh bench
@@ -113,7 +132,7 @@ run: deps $(BUILD)/rivetd
 clean:
 	rm -rf build
 
--include mk/ops.mk
--include bench/bench.mk
+include mk/ops.mk
+include bench/bench.mk
 include mk/fuzz.mk
 -include $(wildcard $(BUILD)/src/*.d $(BUILD)/test/*/*.d)

@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "rivet/common.h"
+#include "rivet/list.h"
 #include "rivet/log.h"
 #include "rivet/provision.h"
 
@@ -27,9 +28,7 @@ typedef struct read_s {
 
 static void read_free(read_t *r) {
     rv_app_t *app = r->app;
-    if (r->prev) r->prev->next = r->next;
-    else app->reads = r->next;
-    if (r->next) r->next->prev = r->prev;
+    RV_LIST_REMOVE(app->reads, r);
     app->nreads--;
     free(r);
 }
@@ -113,9 +112,7 @@ int rv_entitlement_ask_stripe(rv_app_t *app, const char *sub_id) {
         free(r);
         return rc;
     }
-    r->next = app->reads;
-    if (app->reads) app->reads->prev = r;
-    app->reads = r;
+    RV_LIST_PUSH(app->reads, r);
     app->nreads++;
     return 0;
 }

@@ -18,6 +18,7 @@
 
 #include "rivet/buf.h"
 #include "rivet/common.h"
+#include "rivet/list.h"
 #include "rivet/log.h"
 
 #define DEFAULT_MAX_RESPONSE (1024u * 1024u)
@@ -110,9 +111,7 @@ static void on_timer_closed(uv_handle_t *h) { handle_closed(h->data); }
 static void on_sock_closed(uv_handle_t *h) {
     sock_t *s = rv_container_of((uv_poll_t *)h, sock_t, poll);
     rv_http_client_t *c = s->c;
-    if (s->prev) s->prev->next = s->next;
-    else c->socks = s->next;
-    if (s->next) s->next->prev = s->prev;
+    RV_LIST_REMOVE(c->socks, s);
     free(s);
     handle_closed(c);
 }
@@ -141,9 +140,7 @@ static sock_t *sock_open(rv_http_client_t *c, curl_socket_t fd) {
     s->fd = fd;
     s->c = c;
     s->poll.data = s;
-    s->next = c->socks;
-    if (c->socks) c->socks->prev = s;
-    c->socks = s;
+    RV_LIST_PUSH(c->socks, s);
     c->open_handles++;
     return s;
 }
@@ -151,19 +148,13 @@ static sock_t *sock_open(rv_http_client_t *c, curl_socket_t fd) {
 /* ---- requests --------------------------------------------------------------------------- */
 
 static void req_link(rv_http_client_t *c, rv_http_req_t *r) {
-    r->prev = NULL;
-    r->next = c->reqs;
-    if (c->reqs) c->reqs->prev = r;
-    c->reqs = r;
+    RV_LIST_PUSH(c->reqs, r);
     c->inflight++;
 }
 
 static void req_unlink(rv_http_req_t *r) {
     rv_http_client_t *c = r->c;
-    if (r->prev) r->prev->next = r->next;
-    else c->reqs = r->next;
-    if (r->next) r->next->prev = r->prev;
-    r->prev = r->next = NULL;
+    RV_LIST_REMOVE(c->reqs, r);
     c->inflight--;
 }
 

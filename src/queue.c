@@ -30,6 +30,7 @@
 
 #include "rivet/common.h"
 #include "rivet/incbin.h"
+#include "rivet/list.h"
 #include "rivet/log.h"
 #include "rivet/metrics.h"
 #include "rivet/redis_url.h"
@@ -164,20 +165,12 @@ static void __attribute__((format(printf, 2, 3))) log_failure(rv_queue_t *q, con
 }
 
 static void list_push(rv_queue_t *q, cmd_t *c) {
-    c->next = NULL;
-    c->prev = q->tail;
-    if (q->tail) q->tail->next = c;
-    else q->head = c;
-    q->tail = c;
+    RV_LIST_APPEND(q->head, q->tail, c);
     q->npending++;
 }
 
 static void list_unlink(rv_queue_t *q, cmd_t *c) {
-    if (c->prev) c->prev->next = c->next;
-    else q->head = c->next;
-    if (c->next) c->next->prev = c->prev;
-    else q->tail = c->prev;
-    c->prev = c->next = NULL;
+    RV_LIST_UNLINK(q->head, q->tail, c);
     q->npending--;
 }
 
@@ -187,10 +180,7 @@ static void cmd_finish(cmd_t *c, int err, int result, const char *stream_id) {
     rv_queue_t *q = c->q;
     if (q->closing) {
         c->fail_err = RV_EUNAVAIL;
-        c->next = NULL;
-        if (q->dead_tail) q->dead_tail->next = c;
-        else q->dead = c;
-        q->dead_tail = c;
+        RV_LIST_APPEND(q->dead, q->dead_tail, c);
         return;
     }
     if (c->raw_cb) c->raw_cb(c->data, err, NULL);
@@ -1024,7 +1014,7 @@ static void on_timer_closed(uv_handle_t *h) {
     }
     while (q->dead) {
         cmd_t *c = q->dead;
-        q->dead = c->next;
+        RV_LIST_UNLINK(q->dead, q->dead_tail, c);
         if (c->raw_cb) c->raw_cb(c->data, RV_EUNAVAIL, NULL);
         else if (c->fulfill_cb) c->fulfill_cb(c->data, RV_EUNAVAIL, 0, NULL);
         else c->cb(c->data, RV_EUNAVAIL, 0, NULL);

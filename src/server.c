@@ -27,6 +27,7 @@
 
 #include "rivet/common.h"
 #include "rivet/json.h"
+#include "rivet/list.h"
 #include "rivet/log.h"
 
 #define READ_BUF_SIZE 65536
@@ -1165,8 +1166,7 @@ static void conn_close(rv_conn_t *c) {
         }
     }
     pending_free(c);
-    if (c->prev) c->prev->next = c->next; else s->conns = c->next;
-    if (c->next) c->next->prev = c->prev;
+    RV_LIST_REMOVE(s->conns, c);
     s->nconns--;
     uv_close((uv_handle_t *)&c->timer, on_conn_closed);
     uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
@@ -1230,9 +1230,7 @@ static void on_connection(uv_stream_t *ls, int status) {
     c->tcp.data = c;
     c->timer.data = c;
     c->handles = 2;
-    c->next = s->conns;
-    if (s->conns) s->conns->prev = c;
-    s->conns = c;
+    RV_LIST_PUSH(s->conns, c);
     s->nconns++;
     if (uv_accept(ls, (uv_stream_t *)&c->tcp) != 0) {
         conn_close(c);

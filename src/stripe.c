@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "rivet/common.h"
+#include "rivet/list.h"
 #include "rivet/log.h"
 
 #define BACKOFF_FIRST_MS 500u
@@ -215,20 +216,14 @@ static void outcome_clear(outcome_t *o) {
 
 static void call_link(rv_stripe_t *s, rv_stripe_call_t *c) {
     c->s = s;
-    c->prev = NULL;
-    c->next = s->calls;
-    if (s->calls) s->calls->prev = c;
-    s->calls = c;
+    RV_LIST_PUSH(s->calls, c);
     s->inflight++;
 }
 
 static void call_unlink(rv_stripe_call_t *c) {
     rv_stripe_t *s = c->s;
     if (s == NULL) return;
-    if (c->prev) c->prev->next = c->next;
-    else s->calls = c->next;
-    if (c->next) c->next->prev = c->prev;
-    c->prev = c->next = NULL;
+    RV_LIST_REMOVE(s->calls, c);
     c->s = NULL;
     s->inflight--;
 }
