@@ -28,6 +28,14 @@ enum {
     RV_EMALFORMED = -10014, /* well formed, but content no consumer should be given */
 };
 
+/* Closing a module (rv_<module>_close), the same contract everywhere: the call stops the module
+ * at once and the object must not be used after it; no callback of the module runs from inside
+ * the call; callbacks of work in flight either never run (Stripe calls, reads, reconciler runs,
+ * sentinel queries) or run once, later, with an error (Redis commands: RV_EUNAVAIL), as each
+ * header says; memory held by libuv handles is released from the loop, so the caller keeps the
+ * loop running until it has no handles left. A done callback, where a module takes one, runs
+ * from the loop once everything is released. */
+
 /* A static English description of an RV_E* or UV_E* code. */
 const char *rv_strerror(int err);
 

@@ -51,7 +51,9 @@ typedef void (*rv_link_cb)(void *data, int err, int result, const char *entitlem
 int rv_entitlement_link(rv_app_t *app, const char *token, const char *telegram_user_id,
                         const char *chat_id, rv_link_cb cb, void *data);
 
-/* Cancel the reads in flight and free what they hold (the worker, stopping). */
+/* Cancel the reads of Stripe in flight (their callbacks never run) and free what they hold, at
+ * once (the close contract: common.h). Look-ups and links in flight are Redis commands: the
+ * queue answers them. */
 void rv_entitlement_close(rv_app_t *app);
 
 #endif

@@ -49,7 +49,8 @@ void rv_http_cancel(rv_http_req_t *r);
 /* Number of requests in flight. */
 size_t rv_http_inflight(const rv_http_client_t *c);
 
-/* Abort every request (no callbacks) and release the client once its handles have closed. */
+/* Abort every request (their callbacks never run) and release the client once its handles have
+ * closed through the loop (the close contract: common.h). */
 void rv_http_client_close(rv_http_client_t *c);
 
 /* curl_global_cleanup, once every client has been closed, at process exit. */

@@ -1,4 +1,7 @@
-/* Stripe event JSON -> provisioning event (the contract with consumers). Pure. */
+/* Stripe event JSON -> provisioning event (the contract with consumers). No I/O, but not
+ * reentrant: mapping parses into a static bump arena, by setting cJSON's global allocation hooks
+ * for the length of the call (and restoring them), so it must not run in two threads at once,
+ * nor while another thread uses cJSON. The daemon maps on its loop's thread only. */
 #ifndef RIVET_PROVISION_H
 #define RIVET_PROVISION_H
 

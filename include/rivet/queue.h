@@ -133,7 +133,7 @@ int rv_queue_dead_letter(rv_queue_t *q, const char *event_id, const char *stripe
 
 /* Disconnect, fail pending commands (their callbacks get RV_EUNAVAIL, from the loop, not inside
  * this call), release everything once the loop has closed the handles; done (may be NULL) is
- * called then. q must not be used after this call. */
+ * called then. q must not be used after this call (the close contract: common.h). */
 void rv_queue_close(rv_queue_t *q, void (*done)(void *data), void *data);
 
 #endif

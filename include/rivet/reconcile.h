@@ -38,8 +38,9 @@ int rv_reconcile_start(rv_app_t *app, uint64_t interval_s, rv_reconcile_t **out)
 int rv_reconcile_once(rv_app_t *app, uint64_t lookback_s, uint64_t wait_ms,
                       rv_reconcile_done_cb done, void *data, rv_reconcile_t **out);
 
-/* Stop: a run in progress is abandoned (its lock expires or is released), memory is released
- * once the loop has answered what is in flight. r must not be used after this call. */
+/* Stop: a run in progress is abandoned (its lock expires), done never runs, and memory is
+ * released once the loop has answered what is in flight. r must not be used after this call
+ * (the close contract: common.h). */
 void rv_reconcile_close(rv_reconcile_t *r);
 
 /* Parse a duration: "90s", "15m", "72h", "30d", or plain seconds. Returns 0 or RV_EINVAL. */

@@ -38,7 +38,8 @@ int rv_sentinel_init(uv_loop_t *loop, const rv_sentinel_addr_t *sentinels, int n
  * RV_EUNAVAIL when a query is already running (its answer will do). */
 int rv_sentinel_find(rv_sentinel_t *s, rv_sentinel_found_cb found, void *data);
 
-/* Stop everything; callbacks are not called after this. Memory is released through the loop. */
+/* Stop everything; callbacks never run after this. Memory is released through the loop (the close
+ * contract: common.h). */
 void rv_sentinel_close(rv_sentinel_t *s);
 
 #endif

@@ -116,8 +116,9 @@ int rv_server_listen_fd(rv_server_t *s, int fd);
  * close after the answer). cb runs when no connection is left. */
 void rv_server_drain(rv_server_t *s, void (*cb)(rv_server_t *s));
 
-/* Close every connection now; requests still with their handlers are told the client has gone.
- * The listener is closed too. Memory is released through the loop's close callbacks. */
+/* Close every connection now; requests still with their handlers are told the client has gone
+ * (they still answer, and the answer is dropped). The listener is closed too. Memory is released
+ * through the loop's close callbacks (the close contract: common.h). */
 void rv_server_close(rv_server_t *s);
 
 /* The first header named name (case-insensitive), or NULL; *len gets its length if given. */

@@ -84,8 +84,9 @@ void rv_stripe_cancel(rv_stripe_call_t *c);
 /* Calls in flight (tries and waits). */
 size_t rv_stripe_inflight(const rv_stripe_t *s);
 
-/* Cancel every call and release the object (the http client is not closed; close it after
- * this, since calls in flight hold its requests). */
+/* Cancel every call (their callbacks never run) and release the object at once (the close
+ * contract: common.h). The http client is not closed: close it after this, since calls in flight
+ * hold its requests. */
 void rv_stripe_close(rv_stripe_t *s);
 
 #endif
