@@ -128,140 +128,190 @@ static void reload(rv_app_t *app, worker_t *w, int n) {
         if (w[i].pid) kill(w[i].pid, SIGHUP);
 }
 
-int rv_supervise(rv_app_t *app) {
+/* The supervisor's state, passed between its steps. */
+typedef struct sup_s {
+    rv_app_t *app;
+    worker_t w[MAX_WORKERS];
+    int n;
+    int sfd;            /* signalfd for TERM, INT, HUP, CHLD */
+    sigset_t set;       /* those signals, blocked in the parent */
+    uint64_t stuck_ms;  /* a worker silent this long is killed */
+    uint64_t next_dog;  /* when the next WATCHDOG=1 is due */
+    uint64_t deadline;  /* stopping: when the workers left are killed */
+    int stopping, told_ready;
+} sup_t;
+
+static int alive_count(const sup_t *s) {
+    int alive = 0;
+    for (int i = 0; i < s->n; i++) alive += s->w[i].pid != 0;
+    return alive;
+}
+
+/* Restarts that are due, and workers whose loop stopped sending heartbeats. */
+static void tend_workers(sup_t *s, uint64_t now) {
+    for (int i = 0; i < s->n && !s->stopping; i++) {
+        worker_t *w = &s->w[i];
+        if (w->pid == 0 && w->restart_at && now >= w->restart_at)
+            spawn(s->app, w, i + 1, s->w, s->n, s->sfd, &s->set);
+        if (w->pid && w->ready && now - w->last_beat > s->stuck_ms) {
+            rv_error("rivetd: worker %d (pid %d) stopped answering its heartbeat; killing it",
+                     i + 1, (int)w->pid);
+            kill(w->pid, SIGKILL);
+            w->last_beat = now;
+        }
+    }
+}
+
+/* systemd's watchdog: fed only while every worker's loop turns. */
+static void feed_watchdog(sup_t *s, uint64_t now) {
+    rv_app_t *app = s->app;
+    if (!app->watchdog_usec || now < s->next_dog || s->stopping) return;
+    int all_ok = 1;
+    for (int i = 0; i < s->n; i++)
+        all_ok &= s->w[i].pid != 0 && now - s->w[i].last_beat <= s->stuck_ms;
+    if (all_ok) rv_sd_notify("WATCHDOG=1");
+    s->next_dog = now + app->watchdog_usec / 2000;
+}
+
+/* Reap dead workers: each is restarted after a pause, unless the daemon is stopping. */
+static void reap(sup_t *s) {
+    int status;
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        for (int i = 0; i < s->n; i++) {
+            worker_t *w = &s->w[i];
+            if (w->pid != pid) continue;
+            w->pid = 0;
+            rv_metrics_gauges_clear(i + 1);
+            if (w->fd >= 0) close(w->fd);
+            w->fd = -1;
+            if (s->stopping) break;
+            rv_error("rivetd: worker %d (pid %d) %s %d; restarting", i + 1, (int)pid,
+                     WIFSIGNALED(status) ? "killed by signal" : "exited with",
+                     WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+            w->restart_at = rv_now_ms() + RESTART_DELAY_MS;
+        }
+    }
+}
+
+static void on_signals(sup_t *s) {
+    struct signalfd_siginfo si;
+    while (read(s->sfd, &si, sizeof si) == (ssize_t)sizeof si) {
+        if (si.ssi_signo == SIGCHLD) {
+            reap(s);
+        } else if (si.ssi_signo == SIGHUP) {
+            if (!s->stopping) reload(s->app, s->w, s->n);
+        } else if (!s->stopping) {
+            s->stopping = 1;
+            s->deadline = rv_now_ms() + s->app->cfg.shutdown_timeout_ms + 5000;
+            rv_sd_notify("STOPPING=1\nSTATUS=Stopping workers");
+            rv_info("rivetd: %s: stopping %d workers", strsignal((int)si.ssi_signo),
+                    alive_count(s));
+            for (int i = 0; i < s->n; i++)
+                if (s->w[i].pid) kill(s->w[i].pid, SIGTERM);
+        }
+    }
+}
+
+/* Heartbeats ('W') and readiness ('R') from the workers' pipes. */
+static void on_pipes(sup_t *s, const struct pollfd *pfd, const int *map, int np) {
+    for (int k = 1; k < np; k++) {
+        if (!(pfd[k].revents & (POLLIN | POLLHUP))) continue;
+        worker_t *x = &s->w[map[k]];
+        char buf[64];
+        ssize_t r;
+        while (x->fd >= 0 && (r = read(x->fd, buf, sizeof buf)) > 0) {
+            if (memchr(buf, 'R', (size_t)r)) x->ready = 1;
+            x->last_beat = rv_now_ms();
+        }
+    }
+}
+
+/* READY=1 once, when every worker listens. */
+static void maybe_ready(sup_t *s) {
+    if (s->told_ready || s->stopping) return;
+    int ready = 0;
+    for (int i = 0; i < s->n; i++) ready += s->w[i].pid && s->w[i].ready;
+    if (ready < s->n) return;
+    char st[200];
+    snprintf(st, sizeof st, "READY=1\nSTATUS=%d workers listening on %s", s->n,
+             s->app->cfg.listen);
+    rv_sd_notify(st);
+    s->told_ready = 1;
+}
+
+/* One turn: tend the workers, wait for a signal, a pipe or a quarter second, handle what came.
+ * Returns 0 once every worker has stopped after a stop was asked for. */
+static int turn(sup_t *s) {
+    uint64_t now = rv_now_ms();
+    if (s->stopping && alive_count(s) == 0) return 0;
+    if (s->stopping && now >= s->deadline) {
+        for (int i = 0; i < s->n; i++)
+            if (s->w[i].pid) kill(s->w[i].pid, SIGKILL);
+        s->deadline = now + 60000;
+    }
+    tend_workers(s, now);
+    feed_watchdog(s, now);
+    struct pollfd pfd[MAX_WORKERS + 1];
+    int map[MAX_WORKERS + 1];
+    int np = 0;
+    pfd[np++] = (struct pollfd){s->sfd, POLLIN, 0};
+    for (int i = 0; i < s->n; i++) {
+        if (s->w[i].fd < 0) continue;
+        map[np] = i;
+        pfd[np++] = (struct pollfd){s->w[i].fd, POLLIN, 0};
+    }
+    rv_log_flush();
+    poll(pfd, (nfds_t)np, 250);
+    on_signals(s);
+    on_pipes(s, pfd, map, np);
+    maybe_ready(s);
+    return 1;
+}
+
+/* The listening sockets, the shared memory and the signalfd, before the first fork. */
+static int setup(sup_t *s) {
+    rv_app_t *app = s->app;
     rv_config_t *cfg = &app->cfg;
-    int n = (int)cfg->workers;
     if (rv_metrics_share() != 0 ||
         (app->config_path && (app->shared_config = rv_shared_text_new(CONFIG_TEXT_MAX)) == NULL)) {
         rv_error("rivetd: cannot map memory shared with the workers");
-        return 1;
+        return -1;
     }
-    if (n > MAX_WORKERS) n = MAX_WORKERS;
     if (app->listen_fd < 0 && (app->listen_fd = bind_listen(&cfg->listen_addr, cfg->listen)) < 0)
-        return 1;
+        return -1;
     if (cfg->admin_listen[0] && app->admin_fd < 0 &&
         (app->admin_fd = bind_listen(&cfg->admin_addr, cfg->admin_listen)) < 0)
-        return 1;
-
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGHUP);
-    sigaddset(&set, SIGCHLD);
-    sigprocmask(SIG_BLOCK, &set, NULL);
+        return -1;
+    sigemptyset(&s->set);
+    sigaddset(&s->set, SIGTERM);
+    sigaddset(&s->set, SIGINT);
+    sigaddset(&s->set, SIGHUP);
+    sigaddset(&s->set, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &s->set, NULL);
     signal(SIGPIPE, SIG_IGN);
-    int sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
-    if (sfd < 0) {
+    s->sfd = signalfd(-1, &s->set, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (s->sfd < 0) {
         rv_error("rivetd: signalfd: %s", strerror(errno));
-        return 1;
+        return -1;
     }
+    return 0;
+}
 
-    worker_t w[MAX_WORKERS];
-    for (int i = 0; i < n; i++) w[i] = (worker_t){0, -1, 0, 0, 0};
-    for (int i = 0; i < n; i++) spawn(app, &w[i], i + 1, w, n, sfd, &set);
-    rv_info("rivetd: supervising %d workers on %s", n, cfg->listen);
-
-    uint64_t stuck_ms = app->watchdog_usec ? app->watchdog_usec / 1000 : STUCK_MS_DEFAULT;
-    uint64_t next_dog = 0, deadline = 0;
-    int stopping = 0, told_ready = 0;
-    for (;;) {
-        uint64_t now = rv_now_ms();
-        int alive = 0;
-        for (int i = 0; i < n; i++) alive += w[i].pid != 0;
-        if (stopping && alive == 0) break;
-        if (stopping && now >= deadline) {
-            for (int i = 0; i < n; i++)
-                if (w[i].pid) kill(w[i].pid, SIGKILL);
-            deadline = now + 60000;
-        }
-
-        /* Restarts due, and workers whose loop stopped sending heartbeats. */
-        for (int i = 0; i < n && !stopping; i++) {
-            if (w[i].pid == 0 && w[i].restart_at && now >= w[i].restart_at)
-                spawn(app, &w[i], i + 1, w, n, sfd, &set);
-            if (w[i].pid && w[i].ready && now - w[i].last_beat > stuck_ms) {
-                rv_error("rivetd: worker %d (pid %d) stopped answering its heartbeat; killing it",
-                         i + 1, (int)w[i].pid);
-                kill(w[i].pid, SIGKILL);
-                w[i].last_beat = now;
-            }
-        }
-        if (app->watchdog_usec && now >= next_dog && !stopping) {
-            int all_ok = 1;
-            for (int i = 0; i < n; i++)
-                all_ok &= w[i].pid != 0 && now - w[i].last_beat <= stuck_ms;
-            if (all_ok) rv_sd_notify("WATCHDOG=1");
-            next_dog = now + app->watchdog_usec / 2000;
-        }
-
-        struct pollfd pfd[MAX_WORKERS + 1];
-        int np = 0;
-        pfd[np++] = (struct pollfd){sfd, POLLIN, 0};
-        int map[MAX_WORKERS + 1];
-        for (int i = 0; i < n; i++) {
-            if (w[i].fd < 0) continue;
-            map[np] = i;
-            pfd[np++] = (struct pollfd){w[i].fd, POLLIN, 0};
-        }
-        rv_log_flush();
-        poll(pfd, (nfds_t)np, 250);
-
-        struct signalfd_siginfo si;
-        while (read(sfd, &si, sizeof si) == (ssize_t)sizeof si) {
-            if (si.ssi_signo == SIGCHLD) {
-                int status;
-                pid_t pid;
-                while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-                    for (int i = 0; i < n; i++) {
-                        if (w[i].pid != pid) continue;
-                        w[i].pid = 0;
-                        rv_metrics_gauges_clear(i + 1);
-                        if (w[i].fd >= 0) close(w[i].fd);
-                        w[i].fd = -1;
-                        if (stopping) break;
-                        rv_error("rivetd: worker %d (pid %d) %s %d; restarting", i + 1, (int)pid,
-                                 WIFSIGNALED(status) ? "killed by signal" : "exited with",
-                                 WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
-                        w[i].restart_at = rv_now_ms() + RESTART_DELAY_MS;
-                    }
-                }
-            } else if (si.ssi_signo == SIGHUP) {
-                if (!stopping) reload(app, w, n);
-            } else if (!stopping) {
-                stopping = 1;
-                deadline = rv_now_ms() + cfg->shutdown_timeout_ms + 5000;
-                rv_sd_notify("STOPPING=1\nSTATUS=Stopping workers");
-                rv_info("rivetd: %s: stopping %d workers", strsignal((int)si.ssi_signo), alive);
-                for (int i = 0; i < n; i++)
-                    if (w[i].pid) kill(w[i].pid, SIGTERM);
-            }
-        }
-        for (int k = 1; k < np; k++) {
-            if (!(pfd[k].revents & (POLLIN | POLLHUP))) continue;
-            worker_t *x = &w[map[k]];
-            char buf[64];
-            ssize_t r;
-            while (x->fd >= 0 && (r = read(x->fd, buf, sizeof buf)) > 0) {
-                for (ssize_t j = 0; j < r; j++) {
-                    if (buf[j] == 'R') x->ready = 1;
-                }
-                x->last_beat = rv_now_ms();
-            }
-        }
-        if (!told_ready && !stopping) {
-            int ready = 0;
-            for (int i = 0; i < n; i++) ready += w[i].pid && w[i].ready;
-            if (ready == n) {
-                char st[200];
-                snprintf(st, sizeof st, "READY=1\nSTATUS=%d workers listening on %s", n,
-                         cfg->listen);
-                rv_sd_notify(st);
-                told_ready = 1;
-            }
-        }
+int rv_supervise(rv_app_t *app) {
+    static sup_t s; /* large (a slot per worker); one supervisor per process */
+    memset(&s, 0, sizeof s);
+    s.app = app;
+    s.n = (int)app->cfg.workers > MAX_WORKERS ? MAX_WORKERS : (int)app->cfg.workers;
+    s.sfd = -1;
+    if (setup(&s) != 0) return 1;
+    for (int i = 0; i < s.n; i++) s.w[i] = (worker_t){0, -1, 0, 0, 0};
+    for (int i = 0; i < s.n; i++) spawn(app, &s.w[i], i + 1, s.w, s.n, s.sfd, &s.set);
+    rv_info("rivetd: supervising %d workers on %s", s.n, app->cfg.listen);
+    s.stuck_ms = app->watchdog_usec ? app->watchdog_usec / 1000 : STUCK_MS_DEFAULT;
+    while (turn(&s)) {
     }
-    close(sfd);
+    close(s.sfd);
     if (app->listen_fd >= 0) close(app->listen_fd);
     if (app->admin_fd >= 0) close(app->admin_fd);
     rv_info("rivetd: all workers stopped");
