@@ -47,8 +47,10 @@ local changed = false
 local entitlement = nil
 local telegram = ''
 
+-- A JSON string: most values need no escaping, and quoting them is far cheaper than encoding.
 local function jstr(s)
   if s == nil or s == '' then return 'null' end
+  if not s:find('[%c"\\/\128-\255]') then return '"' .. s .. '"' end
   return cjson.encode(s)
 end
 
