@@ -36,7 +36,14 @@ http://127.0.0.1:12111)
         >"$state/fake-stripe.log" 2>&1 &
     pids="$pids $!"
     wait_port 12111
-    echo "run-local: fake Stripe on 127.0.0.1:12111 (log: $state/fake-stripe.log)"
+    # As Stripe would, the fake signs every event it records from now on and delivers it to
+    # rivetd's webhook endpoint (retrying until rivetd listens).
+    listen=${LISTEN:-127.0.0.1:8000}
+    secret=${STRIPE_WEBHOOK_SECRET:-whsec_local_development_secret}
+    curl -s -o /dev/null -X POST http://127.0.0.1:12111/_fake/webhooks \
+        -d "{\"url\":\"http://$listen/api/webhooks/stripe\",\"secret\":\"${secret%%,*}\"}" ||
+        echo "run-local: could not point the fake's webhooks at rivetd" >&2
+    echo "run-local: fake Stripe on 127.0.0.1:12111 (log: $state/fake-stripe.log), webhooks to http://$listen"
     ;;
 *)
     echo "run-local: using Stripe at $api_base"

@@ -4,7 +4,7 @@ set -eu
 # Usage: deps/install.sh [bench]   ("bench" adds nginx, for the comparison in make bench)
 pkgs="build-essential pkg-config libuv1-dev libcurl4-openssl-dev libcjson-dev libmbedtls-dev
 libhiredis-dev libcmocka-dev node-llhttp redis-server python3 wrk curl procps systemd chromium
-clang libclang-rt-14-dev clang-format"
+clang libclang-rt-14-dev clang-format caddy"
 if [ "${1:-}" = bench ]; then
     pkgs="$pkgs nginx-light"
 fi

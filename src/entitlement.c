@@ -6,6 +6,7 @@
 #include "rivet/entitlement.h"
 
 #include <hiredis/hiredis.h>
+#include <mbedtls/sha1.h>
 
 #include <stdlib.h>
 #include <string.h>
@@ -186,42 +187,64 @@ void rv_entitlement_close(rv_app_t *app) {
 
 /* ---- the bot's look-ups ----------------------------------------------------------------------- */
 
+/* One round trip whatever the key: the bot asks on every message, and each Redis command costs
+ * rivetd more than the answer itself. KEYS: 1 the customer hash, or an index (Telegram user,
+ * email) naming the customer. ARGV: 1 "c" or "i". Returns {customer id, entitlement JSON} or
+ * nil. The hash an index names is read by name: rivetd runs on one Redis, not a cluster. */
+static const char lookup_script[] =
+    "local key = KEYS[1]\n"
+    "if ARGV[1] == 'i' then\n"
+    "  local id = redis.call('GET', key)\n"
+    "  if not id then return false end\n"
+    "  key = 'rivet:customer:' .. id\n"
+    "end\n"
+    "local ent = redis.call('HGET', key, 'ent')\n"
+    "if not ent then return false end\n"
+    "return {key:sub(16), ent}\n";
+
+/* The script's SHA-1, as Redis names it: EVALSHA sends 40 bytes instead of the script. */
+static const char *lookup_sha(void) {
+    static char hex[41];
+    if (hex[0] == '\0') {
+        unsigned char d[20];
+        mbedtls_sha1_ret((const unsigned char *)lookup_script, sizeof lookup_script - 1, d);
+        for (int i = 0; i < 20; i++) snprintf(hex + 2 * i, 3, "%02x", d[i]);
+    }
+    return hex;
+}
+
 typedef struct lookup_s {
     rv_app_t *app;
     rv_lookup_cb cb;
     void *data;
-    char customer[RV_PROVISION_ID_MAX + 1];
+    int retried;
+    char key[400];
+    char mode[2];
 } lookup_t;
 
-static void on_entitlement(void *data, int err, const struct redisReply *reply) {
+static int lookup_send(lookup_t *l, const char *cmd, const char *script);
+
+static void on_lookup_reply(void *data, int err, const struct redisReply *reply) {
     lookup_t *l = data;
-    const char *ent = !err && reply && reply->type == REDIS_REPLY_STRING ? reply->str : NULL;
-    l->cb(l->data, err, ent ? l->customer : NULL, ent);
+    /* Redis lost its script cache (a restart, SCRIPT FLUSH): send the script itself once, which
+     * caches it again. */
+    if (err && reply && reply->type == REDIS_REPLY_ERROR && !l->retried &&
+        strncmp(reply->str, "NOSCRIPT", 8) == 0) {
+        l->retried = 1;
+        if (lookup_send(l, "EVAL", lookup_script) == 0) return;
+    }
+    if (!err && reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
+        reply->element[0]->type == REDIS_REPLY_STRING &&
+        reply->element[1]->type == REDIS_REPLY_STRING)
+        l->cb(l->data, 0, reply->element[0]->str, reply->element[1]->str);
+    else
+        l->cb(l->data, err, NULL, NULL);
     free(l);
 }
 
-static int lookup_customer(lookup_t *l) {
-    char key[32 + RV_PROVISION_ID_MAX];
-    snprintf(key, sizeof key, "rivet:customer:%s", l->customer);
-    const char *argv[] = {"HGET", key, "ent"};
-    return rv_queue_call(l->app->queue, 3, argv, on_entitlement, l);
-}
-
-/* An index gave the customer id; its entitlement comes next. */
-static void on_index(void *data, int err, const struct redisReply *reply) {
-    lookup_t *l = data;
-    if (err || !reply || reply->type != REDIS_REPLY_STRING ||
-        !rv_provision_is_id(reply->str)) {
-        l->cb(l->data, err, NULL, NULL);
-        free(l);
-        return;
-    }
-    snprintf(l->customer, sizeof l->customer, "%s", reply->str);
-    int rc = lookup_customer(l);
-    if (rc) {
-        l->cb(l->data, rc, NULL, NULL);
-        free(l);
-    }
+static int lookup_send(lookup_t *l, const char *cmd, const char *script) {
+    const char *argv[] = {cmd, script, "1", l->key, l->mode};
+    return rv_queue_call(l->app->queue, 5, argv, on_lookup_reply, l);
 }
 
 int rv_entitlement_lookup(rv_app_t *app, int kind, const char *value, rv_lookup_cb cb,
@@ -234,20 +257,14 @@ int rv_entitlement_lookup(rv_app_t *app, int kind, const char *value, rv_lookup_
     l->app = app;
     l->cb = cb;
     l->data = data;
-    int rc;
-    if (kind == RV_BY_CUSTOMER) {
-        memcpy(l->customer, value, strlen(value) + 1); /* a Stripe id: it fits */
-        rc = lookup_customer(l);
-    } else {
-        char key[400];
-        int n = snprintf(key, sizeof key, "%s",
-                         kind == RV_BY_TELEGRAM ? "rivet:tg:user:" : "rivet:email:");
-        for (const char *p = value; *p && (size_t)n < sizeof key - 1; p++)
-            key[n++] = (char)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p);
-        key[n] = '\0';
-        const char *argv[] = {"GET", key};
-        rc = rv_queue_call(app->queue, 2, argv, on_index, l);
-    }
+    static const char *const prefix[] = {"rivet:customer:", "rivet:tg:user:", "rivet:email:"};
+    int n = snprintf(l->key, sizeof l->key, "%s", prefix[kind]);
+    /* Emails are kept in lower case; ids are left as they are. */
+    for (const char *p = value; *p && (size_t)n < sizeof l->key - 1; p++)
+        l->key[n++] = kind == RV_BY_EMAIL && *p >= 'A' && *p <= 'Z' ? (char)(*p + 32) : *p;
+    l->key[n] = '\0';
+    l->mode[0] = kind == RV_BY_CUSTOMER ? 'c' : 'i';
+    int rc = lookup_send(l, "EVALSHA", lookup_sha());
     if (rc) free(l);
     return rc;
 }

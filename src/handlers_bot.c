@@ -36,8 +36,9 @@ static int int_member(const cJSON *j, const char *key, int may_be_negative, char
         return -1;
     }
     double d = cJSON_IsNumber(x) ? x->valuedouble : 0.5;
-    if (!cJSON_IsNumber(x) || d != (double)(long long)d || d > 9007199254740991.0 ||
-        d < -9007199254740991.0 || (!may_be_negative && d <= 0)) {
+    /* The range first: converting a double outside long long's range is undefined. */
+    if (!cJSON_IsNumber(x) || d > 9007199254740991.0 || d < -9007199254740991.0 ||
+        d != (double)(long long)d || (!may_be_negative && d <= 0)) {
         rv_verr(v, "body", key, may_be_negative ? "Input should be a valid integer"
                                                 : "Input should be a positive integer",
                 "int_type");

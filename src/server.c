@@ -390,7 +390,9 @@ static int on_version(llhttp_t *p, const char *at, size_t len) {
 /* obs-fold (RFC 9112 §5.2): a field line that begins with SP or HTAB continues the previous
  * value. llhttp accepts it and drops the line break, so a folded "Transfer-Encoding:\r\n chunked"
  * would be read as chunked here and perhaps not by a proxy in front: a smuggling vector. A value
- * piece is folded when the last byte before it, skipping blanks, ends a line. */
+ * piece is folded when the last byte before it, skipping blanks, ends a line. An empty value
+ * ("X:\r\n") comes as an empty piece placed after its line's end: it carries nothing, and is not
+ * a fold. */
 static int folded(rv_conn_t *c, const char *at) {
     const char *q = at;
     while (q > c->exec_base && (q[-1] == ' ' || q[-1] == '\t')) q--;
@@ -402,7 +404,7 @@ static int folded(rv_conn_t *c, const char *at) {
  * limits and forget them. */
 static int trailer_piece(rv_conn_t *c, int is_value, const char *at, size_t len) {
     rv_request_t *r = c->req;
-    if (is_value && folded(c, at)) return reject(c, 400, "Obsolete line folding is not allowed");
+    if (is_value && len > 0 && folded(c, at)) return reject(c, 400, "Obsolete line folding is not allowed");
     if (!is_value && r->last_cb != 1) {
         if (++r->ntrailers > MAX_HEADERS) return reject(c, 431, "Too many trailer fields");
     }
@@ -419,7 +421,7 @@ static int header_piece(rv_conn_t *c, int is_value, const char *at, size_t len) 
     rv_server_t *s = c->srv;
     int rc = 0;
     if (r->in_trailers) return trailer_piece(c, is_value, at, len);
-    if (is_value && folded(c, at)) return reject(c, 400, "Obsolete line folding is not allowed");
+    if (is_value && len > 0 && folded(c, at)) return reject(c, 400, "Obsolete line folding is not allowed");
     if (r->url.len + r->hbuf.len + len > s->opts.max_header_bytes)
         return reject(c, 431, "Request headers too large");
     if (!is_value && r->last_cb != 1) {

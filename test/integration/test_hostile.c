@@ -497,6 +497,10 @@ static void test_obs_fold(void **state) {
     expect_reject(shared.port, "GET /health HTTP/1.1\r\nHost: t\r\nX-A: a\r\n\tb\r\n\r\n", 400);
     expect_reject(shared.port, "GET /health HTTP/1.1\r\nHost: t\r\nX-A: a\r\n b\r\n\r\n", 400);
     expect_reject(shared.port, "GET /health HTTP/1.1\r\n Host: t\r\nHost: t\r\n\r\n", 400);
+    /* An empty value is no fold: browsers send an empty Referer, and proxies pass it on. */
+    expect_kept(shared.port, "GET /health HTTP/1.1\r\nHost: t\r\nX-Empty:\r\nReferer: \r\n\r\n",
+                200);
+    expect_kept(shared.port, "GET /health HTTP/1.1\r\nX-Empty:\r\nHost: t\r\nX-B:\t\r\n\r\n", 200);
 }
 
 static void test_http09_request_line(void **state) {
