@@ -16,7 +16,29 @@
  * own timer. */
 #include "rivet/queue.h"
 
+#include <uv.h>
+
+/* hiredis 0.14's libuv adapter returns from its poll callback on an error without telling
+ * hiredis, and libuv has stopped the poll by then: a refused connect, or a connection reset
+ * (a primary killed while commands were unread), would go unnoticed until a timer. Every
+ * uv_poll_start of the adapter goes through here, so that an error is handed to hiredis as the
+ * events it waits for: it reads or writes, meets the error and disconnects (what hiredis 1.x's
+ * adapter does). */
+static int rv_uv_poll_start(uv_poll_t *handle, int events, uv_poll_cb cb);
+#define uv_poll_start rv_uv_poll_start
 #include <hiredis/adapters/libuv.h>
+#undef uv_poll_start
+
+static void on_poll(uv_poll_t *handle, int status, int events) {
+    redisLibuvEvents *p = handle->data;
+    redisLibuvPoll(handle, 0, status < 0 ? p->events : events);
+}
+
+static int rv_uv_poll_start(uv_poll_t *handle, int events, uv_poll_cb cb) {
+    (void)cb; /* always the adapter's redisLibuvPoll, called by on_poll */
+    return uv_poll_start(handle, events, on_poll);
+}
+
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <netdb.h>
@@ -467,8 +489,10 @@ static void on_switch(void *data, const char *host, int port) {
     q->backoff_ms = BACKOFF_MIN_MS;
     if (q->ac) {
         conn_drop(q);
-    } else if (!uv_is_active((uv_handle_t *)&q->reconnect_timer) &&
-               q->state == RV_QUEUE_DISCONNECTED) {
+    } else if (q->state == RV_QUEUE_DISCONNECTED) {
+        /* A wait grown while the old primary refused connections (up to BACKOFF_MAX_MS) would
+         * keep webhooks refused that long after the new primary is known: try now. */
+        uv_timer_stop(&q->reconnect_timer);
         schedule_reconnect(q);
     }
 }
@@ -598,8 +622,18 @@ static void on_enqueue_reply(redisAsyncContext *ac, void *r, void *privdata) {
     const char *id = result == RV_ENQ_ADDED ? reply->element[1]->str : NULL;
     if (reply->element[2]->integer) result |= RV_ENQ_ASK_STRIPE;
     if (q->min_replicas && ac->data == q && !q->closing) {
-        /* Confirmed only once enough replicas have it: WAIT covers every write this connection
-         * made before it, a duplicate's earlier write included. */
+        /* Confirmed only once enough replicas have it. WAIT covers this connection's writes;
+         * a duplicate's script wrote nothing, and the original may have been written through
+         * another connection (another instance) and not be on any replica yet. Redis 7.0 lets
+         * WAIT after any command cover everything written before it, newer versions only the
+         * client's own writes: setting the event key's TTL again is a write that replicas
+         * receive after the original, so WAIT covers the original on every version. */
+        if ((result & RV_ENQ_MASK) == RV_ENQ_DUPLICATE &&
+            redisAsyncCommand(ac, NULL, NULL, "EXPIRE %b %s", c->argv[ARG_KEY_EVENT],
+                              c->argvlen[ARG_KEY_EVENT], q->ttl) != REDIS_OK) {
+            cmd_finish(c, RV_EUNAVAIL, 0, NULL);
+            return;
+        }
         c->waiting = 1;
         c->result = result;
         snprintf(c->stream_id, sizeof c->stream_id, "%s", id ? id : "");
@@ -716,8 +750,8 @@ static int apply(rv_queue_t *q, const rv_prov_event_t *ev, int mode, const char 
     } else if (ev->session_id[0]) {
         snprintf(plan, sizeof plan, "%s", ev->tier[0] ? ev->tier : "unknown");
     }
-    /* The state's fields are joined with '|': a status with one would shift them. */
-    if (strchr(ev->status, '|')) return RV_EINVAL;
+    /* The state's fields are joined with '|': a status or tier with one would shift them. */
+    if (strchr(ev->status, '|') || strchr(ev->tier, '|')) return RV_EINVAL;
 
     /* A token for the customer's way into the bot, used by the script only if one is needed. */
     char token[23] = "", now[24], email_key[16 + sizeof ev->email];

@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <cJSON.h>
 #include <cmocka.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -77,7 +78,8 @@ static void on_enqueued(void *data, int err, int result, const char *stream_id) 
 static void on_closed(void *data) { *(int *)data = 1; }
 
 static rv_queue_t *queue_open(fixture_t *f, const char *url, uint64_t timeout_ms) {
-    rv_queue_opts_t o = {url, STREAM, TTL, timeout_ms};
+    rv_queue_opts_t o = {.url = url, .stream = STREAM, .dedupe_ttl = TTL,
+                         .timeout_ms = timeout_ms};
     rv_queue_t *q = NULL;
     assert_int_equal(rv_queue_init(&f->loop, &o, &q), 0);
     assert_non_null(q);
@@ -98,61 +100,100 @@ static void queue_close(fixture_t *f, rv_queue_t *q) {
 
 /* ---- events ------------------------------------------------------------------------------ */
 
+/* A mapped event as rv_provision_map would give it. state: the object is a subscription (tier,
+ * status, period_end and cap are its whole state; period_end 0 is absent, cap is
+ * cancel_at_period_end). session: the Checkout Session of a checkout event. */
 typedef struct evspec_s {
     const char *id;
     const char *type;
+    const char *stripe_type;
     int64_t created;
     const char *sub;
     const char *cust;
-    int ordered;
-    int sets;
     const char *email;
     const char *tier;
     const char *status;
+    const char *session;
+    int state;
+    int64_t period_end;
+    int cap;
+    int fulfills;
 } evspec_t;
 
 static void make_event(rv_prov_event_t *ev, const evspec_t *s) {
     memset(ev, 0, sizeof *ev);
     ev->type = s->type ? s->type : "subscription.updated";
-    snprintf(ev->event_id, sizeof ev->event_id, "%s", s->id);
-    snprintf(ev->stripe_type, sizeof ev->stripe_type, "customer.subscription.updated");
+    snprintf(ev->event_id, sizeof ev->event_id, "%s", s->id ? s->id : "");
+    snprintf(ev->stripe_type, sizeof ev->stripe_type, "%s",
+             s->stripe_type ? s->stripe_type : "customer.subscription.updated");
     ev->created = s->created;
     snprintf(ev->customer_id, sizeof ev->customer_id, "%s", s->cust ? s->cust : "");
     snprintf(ev->subscription_id, sizeof ev->subscription_id, "%s", s->sub ? s->sub : "");
     snprintf(ev->email, sizeof ev->email, "%s", s->email ? s->email : "");
     snprintf(ev->tier, sizeof ev->tier, "%s", s->tier ? s->tier : "");
     snprintf(ev->status, sizeof ev->status, "%s", s->status ? s->status : "");
-    ev->ordered = s->ordered;
-    ev->sets_entitlement = s->sets;
+    snprintf(ev->session_id, sizeof ev->session_id, "%s", s->session ? s->session : "");
+    ev->has_state = s->state;
+    ev->period_end = s->period_end;
+    ev->has_period_end = s->state && s->period_end != 0;
+    ev->cancel_at_period_end = s->state ? s->cap : -1;
+    ev->fulfills = s->fulfills;
     char json[512];
     snprintf(json, sizeof json,
-             "{\"v\":1,\"type\":\"%s\",\"stripe_event_id\":\"%s\",\"created\":%lld}", ev->type,
-             s->id, (long long)s->created);
+             "{\"v\":2,\"type\":\"%s\",\"stripe_event_id\":\"%s\",\"created\":%lld}", ev->type,
+             ev->event_id, (long long)s->created);
     ev->data_json = strdup(json);
     assert_non_null(ev->data_json);
 }
 
-/* Enqueue and wait for the answer; checks the callback comes later and exactly once. */
-static result_t enqueue_wait(fixture_t *f, rv_queue_t *q, const evspec_t *s) {
+/* Apply in mode from source and wait for the answer; checks the callback comes later and
+ * exactly once. */
+static result_t apply_wait(fixture_t *f, rv_queue_t *q, const evspec_t *s, int mode,
+                           const char *source) {
     rv_prov_event_t ev;
     make_event(&ev, s);
     result_t r = {0};
-    int rc = rv_queue_enqueue(q, &ev, on_enqueued, &r);
+    int rc = mode == RV_APPLY_EVENT && strcmp(source, "webhook") == 0
+                 ? rv_queue_enqueue(q, &ev, on_enqueued, &r)
+                 : rv_queue_apply(q, &ev, mode, source, on_enqueued, &r);
     /* The queue copied the event: it can go now. */
     free(ev.data_json);
     memset(&ev, 0x55, sizeof ev);
-    if (rc != 0) fail_msg("enqueue %s: %s", s->id, rv_strerror(rc));
+    if (rc != 0) fail_msg("apply %s: %s", s->id ? s->id : "(no id)", rv_strerror(rc));
     assert_int_equal(r.called, 0);
     if (!run_until(f, is_called, &r, WAIT_MS)) fail_msg("no answer for %s", s->id);
     assert_int_equal(r.called, 1);
     return r;
 }
 
-static void expect_added(fixture_t *f, const evspec_t *s) {
-    result_t r = enqueue_wait(f, f->q, s);
+static result_t enqueue_wait(fixture_t *f, rv_queue_t *q, const evspec_t *s) {
+    return apply_wait(f, q, s, RV_APPLY_EVENT, "webhook");
+}
+
+/* Apply s and require exactly the result want (RV_ENQ_ASK_STRIPE included or not); returns the
+ * entry id ("" unless added). */
+static result_t expect_result_on(fixture_t *f, rv_queue_t *q, const evspec_t *s, int mode,
+                                 const char *source, int want) {
+    result_t r = apply_wait(f, q, s, mode, source);
     if (r.err != 0) fail_msg("%s: %s", s->id, rv_strerror(r.err));
-    assert_int_equal(r.result, RV_ENQ_ADDED);
-    assert_non_null(strchr(r.id, '-')); /* a stream id: ms-seq */
+    if (r.result != want) {
+        fail_msg("%s: result %#x, want %#x", s->id ? s->id : "(no id)", (unsigned)r.result,
+                 (unsigned)want);
+    }
+    if ((want & RV_ENQ_MASK) == RV_ENQ_ADDED) {
+        assert_non_null(strchr(r.id, '-')); /* a stream id: ms-seq */
+    } else {
+        assert_string_equal(r.id, "");
+    }
+    return r;
+}
+
+static result_t expect_result(fixture_t *f, const evspec_t *s, int want) {
+    return expect_result_on(f, f->q, s, RV_APPLY_EVENT, "webhook", want);
+}
+
+static void expect_added(fixture_t *f, const evspec_t *s) {
+    expect_result(f, s, RV_ENQ_ADDED);
 }
 
 /* ---- blocking Redis helpers ---------------------------------------------------------------- */
@@ -185,6 +226,109 @@ static void ctx_cmd(redisContext *c, char *out, size_t n, const char *fmt, ...) 
     default: snprintf(out, n, "%s", r->str); break;
     }
     freeReplyObject(r);
+}
+
+/* The stream entry with id entry: its type into type, and its data parsed (the caller deletes
+ * it). Every entry has exactly the fields type, stripe_event_id and data, in that order. */
+static cJSON *entry_data(int port, const char *entry, char *type, size_t tn) {
+    redisContext *c = redisConnect("127.0.0.1", port);
+    assert_true(c != NULL && !c->err);
+    redisReply *r = redisCommand(c, "XRANGE %s %s %s", STREAM, entry, entry);
+    redisFree(c);
+    assert_non_null(r);
+    assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+    if (r->elements != 1) fail_msg("no entry %s in the stream", entry);
+    const redisReply *fl = r->element[0]->element[1];
+    assert_int_equal(fl->elements, 6);
+    assert_string_equal(fl->element[0]->str, "type");
+    assert_string_equal(fl->element[2]->str, "stripe_event_id");
+    assert_string_equal(fl->element[4]->str, "data");
+    if (type) snprintf(type, tn, "%s", fl->element[1]->str);
+    cJSON *d = cJSON_Parse(fl->element[5]->str);
+    if (!cJSON_IsObject(d)) fail_msg("data of %s is not JSON: %s", entry, fl->element[5]->str);
+    freeReplyObject(r);
+    return d;
+}
+
+/* The id of the newest entry of the stream. */
+static void last_entry(int port, char *out, size_t n) {
+    redisContext *c = redisConnect("127.0.0.1", port);
+    assert_true(c != NULL && !c->err);
+    redisReply *r = redisCommand(c, "XREVRANGE %s + - COUNT 1", STREAM);
+    redisFree(c);
+    assert_true(r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 1);
+    snprintf(out, n, "%s", r->element[0]->element[0]->str);
+    freeReplyObject(r);
+}
+
+static const char *dstr(const cJSON *o, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!cJSON_IsString(v)) fail_msg("%s is not a string", key);
+    return v->valuestring;
+}
+
+/* data.entitlement says exactly this: tier, status and sub NULL mean null; period_end 0 means
+ * null; cap is cancel_at_period_end; no Telegram chat is linked. */
+static void expect_entitlement(const cJSON *data, const char *cust, const char *tier,
+                               const char *status, int active, const char *sub,
+                               int64_t period_end, int cap) {
+    const cJSON *e = cJSON_GetObjectItemCaseSensitive(data, "entitlement");
+    if (!cJSON_IsObject(e)) fail_msg("the entry has no entitlement");
+    assert_int_equal(cJSON_GetArraySize(e), 9);
+    assert_true(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(e, "telegram_user_id")));
+    assert_string_equal(dstr(e, "customer_id"), cust);
+    const struct {
+        const char *key, *want;
+    } strs[] = {{"tier", tier}, {"status", status}, {"subscription_id", sub}};
+    for (size_t i = 0; i < RV_ARRAY_LEN(strs); i++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(e, strs[i].key);
+        if (strs[i].want == NULL) {
+            if (!cJSON_IsNull(v)) fail_msg("entitlement.%s is not null", strs[i].key);
+        } else if (!cJSON_IsString(v) || strcmp(v->valuestring, strs[i].want) != 0) {
+            fail_msg("entitlement.%s is not \"%s\"", strs[i].key, strs[i].want);
+        }
+    }
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(e, "active");
+    if (!cJSON_IsBool(a) || cJSON_IsTrue(a) != active) {
+        fail_msg("entitlement.active is not %s", active ? "true" : "false");
+    }
+    const cJSON *pe = cJSON_GetObjectItemCaseSensitive(e, "current_period_end");
+    if (period_end == 0) {
+        assert_true(cJSON_IsNull(pe));
+    } else {
+        assert_true(cJSON_IsNumber(pe) && pe->valuedouble == (double)period_end);
+    }
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(e, "cancel_at_period_end");
+    assert_true(cJSON_IsBool(c) && cJSON_IsTrue(c) == cap);
+    assert_true(cJSON_HasObjectItem(e, "email"));
+}
+
+/* The entry with id entry has type and source, and its entitlement says tier, status, active
+ * and subscription sub of customer cust. */
+static void expect_entry(int port, const char *entry, const char *type, const char *source,
+                         const char *cust, const char *tier, const char *status, int active,
+                         const char *sub) {
+    char t[64];
+    cJSON *d = entry_data(port, entry, t, sizeof t);
+    assert_string_equal(t, type);
+    assert_string_equal(dstr(d, "source"), source);
+    assert_int_equal(cJSON_GetObjectItemCaseSensitive(d, "v")->valueint, 2);
+    const cJSON *e = cJSON_GetObjectItemCaseSensitive(d, "entitlement");
+    const cJSON *pe = cJSON_GetObjectItemCaseSensitive(e, "current_period_end");
+    const cJSON *cap = cJSON_GetObjectItemCaseSensitive(e, "cancel_at_period_end");
+    expect_entitlement(d, cust, tier, status, active, sub,
+                       cJSON_IsNumber(pe) ? (int64_t)pe->valuedouble : 0, cJSON_IsTrue(cap));
+    cJSON_Delete(d);
+}
+
+/* HGET rivet:customer:<cust> field must be want ("(nil)": absent). */
+static void expect_hash(int port, const char *cust, const char *field, const char *want) {
+    char out[256];
+    assert_int_equal(th_redis(port, out, sizeof out, "HGET rivet:customer:%s %s", cust, field),
+                     0);
+    if (strcmp(out, want) != 0) {
+        fail_msg("rivet:customer:%s %s is \"%s\", want \"%s\"", cust, field, out, want);
+    }
 }
 
 /* redis-server with the harness's defaults plus extra arguments on a given port (0: none). */
@@ -372,12 +516,17 @@ static void test_dead_letter_refused(void **state) {
     assert_int_equal(rv_queue_dead_letter(q, big, "t", "why", "b", 1, on_enqueued, &r),
                      RV_EINVAL);
 
-    /* The same holds for the ids the enqueue script turns into keys. */
+    /* The same holds for the ids the enqueue script turns into keys, and for a status that
+     * would shift the fields of a subscription's state. */
     static const evspec_t bad_events[] = {
         {.id = "evt\r\nx", .created = 1},
-        {.id = "evt_ok", .created = 1, .cust = "cus\r\nFLUSHALL", .sets = 1},
+        {.id = "evt_ok", .created = 1, .cust = "cus\r\nFLUSHALL", .sub = "sub_1", .state = 1},
         {.id = "evt_ok", .created = 1, .sub = "sub 1"},
         {.id = "evt_ok", .created = 1, .sub = "sub_*"},
+        {.id = "evt_ok", .created = 1, .cust = "cus_1", .session = "cs_\r\nDEL x",
+         .type = "user.provision", .fulfills = 1},
+        {.id = "evt_ok", .created = 1, .cust = "cus_1", .sub = "sub_1", .state = 1,
+         .status = "active|pro"},
     };
     for (size_t i = 0; i < RV_ARRAY_LEN(bad_events); i++) {
         rv_prov_event_t ev;
@@ -449,8 +598,9 @@ static void test_added_then_duplicate(void **state) {
     assert_int_equal(rv_queue_state(f->q), RV_QUEUE_CONNECTED);
     assert_int_equal(rv_queue_reconnects(f->q), 0);
 
-    evspec_t s = {.id = "evt_dup_1", .type = "user.provision", .created = 1700000000,
-                  .cust = "cus_A", .sub = "sub_A"};
+    evspec_t s = {.id = "evt_dup_1", .type = "subscription.created", .created = 1700000000,
+                  .cust = "cus_A", .sub = "sub_A", .state = 1, .tier = "pro",
+                  .status = "active", .period_end = 1702592000};
     result_t r = enqueue_wait(f, f->q, &s);
     assert_int_equal(r.err, 0);
     assert_int_equal(r.result, RV_ENQ_ADDED);
@@ -459,12 +609,25 @@ static void test_added_then_duplicate(void **state) {
     char out[2048], expect[2048];
     assert_int_equal(redis_int(f->redis.port, "XLEN %s", STREAM), 1);
     redis_str(f->redis.port, out, sizeof out, "XRANGE %s - +", STREAM);
+    /* The mapped data, then where it came from and the customer's record after it. */
     snprintf(expect, sizeof expect,
-             "%s\ntype\nuser.provision\nstripe_event_id\nevt_dup_1\ndata\n"
-             "{\"v\":1,\"type\":\"user.provision\",\"stripe_event_id\":\"evt_dup_1\","
-             "\"created\":1700000000}",
+             "%s\ntype\nsubscription.created\nstripe_event_id\nevt_dup_1\ndata\n"
+             "{\"v\":2,\"type\":\"subscription.created\",\"stripe_event_id\":\"evt_dup_1\","
+             "\"created\":1700000000,\"source\":\"webhook\",\"entitlement\":{"
+             "\"customer_id\":\"cus_A\",\"email\":null,\"tier\":\"pro\",\"status\":\"active\","
+             "\"active\":true,\"subscription_id\":\"sub_A\",\"current_period_end\":1702592000,"
+             "\"cancel_at_period_end\":false,\"telegram_user_id\":null}}",
              r.id);
     assert_string_equal(out, expect);
+    /* The record keeps the same entitlement whole, as the entry carries it. */
+    redis_str(f->redis.port, out, sizeof out, "HGET rivet:customer:cus_A %s", "ent");
+    const char *ent = strstr(expect, "\"entitlement\":");
+    assert_non_null(ent);
+    ent += strlen("\"entitlement\":");
+    assert_int_equal(strlen(out), strlen(ent) - 1);
+    assert_memory_equal(out, ent, strlen(out));
+    redis_str(f->redis.port, out, sizeof out, "HGET rivet:customer:cus_A %s", "s:sub_A");
+    assert_string_equal(out, "1700000000|pro|active|1702592000|0");
     /* The event key remembers the entry, for the configured time. */
     redis_str(f->redis.port, out, sizeof out, "GET %s", "rivet:event:evt_dup_1");
     assert_string_equal(out, r.id);
@@ -480,54 +643,94 @@ static void test_added_then_duplicate(void **state) {
     assert_int_equal(r.called, 1);
 }
 
+/* Stripe delivers in no guaranteed order: every event is appended, and only newer information
+ * moves the record; an entry carries the record as it stands after it. */
 static void test_ordering(void **state) {
     fixture_t *f = *state;
     char url[64], out[256];
     snprintf(url, sizeof url, "redis://localhost:%d", f->redis.port);
     queue_open_ready(f, url);
+    int port = f->redis.port;
+    const evspec_t o1 = {.id = "evt_o1", .created = 200, .cust = "cus_O", .sub = "sub_O",
+                         .state = 1, .tier = "pro", .status = "active", .period_end = 5000};
+    expect_added(f, &o1);
+    redis_str(port, out, sizeof out, "HGET rivet:customer:cus_O %s", "s:sub_O");
+    assert_string_equal(out, "200|pro|active|5000|0");
 
-    expect_added(f, &(evspec_t){.id = "evt_o1", .created = 200, .sub = "sub_O", .ordered = 1});
-    redis_str(f->redis.port, out, sizeof out, "GET %s", "rivet:subscription:sub_O");
-    assert_string_equal(out, "200");
-    long long ttl = redis_int(f->redis.port, "TTL %s", "rivet:subscription:sub_O");
-    assert_true(ttl > TTL - 30 && ttl <= TTL);
-
-    /* Older than what was applied: remembered, acknowledged, not appended. */
-    const evspec_t old = {.id = "evt_o0", .created = 100, .sub = "sub_O", .ordered = 1};
-    result_t r = enqueue_wait(f, f->q, &old);
-    assert_int_equal(r.err, 0);
-    assert_int_equal(r.result, RV_ENQ_STALE);
-    assert_int_equal(redis_int(f->redis.port, "XLEN %s", STREAM), 1);
-    assert_int_equal(redis_int(f->redis.port, "EXISTS %s", "rivet:event:evt_o0"), 1);
-    redis_str(f->redis.port, out, sizeof out, "GET %s", "rivet:subscription:sub_O");
-    assert_string_equal(out, "200");
-    /* A stale event delivered again is a duplicate. */
+    /* Older than what was applied: appended, remembered, and the record is not moved back. */
+    const evspec_t old = {.id = "evt_o0", .type = "subscription.created", .created = 100,
+                          .cust = "cus_O", .sub = "sub_O", .state = 1, .tier = "basic",
+                          .status = "incomplete", .period_end = 4000, .cap = 1};
+    result_t r = expect_result(f, &old, RV_ENQ_ADDED);
+    assert_int_equal(redis_int(port, "XLEN %s", STREAM), 2);
+    redis_str(port, out, sizeof out, "GET %s", "rivet:event:evt_o0");
+    assert_string_equal(out, r.id);
+    /* Its entry carries the newer state, which is what a consumer applying it must end with. */
+    cJSON *d = entry_data(port, r.id, NULL, 0);
+    assert_string_equal(dstr(d, "stripe_event_id"), "evt_o0");
+    expect_entitlement(d, "cus_O", "pro", "active", 1, "sub_O", 5000, 0);
+    cJSON_Delete(d);
+    redis_str(port, out, sizeof out, "HGET rivet:customer:cus_O %s", "s:sub_O");
+    assert_string_equal(out, "200|pro|active|5000|0");
+    expect_hash(port, "cus_O", "tier", "pro");
+    expect_hash(port, "cus_O", "status", "active");
+    expect_hash(port, "cus_O", "current_period_end", "5000");
+    expect_hash(port, "cus_O", "cancel_at_period_end", "0");
+    /* An old event delivered again is a duplicate. */
     r = enqueue_wait(f, f->q, &old);
     assert_int_equal(r.result, RV_ENQ_DUPLICATE);
+    assert_int_equal(redis_int(port, "XLEN %s", STREAM), 2);
 
-    /* Same second: not older, so applied. */
-    expect_added(f, &(evspec_t){.id = "evt_o2", .created = 200, .sub = "sub_O", .ordered = 1});
-    expect_added(f, &(evspec_t){.id = "evt_o3", .created = 300, .sub = "sub_O", .ordered = 1});
-    redis_str(f->redis.port, out, sizeof out, "GET %s", "rivet:subscription:sub_O");
-    assert_string_equal(out, "300");
+    /* The same second with the same state agrees with what is there: nothing to ask. */
+    expect_added(f, &(evspec_t){.id = "evt_o2", .created = 200, .cust = "cus_O", .sub = "sub_O",
+                                .state = 1, .tier = "pro", .status = "active",
+                                .period_end = 5000});
+    /* Newer: applied. */
+    r = expect_result(f,
+                      &(evspec_t){.id = "evt_o3", .created = 300, .cust = "cus_O",
+                                  .sub = "sub_O", .state = 1, .tier = "enterprise",
+                                  .status = "active", .period_end = 6000, .cap = 1},
+                      RV_ENQ_ADDED);
+    expect_hash(port, "cus_O", "tier", "enterprise");
+    expect_hash(port, "cus_O", "current_period_end", "6000");
+    expect_hash(port, "cus_O", "cancel_at_period_end", "1");
+    d = entry_data(port, r.id, NULL, 0);
+    expect_entitlement(d, "cus_O", "enterprise", "active", 1, "sub_O", 6000, 1);
+    cJSON_Delete(d);
 
-    /* An unordered event is appended even when older, and never lowers the mark. */
-    expect_added(f, &(evspec_t){.id = "evt_o4", .type = "payment.succeeded", .created = 250,
-                                .sub = "sub_O"});
-    redis_str(f->redis.port, out, sizeof out, "GET %s", "rivet:subscription:sub_O");
-    assert_string_equal(out, "300");
-    assert_int_equal(redis_int(f->redis.port, "XLEN %s", STREAM), 4);
+    /* An invoice says nothing of the state: appended, whatever its time, and moves nothing. */
+    r = expect_result(f,
+                      &(evspec_t){.id = "evt_o4", .type = "payment.succeeded",
+                                  .stripe_type = "invoice.payment_succeeded", .created = 250,
+                                  .cust = "cus_O", .sub = "sub_O", .tier = "basic",
+                                  .status = "paid"},
+                      RV_ENQ_ADDED);
+    redis_str(port, out, sizeof out, "HGET rivet:customer:cus_O %s", "s:sub_O");
+    assert_string_equal(out, "300|enterprise|active|6000|1");
+    expect_hash(port, "cus_O", "tier", "enterprise");
+    assert_int_equal(redis_int(port, "XLEN %s", STREAM), 5);
 
-    /* Another subscription has its own mark; an event without one touches none. */
-    expect_added(f, &(evspec_t){.id = "evt_o5", .created = 50, .sub = "sub_P", .ordered = 1});
-    expect_added(f, &(evspec_t){.id = "evt_o6", .created = 10, .ordered = 1});
-    assert_int_equal(redis_int(f->redis.port, "EXISTS %s", "rivet:none"), 0);
-    assert_int_equal(redis_int(f->redis.port, "XLEN %s", STREAM), 6);
+    /* Another customer's subscription is its own; an event without a customer touches no
+     * record and its entry says where it came from, without an entitlement. */
+    expect_added(f, &(evspec_t){.id = "evt_o5", .created = 50, .cust = "cus_P", .sub = "sub_P",
+                                .state = 1, .tier = "basic", .status = "active"});
+    expect_hash(port, "cus_P", "tier", "basic");
+    expect_hash(port, "cus_O", "tier", "enterprise");
+    r = expect_result(f, &(evspec_t){.id = "evt_o6", .created = 10}, RV_ENQ_ADDED);
+    d = entry_data(port, r.id, NULL, 0);
+    assert_string_equal(dstr(d, "source"), "webhook");
+    assert_false(cJSON_HasObjectItem(d, "entitlement"));
+    cJSON_Delete(d);
+    assert_int_equal(redis_int(port, "EXISTS %s", "rivet:none"), 0);
+    /* Subscriptions have no keys of their own any more. */
+    redis_str(port, out, sizeof out, "KEYS %s", "rivet:subscription:*");
+    assert_string_equal(out, "");
+    assert_int_equal(redis_int(port, "XLEN %s", STREAM), 7);
 }
 
 static void test_customer_hash(void **state) {
     fixture_t *f = *state;
-    char url[64], out[256];
+    char url[64];
     snprintf(url, sizeof url, "redis://127.0.0.1:%d", f->redis.port);
     queue_open_ready(f, url);
     const char *key = "rivet:customer:cus_H";
@@ -535,57 +738,421 @@ static void test_customer_hash(void **state) {
 
     /* The first event has no email. */
     expect_added(f, &(evspec_t){.id = "evt_h1", .created = 100, .cust = "cus_H", .sub = "sub_H",
-                                .sets = 1, .tier = "basic", .status = "active"});
-    redis_str(port, out, sizeof out, "HGET rivet:customer:cus_H %s", "tier");
-    assert_string_equal(out, "basic");
-    redis_str(port, out, sizeof out, "HGET rivet:customer:cus_H %s", "customer_id");
-    assert_string_equal(out, "cus_H");
-    redis_str(port, out, sizeof out, "HGET rivet:customer:cus_H %s", "subscription_id");
-    assert_string_equal(out, "sub_H");
-    redis_str(port, out, sizeof out, "HGET rivet:customer:cus_H %s", "event_id");
-    assert_string_equal(out, "evt_h1");
-    assert_int_equal(redis_int(port, "HEXISTS rivet:customer:cus_H %s", "email"), 0);
+                                .state = 1, .tier = "basic", .status = "active",
+                                .period_end = 1000});
+    expect_hash(port, "cus_H", "customer_id", "cus_H");
+    expect_hash(port, "cus_H", "tier", "basic");
+    expect_hash(port, "cus_H", "status", "active");
+    expect_hash(port, "cus_H", "active", "true");
+    expect_hash(port, "cus_H", "subscription_id", "sub_H");
+    expect_hash(port, "cus_H", "current_period_end", "1000");
+    expect_hash(port, "cus_H", "cancel_at_period_end", "0");
+    expect_hash(port, "cus_H", "email", "(nil)");
+    expect_hash(port, "cus_H", "email_v", "(nil)");
     assert_int_equal(redis_int(port, "TTL %s", key), -1);
 
-    /* Newer: non-empty fields win, empty ones leave what is there. */
-    expect_added(f, &(evspec_t){.id = "evt_h2", .created = 200, .cust = "cus_H", .sets = 1,
-                                .tier = "pro"});
-    redis_str(port, out, sizeof out, "HGET rivet:customer:cus_H %s", "tier");
-    assert_string_equal(out, "pro");
-    redis_str(port, out, sizeof out, "HGET rivet:customer:cus_H %s", "status");
-    assert_string_equal(out, "active");
-    redis_str(port, out, sizeof out, "HGET rivet:customer:cus_H %s", "event_created");
-    assert_string_equal(out, "200");
+    /* Newer: the subscription's new state replaces the old one. */
+    expect_added(f, &(evspec_t){.id = "evt_h2", .created = 200, .cust = "cus_H", .sub = "sub_H",
+                                .state = 1, .tier = "pro", .status = "active",
+                                .period_end = 2000});
+    expect_hash(port, "cus_H", "tier", "pro");
+    expect_hash(port, "cus_H", "current_period_end", "2000");
 
     /* Older, arriving late: fills the missing email, rolls nothing back. */
-    expect_added(f, &(evspec_t){.id = "evt_h0", .created = 150, .cust = "cus_H", .sets = 1,
-                                .email = "a@example.com", .tier = "enterprise",
-                                .status = "past_due", .sub = "sub_OLD"});
-    redis_str(port, out, sizeof out, "HGET rivet:customer:cus_H %s", "email");
-    assert_string_equal(out, "a@example.com");
-    redis_str(port, out, sizeof out, "HGET rivet:customer:cus_H %s", "tier");
-    assert_string_equal(out, "pro");
-    redis_str(port, out, sizeof out, "HGET rivet:customer:cus_H %s", "status");
-    assert_string_equal(out, "active");
-    redis_str(port, out, sizeof out, "HGET rivet:customer:cus_H %s", "subscription_id");
-    assert_string_equal(out, "sub_H");
-    redis_str(port, out, sizeof out, "HGET rivet:customer:cus_H %s", "event_created");
-    assert_string_equal(out, "200");
-    redis_str(port, out, sizeof out, "HGET rivet:customer:cus_H %s", "event_id");
-    assert_string_equal(out, "evt_h2");
+    result_t r = expect_result(f,
+                               &(evspec_t){.id = "evt_h0", .created = 150, .cust = "cus_H",
+                                           .email = "a@example.com", .sub = "sub_H", .state = 1,
+                                           .tier = "enterprise", .status = "past_due"},
+                               RV_ENQ_ADDED);
+    expect_hash(port, "cus_H", "email", "a@example.com");
+    expect_hash(port, "cus_H", "email_v", "150");
+    expect_hash(port, "cus_H", "tier", "pro");
+    expect_hash(port, "cus_H", "status", "active");
+    expect_hash(port, "cus_H", "subscription_id", "sub_H");
+    expect_hash(port, "cus_H", "s:sub_H", "200|pro|active|2000|0");
+    cJSON *d = entry_data(port, r.id, NULL, 0);
+    expect_entitlement(d, "cus_H", "pro", "active", 1, "sub_H", 2000, 0);
+    assert_string_equal(dstr(cJSON_GetObjectItemCaseSensitive(d, "entitlement"), "email"),
+                        "a@example.com");
+    cJSON_Delete(d);
 
-    /* An event that does not set the entitlement leaves the hash alone. */
-    expect_added(f, &(evspec_t){.id = "evt_h3", .created = 300, .cust = "cus_H",
-                                .status = "canceled"});
-    redis_str(port, out, sizeof out, "HGET rivet:customer:cus_H %s", "status");
-    assert_string_equal(out, "active");
+    /* An email is replaced by a newer one only. */
+    expect_added(f, &(evspec_t){.id = "evt_h5", .type = "payment.succeeded", .created = 300,
+                                .cust = "cus_H", .sub = "sub_H", .email = "b@example.com"});
+    expect_hash(port, "cus_H", "email", "b@example.com");
+    expect_added(f, &(evspec_t){.id = "evt_h6", .type = "payment.succeeded", .created = 250,
+                                .cust = "cus_H", .sub = "sub_H", .email = "c@example.com"});
+    expect_hash(port, "cus_H", "email", "b@example.com");
+    expect_hash(port, "cus_H", "email_v", "300");
 
-    /* Setting the entitlement needs a customer. */
-    expect_added(f, &(evspec_t){.id = "evt_h4", .created = 400, .sets = 1, .tier = "basic"});
+    /* An invoice's status is not the subscription's: the record keeps what it has. */
+    expect_added(f, &(evspec_t){.id = "evt_h3", .type = "payment.failed", .created = 400,
+                                .cust = "cus_H", .sub = "sub_H", .status = "canceled"});
+    expect_hash(port, "cus_H", "status", "active");
+
+    /* A record needs a customer. */
+    expect_added(f, &(evspec_t){.id = "evt_h4", .created = 500, .sub = "sub_Z", .state = 1,
+                                .tier = "basic", .status = "active"});
     assert_int_equal(redis_int(port, "EXISTS %s", "rivet:customer:"), 0);
     assert_int_equal(redis_int(port, "EXISTS %s", "rivet:none"), 0);
-    redis_str(port, out, sizeof out, "HGET rivet:customer:cus_H %s", "tier");
-    assert_string_equal(out, "pro");
+    expect_hash(port, "cus_H", "tier", "pro");
+    expect_hash(port, "cus_H", "s:sub_Z", "(nil)");
+}
+
+/* The dropped upgrade: Stripe sent the checkout (pro) at T, the subscription's upgrade to
+ * enterprise at T+300 and the invoice at T+302, and the invoice arrived before the upgrade. */
+static void test_upgrade_after_newer_invoice(void **state) {
+    fixture_t *f = *state;
+    char url[64];
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", f->redis.port);
+    queue_open_ready(f, url);
+    int port = f->redis.port;
+    const int64_t t = 1750000000;
+
+    /* The checkout names a subscription nobody has seen: provisional, and Stripe is asked. */
+    result_t r = expect_result(f,
+                               &(evspec_t){.id = "evt_u1", .type = "user.provision",
+                                           .stripe_type = "checkout.session.completed",
+                                           .created = t, .cust = "cus_U", .sub = "sub_U",
+                                           .session = "cs_U", .tier = "pro", .status = "paid",
+                                           .fulfills = 1},
+                               RV_ENQ_ADDED | RV_ENQ_ASK_STRIPE);
+    expect_entry(port, r.id, "user.provision", "webhook", "cus_U", "pro", "active", 1, "sub_U");
+    expect_result(f,
+                  &(evspec_t){.id = "evt_u3", .type = "payment.succeeded",
+                              .stripe_type = "invoice.payment_succeeded", .created = t + 302,
+                              .cust = "cus_U", .sub = "sub_U", .tier = "pro", .status = "paid"},
+                  RV_ENQ_ADDED);
+    expect_hash(port, "cus_U", "tier", "pro");
+
+    r = expect_result(f,
+                      &(evspec_t){.id = "evt_u2", .created = t + 300, .cust = "cus_U",
+                                  .sub = "sub_U", .state = 1, .tier = "enterprise",
+                                  .status = "active", .period_end = t + 2592000},
+                      RV_ENQ_ADDED);
+    expect_hash(port, "cus_U", "tier", "enterprise");
+    expect_hash(port, "cus_U", "active", "true");
+    cJSON *d = entry_data(port, r.id, NULL, 0);
+    assert_string_equal(dstr(d, "stripe_event_id"), "evt_u2");
+    expect_entitlement(d, "cus_U", "enterprise", "active", 1, "sub_U", t + 2592000, 0);
+    cJSON_Delete(d);
+
+    /* The subscription's creation, older, arriving last, does not undo the upgrade. */
+    r = expect_result(f,
+                      &(evspec_t){.id = "evt_u0", .type = "subscription.created",
+                                  .created = t + 1, .cust = "cus_U", .sub = "sub_U", .state = 1,
+                                  .tier = "pro", .status = "active", .period_end = t + 2592000},
+                      RV_ENQ_ADDED);
+    expect_entry(port, r.id, "subscription.created", "webhook", "cus_U", "enterprise", "active",
+                 1, "sub_U");
+    expect_hash(port, "cus_U", "tier", "enterprise");
+    assert_int_equal(redis_int(port, "XLEN %s", STREAM), 4);
+}
+
+/* A checkout delivered after its subscription was deleted provisions nobody. */
+static void test_late_checkout_after_deletion(void **state) {
+    fixture_t *f = *state;
+    char url[64];
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", f->redis.port);
+    queue_open_ready(f, url);
+    int port = f->redis.port;
+    const int64_t t = 1750000000;
+
+    expect_added(f, &(evspec_t){.id = "evt_l1", .type = "subscription.created", .created = t,
+                                .cust = "cus_L", .sub = "sub_L", .state = 1, .tier = "pro",
+                                .status = "active", .period_end = t + 1000});
+    expect_added(f, &(evspec_t){.id = "evt_l2", .type = "user.deprovision", .created = t + 100,
+                                .cust = "cus_L", .sub = "sub_L", .state = 1, .tier = "pro",
+                                .status = "canceled", .period_end = t + 1000});
+    expect_hash(port, "cus_L", "active", "false");
+
+    /* Its one user.provision is still appended (once per session), saying the truth. */
+    result_t r = expect_result(f,
+                               &(evspec_t){.id = "evt_l0", .type = "user.provision",
+                                           .stripe_type = "checkout.session.completed",
+                                           .created = t - 5, .cust = "cus_L", .sub = "sub_L",
+                                           .session = "cs_L", .tier = "pro", .status = "paid",
+                                           .fulfills = 1},
+                               RV_ENQ_ADDED);
+    cJSON *d = entry_data(port, r.id, NULL, 0);
+    expect_entitlement(d, "cus_L", "pro", "canceled", 0, "sub_L", t + 1000, 0);
+    cJSON_Delete(d);
+    expect_hash(port, "cus_L", "active", "false");
+    expect_hash(port, "cus_L", "status", "canceled");
+    expect_hash(port, "cus_L", "s:sub_L", "1750000100|pro|canceled|1750001000|0");
+}
+
+/* Two different states in the same second cannot be ordered: Stripe is asked. */
+static void test_same_second_asks_stripe(void **state) {
+    fixture_t *f = *state;
+    char url[64];
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", f->redis.port);
+    queue_open_ready(f, url);
+    int port = f->redis.port;
+    evspec_t s = {.id = "evt_s1", .created = 700, .cust = "cus_S", .sub = "sub_S", .state = 1,
+                  .tier = "pro", .status = "active"};
+    expect_result(f, &s, RV_ENQ_ADDED);
+    s.id = "evt_s2";
+    s.tier = "enterprise";
+    result_t r = expect_result(f, &s, RV_ENQ_ADDED | RV_ENQ_ASK_STRIPE);
+    /* Nothing is guessed meanwhile: the first state stands until Stripe says. */
+    expect_hash(port, "cus_S", "tier", "pro");
+    expect_entry(port, r.id, "subscription.updated", "webhook", "cus_S", "pro", "active", 1,
+                 "sub_S");
+    /* The same second with another cancel_at_period_end is another state too. */
+    s.id = "evt_s3";
+    s.tier = "pro";
+    s.cap = 1;
+    expect_result(f, &s, RV_ENQ_ADDED | RV_ENQ_ASK_STRIPE);
+    expect_hash(port, "cus_S", "cancel_at_period_end", "0");
+    /* What Stripe says, read in the same second, is applied. */
+    s.id = NULL;
+    s.tier = "enterprise";
+    s.cap = 0;
+    r = expect_result_on(f, f->q, &s, RV_APPLY_STATE, "stripe", RV_ENQ_ADDED);
+    expect_hash(port, "cus_S", "tier", "enterprise");
+    expect_entry(port, r.id, "subscription.updated", "stripe", "cus_S", "enterprise", "active", 1,
+                 "sub_S");
+}
+
+/* An invoice of a subscription rivetd has not seen: Stripe is asked for it. */
+static void test_unknown_subscription_asks_stripe(void **state) {
+    fixture_t *f = *state;
+    char url[64];
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", f->redis.port);
+    queue_open_ready(f, url);
+    int port = f->redis.port;
+    evspec_t in = {.id = "evt_i1", .type = "payment.succeeded",
+                   .stripe_type = "invoice.payment_succeeded", .created = 900, .cust = "cus_I",
+                   .sub = "sub_I", .tier = "pro", .status = "paid", .email = "i@example.com"};
+    result_t r = expect_result(f, &in, RV_ENQ_ADDED | RV_ENQ_ASK_STRIPE);
+    /* The record knows the customer and nothing of an entitlement. */
+    cJSON *d = entry_data(port, r.id, NULL, 0);
+    expect_entitlement(d, "cus_I", NULL, NULL, 0, NULL, 0, 0);
+    cJSON_Delete(d);
+    expect_hash(port, "cus_I", "customer_id", "cus_I");
+    expect_hash(port, "cus_I", "email", "i@example.com");
+    expect_hash(port, "cus_I", "tier", "(nil)");
+    expect_hash(port, "cus_I", "s:sub_I", "(nil)");
+
+    /* Once the subscription is known an invoice needs nothing more. */
+    expect_added(f, &(evspec_t){.id = "evt_i2", .type = "subscription.created", .created = 899,
+                                .cust = "cus_I", .sub = "sub_I", .state = 1, .tier = "pro",
+                                .status = "active"});
+    in.id = "evt_i3";
+    expect_result(f, &in, RV_ENQ_ADDED);
+    /* An invoice without a subscription has nothing to ask about. */
+    in.id = "evt_i4";
+    in.sub = NULL;
+    expect_result(f, &in, RV_ENQ_ADDED);
+}
+
+/* One user.provision per Checkout Session, whichever of the success page, a webhook or
+ * recovery comes first; an unpaid session waits for its payment. */
+static void test_one_provision_per_session(void **state) {
+    fixture_t *f = *state;
+    char url[64], out[64];
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", f->redis.port);
+    queue_open_ready(f, url);
+    int port = f->redis.port;
+    evspec_t cs = {.type = "user.provision", .stripe_type = "checkout.session.completed",
+                   .created = 1000, .cust = "cus_F", .sub = "sub_F", .session = "cs_F",
+                   .tier = "basic", .status = "paid", .fulfills = 1};
+
+    /* The success page first: the subscription is unknown, so Stripe is asked too. */
+    result_t r =
+        expect_result_on(f, f->q, &cs, RV_APPLY_FULFILL, "success_page",
+                         RV_ENQ_ADDED | RV_ENQ_ASK_STRIPE);
+    expect_entry(port, r.id, "user.provision", "success_page", "cus_F", "basic", "active", 1,
+                 "sub_F");
+    redis_str(port, out, sizeof out, "GET %s", "rivet:checkout:cs_F");
+    assert_string_equal(out, r.id);
+    long long ttl = redis_int(port, "TTL %s", "rivet:checkout:cs_F");
+    assert_true(ttl > TTL - 30 && ttl <= TTL);
+    /* A reload of the success page. */
+    cs.created = 1001;
+    expect_result_on(f, f->q, &cs, RV_APPLY_FULFILL, "success_page",
+                     RV_ENQ_RECORDED | RV_ENQ_ASK_STRIPE);
+    /* Then Stripe's webhook for the same session: recorded, once, without an entry. */
+    cs.id = "evt_F";
+    cs.created = 999;
+    expect_result(f, &cs, RV_ENQ_RECORDED | RV_ENQ_ASK_STRIPE);
+    redis_str(port, out, sizeof out, "GET %s", "rivet:event:evt_F");
+    assert_string_equal(out, "recorded");
+    r = enqueue_wait(f, f->q, &cs);
+    assert_int_equal(r.result, RV_ENQ_DUPLICATE);
+    /* Recovery finds the same session under async_payment_succeeded: still one. */
+    cs.id = "evt_F2";
+    cs.stripe_type = "checkout.session.async_payment_succeeded";
+    expect_result_on(f, f->q, &cs, RV_APPLY_EVENT, "recovery",
+                     RV_ENQ_RECORDED | RV_ENQ_ASK_STRIPE);
+    assert_int_equal(redis_int(port, "XLEN %s", STREAM), 1);
+
+    /* An unpaid completed session is recorded without an entry, and gives no access. */
+    evspec_t unpaid = {.id = "evt_G1", .type = "user.provision",
+                       .stripe_type = "checkout.session.completed", .created = 2000,
+                       .cust = "cus_G", .sub = "sub_G", .session = "cs_G", .tier = "pro",
+                       .status = "unpaid"};
+    expect_result(f, &unpaid, RV_ENQ_RECORDED | RV_ENQ_ASK_STRIPE);
+    assert_int_equal(redis_int(port, "XLEN %s", STREAM), 1);
+    assert_int_equal(redis_int(port, "EXISTS %s", "rivet:checkout:cs_G"), 0);
+    expect_hash(port, "cus_G", "active", "false");
+    expect_hash(port, "cus_G", "status", "incomplete");
+    /* Its payment provisions it. */
+    evspec_t paid = unpaid;
+    paid.id = "evt_G2";
+    paid.stripe_type = "checkout.session.async_payment_succeeded";
+    paid.created = 2100;
+    paid.status = "paid";
+    paid.fulfills = 1;
+    r = expect_result(f, &paid, RV_ENQ_ADDED | RV_ENQ_ASK_STRIPE);
+    expect_entry(port, r.id, "user.provision", "webhook", "cus_G", "pro", "active", 1, "sub_G");
+    expect_hash(port, "cus_G", "active", "true");
+    assert_int_equal(redis_int(port, "EXISTS %s", "rivet:checkout:cs_G"), 1);
+    assert_int_equal(redis_int(port, "XLEN %s", STREAM), 2);
+}
+
+/* A subscription read from Stripe: an entry only when it changes the entitlement. */
+static void test_state_from_stripe(void **state) {
+    fixture_t *f = *state;
+    char url[64], last[64], out[256];
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", f->redis.port);
+    queue_open_ready(f, url);
+    int port = f->redis.port;
+    evspec_t sub = {.id = "evt_st1", .type = "subscription.created", .created = 3000,
+                    .cust = "cus_T", .sub = "sub_T", .state = 1, .tier = "pro",
+                    .status = "active", .period_end = 9000};
+    expect_added(f, &sub);
+
+    /* What rivetd has already: recorded, no entry. */
+    sub.id = NULL;
+    sub.type = "subscription.updated";
+    sub.created = 3050;
+    expect_result_on(f, f->q, &sub, RV_APPLY_STATE, "stripe", RV_ENQ_RECORDED);
+    assert_int_equal(redis_int(port, "XLEN %s", STREAM), 1);
+    /* The read is newer information all the same. */
+    expect_hash(port, "cus_T", "s:sub_T", "3050|pro|active|9000|0");
+    /* Reads are not Stripe events: no event key. */
+    redis_str(port, out, sizeof out, "KEYS %s", "rivet:event:*");
+    assert_string_equal(out, "rivet:event:evt_st1");
+
+    /* A tier Stripe has and rivetd had not: applied, with an entry from "stripe". */
+    sub.created = 3060;
+    sub.tier = "enterprise";
+    result_t r = expect_result_on(f, f->q, &sub, RV_APPLY_STATE, "stripe", RV_ENQ_ADDED);
+    last_entry(port, last, sizeof last);
+    assert_string_equal(last, r.id);
+    expect_entry(port, r.id, "subscription.updated", "stripe", "cus_T", "enterprise", "active", 1,
+                 "sub_T");
+    cJSON *d = entry_data(port, r.id, NULL, 0);
+    assert_string_equal(dstr(d, "stripe_event_id"), "");
+    cJSON_Delete(d);
+    expect_hash(port, "cus_T", "tier", "enterprise");
+
+    /* A read older than what rivetd has is not applied. */
+    sub.created = 3055;
+    sub.tier = "basic";
+    expect_result_on(f, f->q, &sub, RV_APPLY_STATE, "stripe", RV_ENQ_RECORDED);
+    expect_hash(port, "cus_T", "tier", "enterprise");
+    assert_int_equal(redis_int(port, "XLEN %s", STREAM), 2);
+}
+
+/* past_due keeps access only where the operator says so. */
+static void test_past_due_active(void **state) {
+    fixture_t *f = *state;
+    char url[64];
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", f->redis.port);
+    int port = f->redis.port;
+    for (int pda = 0; pda < 2; pda++) {
+        rv_queue_opts_t o = {.url = url, .stream = STREAM, .dedupe_ttl = TTL,
+                             .timeout_ms = 2000, .past_due_active = pda};
+        /* Held by the fixture, so that a failure below still closes it. */
+        assert_int_equal(rv_queue_init(&f->loop, &o, &f->q), 0);
+        rv_queue_t *q = f->q;
+        assert_true(run_until(f, is_ready, q, WAIT_MS));
+        char id[32], cust[32];
+        snprintf(id, sizeof id, "evt_pd%d", pda);
+        snprintf(cust, sizeof cust, "cus_PD%d", pda);
+        evspec_t s = {.id = id, .created = 100, .cust = cust, .sub = "sub_PD", .state = 1,
+                      .tier = "pro", .status = "past_due"};
+        result_t r = expect_result_on(f, q, &s, RV_APPLY_EVENT, "webhook", RV_ENQ_ADDED);
+        expect_entry(port, r.id, "subscription.updated", "webhook", cust, "pro", "past_due", pda,
+                     "sub_PD");
+        expect_hash(port, cust, "active", pda ? "true" : "false");
+        /* Whatever the setting, active and trialing give access and unpaid does not. */
+        static const struct {
+            const char *status;
+            int active;
+        } others[] = {{"trialing", 1}, {"active", 1}, {"unpaid", 0}, {"incomplete", 0}};
+        for (size_t i = 0; i < RV_ARRAY_LEN(others); i++) {
+            snprintf(id, sizeof id, "evt_pd%d_%zu", pda, i);
+            s.created++;
+            s.status = others[i].status;
+            r = expect_result_on(f, q, &s, RV_APPLY_EVENT, "webhook", RV_ENQ_ADDED);
+            expect_entry(port, r.id, "subscription.updated", "webhook", cust, "pro",
+                         others[i].status, others[i].active, "sub_PD");
+        }
+        queue_close(f, q);
+        f->q = NULL;
+    }
+}
+
+/* A customer with a canceled and an active subscription is entitled by the active one, in
+ * whichever order the events come, even when the canceled one's is newer. Each order is tried
+ * with the two subscription ids either way round, so that the outcome cannot hang on the order
+ * in which the record's fields happen to be read. */
+static void test_two_subscriptions(void **state) {
+    fixture_t *f = *state;
+    char url[64];
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", f->redis.port);
+    queue_open_ready(f, url);
+    int port = f->redis.port;
+    static const char *const subs[] = {"sub_one", "sub_two"};
+    for (int variant = 0; variant < 4; variant++) {
+        int order = variant & 1, swap = variant >> 1;
+        const char *live = subs[swap], *gone = subs[1 - swap];
+        char cust[32], id[2][32], field[32];
+        snprintf(cust, sizeof cust, "cus_two%d", variant);
+        snprintf(id[0], sizeof id[0], "evt_two%d_a", variant);
+        snprintf(id[1], sizeof id[1], "evt_two%d_b", variant);
+        const evspec_t active = {.id = id[order], .created = 5000, .cust = cust, .sub = live,
+                                 .state = 1, .tier = "basic", .status = "active",
+                                 .period_end = 8000};
+        const evspec_t canceled = {.id = id[1 - order], .type = "user.deprovision",
+                                   .created = 6000, .cust = cust, .sub = gone, .state = 1,
+                                   .tier = "enterprise", .status = "canceled",
+                                   .period_end = 7000};
+        result_t r;
+        if (order == 0) {
+            expect_added(f, &canceled);
+            expect_hash(port, cust, "active", "false");
+            r = expect_result(f, &active, RV_ENQ_ADDED);
+        } else {
+            expect_added(f, &active);
+            r = expect_result(f, &canceled, RV_ENQ_ADDED);
+        }
+        cJSON *d = entry_data(port, r.id, NULL, 0);
+        expect_entitlement(d, cust, "basic", "active", 1, live, 8000, 0);
+        cJSON_Delete(d);
+        expect_hash(port, cust, "subscription_id", live);
+        expect_hash(port, cust, "tier", "basic");
+        expect_hash(port, cust, "active", "true");
+        snprintf(field, sizeof field, "s:%s", gone);
+        expect_hash(port, cust, field, "6000|enterprise|canceled|7000|0");
+    }
+    /* Between two inactive ones the newer speaks. */
+    for (int swap = 0; swap < 2; swap++) {
+        char cust[32], id[32];
+        snprintf(cust, sizeof cust, "cus_inactive%d", swap);
+        snprintf(id, sizeof id, "evt_inactive%d_a", swap);
+        expect_added(f, &(evspec_t){.id = id, .created = 100, .cust = cust, .sub = subs[swap],
+                                    .state = 1, .tier = "pro", .status = "canceled"});
+        snprintf(id, sizeof id, "evt_inactive%d_b", swap);
+        expect_added(f, &(evspec_t){.id = id, .created = 50, .cust = cust, .sub = subs[1 - swap],
+                                    .state = 1, .tier = "basic", .status = "unpaid"});
+        expect_hash(port, cust, "subscription_id", subs[swap]);
+        expect_hash(port, cust, "status", "canceled");
+    }
 }
 
 static void test_noscript_recovery(void **state) {
@@ -643,15 +1210,29 @@ static void test_not_ready_and_bad_input(void **state) {
     ev.data_json = NULL;
     assert_int_equal(rv_queue_enqueue(f->q, &ev, on_enqueued, &r), RV_EINVAL);
     ev.data_json = data;
+    /* A mode that does not exist, no source. */
+    assert_int_equal(rv_queue_apply(f->q, &ev, RV_APPLY_STATE + 1, "stripe", on_enqueued, &r),
+                     RV_EINVAL);
+    assert_int_equal(rv_queue_apply(f->q, &ev, -1, "stripe", on_enqueued, &r), RV_EINVAL);
+    assert_int_equal(rv_queue_apply(f->q, &ev, RV_APPLY_EVENT, NULL, on_enqueued, &r), RV_EINVAL);
+    /* Reads of Stripe are no events: an event id there would be a mix-up. */
+    assert_int_equal(rv_queue_apply(f->q, &ev, RV_APPLY_STATE, "stripe", on_enqueued, &r),
+                     RV_EINVAL);
+    assert_int_equal(rv_queue_apply(f->q, &ev, RV_APPLY_FULFILL, "success_page", on_enqueued, &r),
+                     RV_EINVAL);
+    /* And an event needs its id, which is what makes it at most once. */
     ev.event_id[0] = '\0';
     assert_int_equal(rv_queue_enqueue(f->q, &ev, on_enqueued, &r), RV_EINVAL);
+    assert_int_equal(rv_queue_apply(f->q, &ev, RV_APPLY_EVENT, "recovery", on_enqueued, &r),
+                     RV_EINVAL);
     free(data);
     assert_int_equal(r.called, 0);
     assert_int_equal(rv_queue_pending(f->q), 0);
 
     /* Names would be resolved synchronously: refused. So are bad URLs and options. */
     rv_queue_t *q2 = NULL;
-    rv_queue_opts_t o = {"redis://redis.example.com:6379", STREAM, TTL, 100};
+    rv_queue_opts_t o = {.url = "redis://redis.example.com:6379", .stream = STREAM,
+                         .dedupe_ttl = TTL, .timeout_ms = 100};
     assert_int_equal(rv_queue_init(&f->loop, &o, &q2), RV_EINVAL);
     o.url = "redis://127.0.0.1:0";
     assert_int_equal(rv_queue_init(&f->loop, &o, &q2), RV_EINVAL);
@@ -956,6 +1537,16 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_added_then_duplicate, setup_redis, teardown),
         cmocka_unit_test_setup_teardown(test_ordering, setup_redis, teardown),
         cmocka_unit_test_setup_teardown(test_customer_hash, setup_redis, teardown),
+        cmocka_unit_test_setup_teardown(test_upgrade_after_newer_invoice, setup_redis, teardown),
+        cmocka_unit_test_setup_teardown(test_late_checkout_after_deletion, setup_redis,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_same_second_asks_stripe, setup_redis, teardown),
+        cmocka_unit_test_setup_teardown(test_unknown_subscription_asks_stripe, setup_redis,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_one_provision_per_session, setup_redis, teardown),
+        cmocka_unit_test_setup_teardown(test_state_from_stripe, setup_redis, teardown),
+        cmocka_unit_test_setup_teardown(test_past_due_active, setup_redis, teardown),
+        cmocka_unit_test_setup_teardown(test_two_subscriptions, setup_redis, teardown),
         cmocka_unit_test_setup_teardown(test_noscript_recovery, setup_redis, teardown),
         cmocka_unit_test_setup_teardown(test_redis_error_reply, setup_redis, teardown),
         cmocka_unit_test_setup_teardown(test_not_ready_and_bad_input, setup_redis, teardown),

@@ -38,6 +38,7 @@
 /* Customer and subscription of the example events in test/events/. */
 #define EV_CUSTOMER "cus_QXg1o8vcGmoR32"
 #define EV_SUBSCRIPTION "sub_1Pgc6rB7WZ01zgkWNy0Cn5nw"
+#define EV_SESSION "cs_test_a1YS1URlnyQCN5fUUduORoQ7Pw41PJqDWkIVQCpJPqkfIhd6tVY8XB1OLY"
 
 #define SECRET_OLD "whsec_rotation_old_0123456789abcdef"
 #define SECRET_NEW "whsec_rotation_new_fedcba9876543210"
@@ -49,6 +50,7 @@ typedef struct world_s {
     th_proc_t rivetd;
     th_proc_t xredis;
     th_proc_t xrivetd;
+    th_proc_t xstripe;
     char redis_url[64];
 } world_t;
 
@@ -181,17 +183,22 @@ static int read_stream(int port, const char *stream, entry_t *out, int max) {
     return n;
 }
 
-/* The data field of an entry against what the event should have produced. tier may be NULL
- * (not checked). */
+/* The data field of an entry against what the event should have produced: a webhook's entry,
+ * with the record of the example events' customer after it. tier may be NULL (not checked). */
 static void check_data(const char *data, const char *type, const char *event_id,
                        const char *stripe_type, const char *tier) {
     cJSON *d = cJSON_Parse(data);
     if (!cJSON_IsObject(d)) fail_msg("data is not a JSON object: %s", data);
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(d, "v");
     assert_true(cJSON_IsNumber(v));
-    assert_int_equal(v->valueint, 1);
-    const char *keys[] = {"type", "stripe_event_id", "stripe_event_type", "customer_id", "tier"};
-    const char *want[] = {type, event_id, stripe_type, EV_CUSTOMER, tier};
+    assert_int_equal(v->valueint, 2);
+    const cJSON *ent = cJSON_GetObjectItemCaseSensitive(d, "entitlement");
+    if (!cJSON_IsObject(ent)) fail_msg("data has no entitlement: %s", data);
+    const cJSON *owner = cJSON_GetObjectItemCaseSensitive(ent, "customer_id");
+    assert_true(cJSON_IsString(owner) && strcmp(owner->valuestring, EV_CUSTOMER) == 0);
+    const char *keys[] = {"type",        "stripe_event_id", "stripe_event_type",
+                          "customer_id", "tier",            "source"};
+    const char *want[] = {type, event_id, stripe_type, EV_CUSTOMER, tier, "webhook"};
     for (size_t i = 0; i < RV_ARRAY_LEN(keys); i++) {
         if (want[i] == NULL) continue;
         const cJSON *s = cJSON_GetObjectItemCaseSensitive(d, keys[i]);
@@ -203,6 +210,40 @@ static void check_data(const char *data, const char *type, const char *event_id,
     assert_true(cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(d, "created")));
     assert_true(cJSON_IsBool(cJSON_GetObjectItemCaseSensitive(d, "livemode")));
     cJSON_Delete(d);
+}
+
+/* The entitlement an entry's data carries: tier and sub NULL mean null. */
+static void check_entitlement(const char *data, const char *tier, const char *status, int active,
+                              const char *sub) {
+    cJSON *d = cJSON_Parse(data);
+    const cJSON *e = cJSON_GetObjectItemCaseSensitive(d, "entitlement");
+    if (!cJSON_IsObject(e)) fail_msg("data has no entitlement: %s", data);
+    const struct {
+        const char *key, *want;
+    } strs[] = {{"tier", tier}, {"status", status}, {"subscription_id", sub}};
+    int ok = 1;
+    for (size_t i = 0; i < RV_ARRAY_LEN(strs); i++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(e, strs[i].key);
+        if (strs[i].want == NULL) ok &= cJSON_IsNull(v);
+        else ok &= cJSON_IsString(v) && strcmp(v->valuestring, strs[i].want) == 0;
+    }
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(e, "active");
+    ok &= cJSON_IsBool(a) && cJSON_IsTrue(a) == active;
+    cJSON_Delete(d);
+    if (!ok) {
+        fail_msg("entitlement is not %s/%s/%s/%s in %s", tier ? tier : "null",
+                 status ? status : "null", active ? "active" : "inactive", sub ? sub : "null",
+                 data);
+    }
+}
+
+/* data.<key> is the string want. */
+static void check_member(const char *data, const char *key, const char *want) {
+    cJSON *d = cJSON_Parse(data);
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(d, key);
+    int ok = cJSON_IsString(v) && strcmp(v->valuestring, want) == 0;
+    cJSON_Delete(d);
+    if (!ok) fail_msg("data.%s is not \"%s\" in %s", key, want, data);
 }
 
 /* ---- events -------------------------------------------------------------------------------- */
@@ -404,8 +445,10 @@ static int teardown(void **state) {
     th_redis(W.redis.port, out, sizeof out, "CLIENT UNPAUSE");
     if (W.xrivetd.pid > 0) th_stop(&W.xrivetd, SIGTERM, STOP_MS);
     if (W.xredis.pid > 0) th_stop(&W.xredis, SIGTERM, STOP_MS);
+    if (W.xstripe.pid > 0) th_stop(&W.xstripe, SIGTERM, STOP_MS);
     memset(&W.xrivetd, 0, sizeof W.xrivetd);
     memset(&W.xredis, 0, sizeof W.xredis);
+    memset(&W.xstripe, 0, sizeof W.xstripe);
     return 0;
 }
 
@@ -426,12 +469,18 @@ static void test_valid_event_enqueued_once(void **state) {
     assert_string_equal(e[0].type, "user.provision");
     assert_string_equal(e[0].event_id, id);
     check_data(e[0].data, "user.provision", id, "checkout.session.completed", "pro");
-    cJSON *d = cJSON_Parse(e[0].data);
-    assert_string_equal(cJSON_GetObjectItemCaseSensitive(d, "email")->valuestring,
-                        "example@example.com");
-    assert_string_equal(cJSON_GetObjectItemCaseSensitive(d, "subscription_id")->valuestring,
-                        EV_SUBSCRIPTION);
-    cJSON_Delete(d);
+    check_member(e[0].data, "email", "example@example.com");
+    check_member(e[0].data, "subscription_id", EV_SUBSCRIPTION);
+    check_member(e[0].data, "payment_status", "paid");
+    check_member(e[0].data, "checkout_session_id", EV_SESSION);
+    /* The subscription is known only from the checkout so far: its plan, paid. */
+    check_entitlement(e[0].data, "pro", "active", 1, EV_SUBSCRIPTION);
+    /* The session is provisioned, by this entry. */
+    char v[64];
+    if (th_redis(W.redis.port, v, sizeof v, "GET %s", "rivet:checkout:" EV_SESSION) != 0) {
+        fail_msg("redis unreachable");
+    }
+    assert_string_equal(v, e[0].id);
     entries_free(e, n);
     free(body);
 }
@@ -457,17 +506,21 @@ static void test_duplicate_delivery_enqueued_once(void **state) {
 
 static void test_six_types_map(void **state) {
     RV_UNUSED(state);
-    /* In the order Stripe would send them for one customer's life, so that the ordered
-     * subscription.updated is not older than what came before it. */
+    /* In the order Stripe would send them for one customer's life; each entry carries the
+     * customer's record after it (ent_*), which only the subscription events move. */
     static const struct {
         const char *stripe_type, *type, *tier;
+        const char *ent_tier, *ent_status;
+        int ent_active;
     } cases[] = {
-        {"checkout.session.completed", "user.provision", "pro"},
-        {"customer.subscription.created", "subscription.created", "pro"},
-        {"invoice.payment_succeeded", "payment.succeeded", "pro"},
-        {"customer.subscription.updated", "subscription.updated", "enterprise"},
-        {"invoice.payment_failed", "payment.failed", "enterprise"},
-        {"customer.subscription.deleted", "user.deprovision", "enterprise"},
+        {"checkout.session.completed", "user.provision", "pro", "pro", "active", 1},
+        {"customer.subscription.created", "subscription.created", "pro", "pro", "active", 1},
+        {"invoice.payment_succeeded", "payment.succeeded", "pro", "pro", "active", 1},
+        {"customer.subscription.updated", "subscription.updated", "enterprise", "enterprise",
+         "active", 1},
+        {"invoice.payment_failed", "payment.failed", "enterprise", "enterprise", "active", 1},
+        {"customer.subscription.deleted", "user.deprovision", "enterprise", "enterprise",
+         "canceled", 0},
     };
     char ids[RV_ARRAY_LEN(cases)][64];
     for (size_t i = 0; i < RV_ARRAY_LEN(cases); i++) {
@@ -488,13 +541,17 @@ static void test_six_types_map(void **state) {
         }
         assert_string_equal(e[i].event_id, ids[i]);
         check_data(e[i].data, cases[i].type, ids[i], cases[i].stripe_type, cases[i].tier);
+        check_entitlement(e[i].data, cases[i].ent_tier, cases[i].ent_status,
+                          cases[i].ent_active, EV_SUBSCRIPTION);
     }
     entries_free(e, n);
 
-    /* The entitlement follows the newest event: the subscription was deleted. */
+    /* The entitlement follows the newest state: the subscription was deleted. */
     char v[64];
     hget(W.redis.port, "rivet:customer:" EV_CUSTOMER, "status", v, sizeof v);
     assert_string_equal(v, "canceled");
+    hget(W.redis.port, "rivet:customer:" EV_CUSTOMER, "active", v, sizeof v);
+    assert_string_equal(v, "false");
 }
 
 static void test_unknown_type_acknowledged(void **state) {
@@ -527,7 +584,9 @@ static void test_payment_mode_checkout_not_enqueued(void **state) {
     free(body);
 }
 
-static void test_out_of_order_update_dropped(void **state) {
+/* An update delivered after a newer one is appended all the same (consumers see every event),
+ * and carries the newer state, which it does not replace. */
+static void test_out_of_order_update_recorded(void **state) {
     RV_UNUSED(state);
     const int64_t t = 1750000000;
     char newer[64], older[64], newest[64];
@@ -551,9 +610,15 @@ static void test_out_of_order_update_dropped(void **state) {
 
     entry_t e[MAX_ENTRIES];
     int n = read_stream(W.redis.port, STREAM, e, MAX_ENTRIES);
-    assert_int_equal(n, 1);
+    assert_int_equal(n, 2);
     assert_string_equal(e[0].event_id, newer);
     check_data(e[0].data, "subscription.updated", newer, type, "pro");
+    check_entitlement(e[0].data, "pro", "active", 1, EV_SUBSCRIPTION);
+    /* The older event's own data says what it said; its entitlement is the newer state. */
+    assert_string_equal(e[1].event_id, older);
+    check_data(e[1].data, "subscription.updated", older, type, "basic");
+    check_member(e[1].data, "status", "past_due");
+    check_entitlement(e[1].data, "pro", "active", 1, EV_SUBSCRIPTION);
     entries_free(e, n);
     char v[64];
     const char *key = "rivet:customer:" EV_CUSTOMER;
@@ -562,13 +627,13 @@ static void test_out_of_order_update_dropped(void **state) {
     hget(W.redis.port, key, "status", v, sizeof v);
     assert_string_equal(v, "active");
 
-    /* A later one does get through and moves the entitlement, so the checks above could fail. */
+    /* A later one moves the entitlement, so the checks above could fail. */
     ev = load_event(type, newest, t + 20);
     set_subscription(ev, PRICE_ENTERPRISE, "active");
     char *body3 = event_text(ev);
     post_event(body3, &r);
     expect_ok(&r, type);
-    assert_int_equal(xlen(W.redis.port, STREAM), 2);
+    assert_int_equal(xlen(W.redis.port, STREAM), 3);
     hget(W.redis.port, key, "tier", v, sizeof v);
     assert_string_equal(v, "enterprise");
     free(body1);
@@ -813,7 +878,8 @@ static void check_dead(const dead_t *d, const char *body, size_t len, const char
 
 /* Nothing under the keys a mapped event would have written. */
 static void expect_no_entitlement_keys(int port) {
-    static const char *const patterns[] = {"rivet:customer:*", "rivet:subscription:*"};
+    static const char *const patterns[] = {"rivet:customer:*", "rivet:checkout:*",
+                                           "rivet:email:*"};
     for (size_t i = 0; i < RV_ARRAY_LEN(patterns); i++) {
         char out[512];
         if (th_redis(port, out, sizeof out, "KEYS %s", patterns[i]) != 0) {
@@ -898,10 +964,11 @@ static void test_malformed_customer_dead_lettered(void **state) {
     assert_int_equal(n, 1);
     assert_string_equal(e[0].event_id, good);
     entries_free(e, n);
-    /* The valid invoice wrote no customer hash; the poisoned event wrote no key at all. */
+    /* The valid invoice wrote its own customer's record only; the poisoned event wrote no key
+     * at all. */
     char out[512];
-    assert_int_equal(th_redis(W.redis.port, out, sizeof out, "KEYS %s", "rivet:customer:cus*"), 0);
-    assert_string_equal(out, "");
+    assert_int_equal(th_redis(W.redis.port, out, sizeof out, "KEYS %s", "rivet:customer:*"), 0);
+    assert_string_equal(out, "rivet:customer:" EV_CUSTOMER);
     assert_int_equal(th_redis(W.redis.port, out, sizeof out, "KEYS %s", "*FLUSHALL*"), 0);
     assert_string_equal(out, "");
     dead_t d[MAX_ENTRIES];
@@ -1289,6 +1356,178 @@ static void test_stream_key_configured(void **state) {
     free(body);
 }
 
+/* ---- one provision per session, reads of Stripe --------------------------------------------- */
+
+/* One user.provision per Checkout Session: the same session under another event is recorded
+ * without an entry, and an unpaid session is recorded until its payment succeeds. */
+static void test_checkout_once_per_session(void **state) {
+    RV_UNUSED(state);
+    const char *rec_async = "rivet_webhook_events_total{type=\"checkout.session."
+                            "async_payment_succeeded\",outcome=\"recorded\"}";
+    const char *rec_done = "rivet_webhook_events_total{type=\"checkout.session.completed\","
+                           "outcome=\"recorded\"}";
+    double async_before = metric_value(W.rivetd.port2, rec_async);
+    double done_before = metric_value(W.rivetd.port2, rec_done);
+    char id1[64], id2[64], id3[64], id4[64];
+    fresh_id(id1, sizeof id1, "session");
+    fresh_id(id2, sizeof id2, "session_again");
+    fresh_id(id3, sizeof id3, "unpaid");
+    fresh_id(id4, sizeof id4, "unpaid_paid");
+    th_response_t r;
+    char *b1 = event_from_file("checkout.session.completed", id1);
+    post_event(b1, &r);
+    expect_ok(&r, "checkout.session.completed");
+    assert_int_equal(xlen(W.redis.port, STREAM), 1);
+
+    /* The same session's async_payment_succeeded: acknowledged, recorded, not appended. */
+    cJSON *ev = load_event("checkout.session.completed", id2, -1);
+    set_string(ev, "type", "checkout.session.async_payment_succeeded");
+    char *b2 = event_text(ev);
+    post_event(b2, &r);
+    expect_ok(&r, "checkout.session.async_payment_succeeded");
+    assert_int_equal(xlen(W.redis.port, STREAM), 1);
+    assert_true(metric_value(W.rivetd.port2, rec_async) == async_before + 1);
+
+    /* Another customer's session that completed unpaid (a delayed payment method). */
+    ev = load_event("checkout.session.completed", id3, -1);
+    cJSON *o = object_of(ev);
+    set_string(o, "id", "cs_itest_unpaid");
+    set_string(o, "customer", "cus_itest_unpaid");
+    set_string(o, "subscription", "sub_itest_unpaid");
+    set_string(o, "payment_status", "unpaid");
+    char *b3 = event_text(ev);
+    post_event(b3, &r);
+    expect_ok(&r, "checkout.session.completed");
+    assert_int_equal(xlen(W.redis.port, STREAM), 1);
+    assert_true(metric_value(W.rivetd.port2, rec_done) == done_before + 1);
+    char v[64];
+    hget(W.redis.port, "rivet:customer:cus_itest_unpaid", "active", v, sizeof v);
+    assert_string_equal(v, "false");
+    assert_int_equal(redis_int(W.redis.port, "EXISTS %s", "rivet:checkout:cs_itest_unpaid"), 0);
+
+    /* Its payment succeeds: now it is provisioned, once. */
+    ev = load_event("checkout.session.completed", id4, -1);
+    set_string(ev, "type", "checkout.session.async_payment_succeeded");
+    o = object_of(ev);
+    set_string(o, "id", "cs_itest_unpaid");
+    set_string(o, "customer", "cus_itest_unpaid");
+    set_string(o, "subscription", "sub_itest_unpaid");
+    char *b4 = event_text(ev);
+    post_event(b4, &r);
+    expect_ok(&r, "checkout.session.async_payment_succeeded");
+    entry_t e[MAX_ENTRIES];
+    int n = read_stream(W.redis.port, STREAM, e, MAX_ENTRIES);
+    assert_int_equal(n, 2);
+    assert_string_equal(e[1].type, "user.provision");
+    assert_string_equal(e[1].event_id, id4);
+    check_member(e[1].data, "stripe_event_type", "checkout.session.async_payment_succeeded");
+    check_member(e[1].data, "source", "webhook");
+    check_entitlement(e[1].data, "pro", "active", 1, "sub_itest_unpaid");
+    entries_free(e, n);
+    hget(W.redis.port, "rivet:customer:cus_itest_unpaid", "active", v, sizeof v);
+    assert_string_equal(v, "true");
+    free(b1);
+    free(b2);
+    free(b3);
+    free(b4);
+}
+
+/* POST a request to the fake Stripe and return its JSON answer (the caller deletes it). */
+static cJSON *fake_post(const char *path, const char *headers, const char *body) {
+    th_response_t r;
+    if (th_request(W.xstripe.port, "POST", path, headers, body, &r) != 0) {
+        fail_msg("no answer from the fake Stripe for %s", path);
+    }
+    if (r.status != 200) fail_msg("the fake Stripe answered %d to %s: %s", r.status, path, r.body);
+    cJSON *j = cJSON_Parse(r.body);
+    th_response_free(&r);
+    if (!cJSON_IsObject(j)) fail_msg("the fake Stripe's answer to %s is not an object", path);
+    return j;
+}
+
+static const char *json_str(const cJSON *o, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!cJSON_IsString(v)) fail_msg("no string %s in the fake Stripe's answer", key);
+    return v->valuestring;
+}
+
+/* An event about a subscription rivetd has not seen is acknowledged first; then rivetd reads
+ * the subscription from Stripe and appends what Stripe says, marked as from Stripe. */
+static void test_unknown_subscription_read_from_stripe(void **state) {
+    RV_UNUSED(state);
+    const char *fargs[] = {"--prices",
+                           PRICE_BASIC ":2900:basic," PRICE_PRO ":4900:pro," PRICE_ENTERPRISE
+                                       ":19900:enterprise",
+                           NULL};
+    if (th_fake_stripe_start(&W.xstripe, fargs) != 0) fail_msg("the fake Stripe did not start");
+    /* A customer pays for pro at the fake Stripe; no webhook endpoint is set there, so rivetd
+     * hears of it only through the event below. */
+    cJSON *cs = fake_post("/v1/checkout/sessions",
+                          "Authorization: Bearer " TH_STRIPE_KEY "\r\n"
+                          "Content-Type: application/x-www-form-urlencoded\r\n",
+                          "mode=subscription&line_items[0][price]=" PRICE_PRO
+                          "&line_items[0][quantity]=1&success_url=https%3A%2F%2Fexample.com%2Fok");
+    char path[256], cust[64], sub[64];
+    snprintf(path, sizeof path, "/_fake/sessions/%s/complete", json_str(cs, "id"));
+    cJSON_Delete(cs);
+    cs = fake_post(path, "Content-Type: application/json\r\n", "{\"payment_status\":\"paid\"}");
+    snprintf(cust, sizeof cust, "%s", json_str(cs, "customer"));
+    snprintf(sub, sizeof sub, "%s", json_str(cs, "subscription"));
+    cJSON_Delete(cs);
+
+    char base[64];
+    snprintf(base, sizeof base, "STRIPE_API_BASE=http://127.0.0.1:%d", W.xstripe.port);
+    const char *env[] = {base, NULL};
+    assert_int_equal(rivetd_start(&W.xrivetd, W.redis.port, env), 0);
+    wait_ready(&W.xrivetd, 200);
+
+    char id[64];
+    fresh_id(id, sizeof id, "unknown_sub");
+    cJSON *ev = load_event("invoice.payment_succeeded", id, (int64_t)time(NULL));
+    cJSON *o = object_of(ev);
+    set_string(o, "customer", cust);
+    cJSON *details = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(o, "parent"),
+                                                      "subscription_details");
+    assert_true(cJSON_IsObject(details));
+    set_string(details, "subscription", sub);
+    char *body = event_text(ev);
+    th_response_t r;
+    post_signed(W.xrivetd.port, TH_WEBHOOK_SECRET, body, &r);
+    expect_ok(&r, "invoice.payment_succeeded");
+
+    len_probe_t p = {W.redis.port, 2};
+    if (!th_eventually(xlen_is, &p, WAIT_MS)) fail_msg("Stripe's state was never appended");
+    entry_t e[MAX_ENTRIES];
+    int n = read_stream(W.redis.port, STREAM, e, MAX_ENTRIES);
+    assert_int_equal(n, 2);
+    /* The invoice's entry: nothing is known of the subscription yet. */
+    assert_string_equal(e[0].type, "payment.succeeded");
+    assert_string_equal(e[0].event_id, id);
+    check_entitlement(e[0].data, NULL, NULL, 0, NULL);
+    /* Then what Stripe says of it: not a Stripe event, so no event id. */
+    assert_string_equal(e[1].type, "subscription.updated");
+    assert_string_equal(e[1].event_id, "");
+    check_member(e[1].data, "source", "stripe");
+    check_member(e[1].data, "stripe_event_type", "customer.subscription.updated");
+    check_member(e[1].data, "subscription_id", sub);
+    check_member(e[1].data, "status", "active");
+    check_entitlement(e[1].data, "pro", "active", 1, sub);
+    entries_free(e, n);
+    char v[64];
+    snprintf(path, sizeof path, "rivet:customer:%s", cust);
+    hget(W.redis.port, path, "tier", v, sizeof v);
+    assert_string_equal(v, "pro");
+
+    /* Stripe was asked for exactly that subscription. */
+    th_response_t q;
+    assert_int_equal(th_request(W.xstripe.port, "GET", "/_fake/requests", NULL, NULL, &q), 0);
+    snprintf(path, sizeof path, "/v1/subscriptions/%s", sub);
+    if (strstr(q.body, path) == NULL) fail_msg("the fake Stripe never saw GET %s", path);
+    th_response_free(&q);
+    rivetd_stop_clean(&W.xrivetd);
+    free(body);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_valid_event_enqueued_once, setup, teardown),
@@ -1296,7 +1535,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_six_types_map, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unknown_type_acknowledged, setup, teardown),
         cmocka_unit_test_setup_teardown(test_payment_mode_checkout_not_enqueued, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_out_of_order_update_dropped, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_out_of_order_update_recorded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_signature_missing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_signature_header_repeated, setup, teardown),
         cmocka_unit_test_setup_teardown(test_signature_wrong_secret, setup, teardown),
@@ -1313,6 +1552,9 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_redis_slower_than_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_client_disconnects_after_sending, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stream_key_configured, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_checkout_once_per_session, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unknown_subscription_read_from_stripe, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests_name("webhook", tests, group_setup, group_teardown);
 }

@@ -72,8 +72,10 @@ static int map_obj(const char *type, cJSON *obj, rv_prov_event_t *ev) {
     return rc;
 }
 
-/* Parse data_json, check the members every entry has and that nothing is null. */
-static cJSON *data_of(const rv_prov_event_t *ev, const char *stripe_type) {
+/* Parse data_json, check the members every entry has (the envelope's id and created as given)
+ * and that nothing is null. */
+static cJSON *data_check(const rv_prov_event_t *ev, const char *stripe_type, const char *event_id,
+                         double created_want) {
     assert_non_null(ev->data_json);
     cJSON *d = cJSON_Parse(ev->data_json);
     assert_non_null(d);
@@ -83,21 +85,25 @@ static cJSON *data_of(const rv_prov_event_t *ev, const char *stripe_type) {
     }
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(d, "v");
     assert_true(cJSON_IsNumber(v));
-    assert_int_equal(v->valueint, 1);
+    /* 2 since entries carry the entitlement and each status has its own name. */
+    assert_int_equal(v->valueint, 2);
     assert_string_equal(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(d, "type")),
                         ev->type);
     assert_string_equal(
-        cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(d, "stripe_event_id")),
-        "evt_test_provision_1");
+        cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(d, "stripe_event_id")), event_id);
     assert_string_equal(
         cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(d, "stripe_event_type")),
         stripe_type);
     const cJSON *created = cJSON_GetObjectItemCaseSensitive(d, "created");
     assert_true(cJSON_IsNumber(created));
-    assert_true(created->valuedouble == 1700000123.0);
+    assert_true(created->valuedouble == created_want);
     assert_true(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(d, "livemode")));
     assert_true(cJSON_IsString(cJSON_GetObjectItemCaseSensitive(d, "customer_id")));
     return d;
+}
+
+static cJSON *data_of(const rv_prov_event_t *ev, const char *stripe_type) {
+    return data_check(ev, stripe_type, "evt_test_provision_1", 1700000123.0);
 }
 
 static void assert_dstr(const cJSON *d, const char *key, const char *want) {
@@ -163,15 +169,22 @@ static void test_checkout_completed(void **state) {
     assert_string_equal(ev.email, "example@example.com");
     assert_string_equal(ev.tier, "pro");
     assert_string_equal(ev.status, "paid");
-    assert_int_equal(ev.ordered, 0);
-    assert_int_equal(ev.sets_entitlement, 1);
+    assert_string_equal(ev.session_id, FX_CHECKOUT);
+    assert_int_equal(ev.fulfills, 1);
+    /* A checkout is no subscription: it says nothing of the subscription's whole state. */
+    assert_int_equal(ev.has_state, 0);
+    assert_int_equal(ev.has_period_end, 0);
+    assert_int_equal(ev.cancel_at_period_end, -1);
 
     cJSON *d = data_of(&ev, "checkout.session.completed");
     assert_dstr(d, "customer_id", "cus_checkout_1");
     assert_dstr(d, "email", "example@example.com");
     assert_dstr(d, "subscription_id", "sub_checkout_1");
     assert_dstr(d, "tier", "pro");
-    assert_dstr(d, "status", "paid");
+    /* Only a subscription's status is "status". */
+    assert_dstr(d, "payment_status", "paid");
+    assert_dabsent(d, "status");
+    assert_dabsent(d, "invoice_status");
     assert_dnum(d, "amount_total", 2900);
     assert_dstr(d, "currency", "usd");
     assert_dstr(d, "checkout_session_id", FX_CHECKOUT);
@@ -272,24 +285,137 @@ static void test_checkout_not_subscription(void **state) {
     rv_prov_event_free(&ev);
 }
 
+/* A completed session provisions once it is paid or needs no payment; an unpaid one (a delayed
+ * payment method) waits for async_payment_succeeded. */
+static void test_checkout_fulfills(void **state) {
+    static const struct {
+        const char *payment_status; /* NULL: absent */
+        int fulfills;
+    } cases[] = {
+        {"paid", 1},
+        {"no_payment_required", 1},
+        {"unpaid", 0},
+        {NULL, 0},
+    };
+    for (size_t i = 0; i < RV_ARRAY_LEN(cases); i++) {
+        rv_prov_event_t ev;
+        cJSON *cs = checkout_subscription();
+        if (cases[i].payment_status) {
+            set(cs, "payment_status", cJSON_CreateString(cases[i].payment_status));
+        } else {
+            cJSON_DeleteItemFromObjectCaseSensitive(cs, "payment_status");
+        }
+        assert_int_equal(map_obj("checkout.session.completed", cs, &ev), 0);
+        /* Still a user.provision: whether it is appended is the queue's decision. */
+        assert_string_equal(ev.type, "user.provision");
+        assert_string_equal(ev.session_id, FX_CHECKOUT);
+        if (ev.fulfills != cases[i].fulfills) {
+            fail_msg("payment_status %s: fulfills %d, want %d",
+                     cases[i].payment_status ? cases[i].payment_status : "(absent)", ev.fulfills,
+                     cases[i].fulfills);
+        }
+        cJSON *d = data_of(&ev, "checkout.session.completed");
+        if (cases[i].payment_status) {
+            assert_dstr(d, "payment_status", cases[i].payment_status);
+        } else {
+            assert_dabsent(d, "payment_status");
+        }
+        assert_dabsent(d, "status");
+        cJSON_Delete(d);
+        rv_prov_event_free(&ev);
+    }
+
+    /* A session without an id cannot be provisioned once per session, so it never fulfills. */
+    rv_prov_event_t ev;
+    cJSON *cs = checkout_subscription();
+    cJSON_DeleteItemFromObjectCaseSensitive(cs, "id");
+    assert_int_equal(map_obj("checkout.session.completed", cs, &ev), 0);
+    assert_string_equal(ev.session_id, "");
+    assert_int_equal(ev.fulfills, 0);
+    cJSON *d = data_of(&ev, "checkout.session.completed");
+    assert_dabsent(d, "checkout_session_id");
+    cJSON_Delete(d);
+    rv_prov_event_free(&ev);
+}
+
+static void test_checkout_async_payment(void **state) {
+    rv_prov_event_t ev;
+    /* The delayed payment of a session that completed unpaid provisions it. */
+    cJSON *cs = checkout_subscription();
+    assert_int_equal(map_obj("checkout.session.async_payment_succeeded", cs, &ev), 0);
+    assert_string_equal(ev.type, "user.provision");
+    assert_string_equal(ev.stripe_type, "checkout.session.async_payment_succeeded");
+    assert_string_equal(ev.session_id, FX_CHECKOUT);
+    assert_string_equal(ev.customer_id, "cus_checkout_1");
+    assert_string_equal(ev.subscription_id, "sub_checkout_1");
+    assert_string_equal(ev.tier, "pro");
+    assert_int_equal(ev.fulfills, 1);
+    assert_int_equal(ev.has_state, 0);
+    cJSON *d = data_of(&ev, "checkout.session.async_payment_succeeded");
+    assert_dstr(d, "checkout_session_id", FX_CHECKOUT);
+    assert_dstr(d, "payment_status", "paid");
+    cJSON_Delete(d);
+    rv_prov_event_free(&ev);
+    /* The event is the payment: it provisions even when the session it carries was captured
+     * before payment_status changed. */
+    cs = checkout_subscription();
+    set(cs, "payment_status", cJSON_CreateString("unpaid"));
+    assert_int_equal(map_obj("checkout.session.async_payment_succeeded", cs, &ev), 0);
+    assert_int_equal(ev.fulfills, 1);
+    rv_prov_event_free(&ev);
+
+    /* Its failure is a failed payment and provisions nothing, whatever payment_status says. */
+    static const char *const statuses[] = {"unpaid", "paid"};
+    for (size_t i = 0; i < RV_ARRAY_LEN(statuses); i++) {
+        cs = checkout_subscription();
+        set(cs, "payment_status", cJSON_CreateString(statuses[i]));
+        assert_int_equal(map_obj("checkout.session.async_payment_failed", cs, &ev), 0);
+        assert_string_equal(ev.type, "payment.failed");
+        assert_string_equal(ev.session_id, FX_CHECKOUT);
+        assert_int_equal(ev.fulfills, 0);
+        d = data_of(&ev, "checkout.session.async_payment_failed");
+        assert_dstr(d, "payment_status", statuses[i]);
+        assert_dstr(d, "subscription_id", "sub_checkout_1");
+        cJSON_Delete(d);
+        rv_prov_event_free(&ev);
+    }
+
+    /* Like a completed session, only subscription checkouts are this product's. */
+    cs = checkout_subscription();
+    set(cs, "mode", cJSON_CreateString("payment"));
+    assert_int_equal(map_obj("checkout.session.async_payment_succeeded", cs, &ev), RV_EIGNORED);
+    assert_null(ev.data_json);
+    rv_prov_event_free(&ev);
+    cs = checkout_subscription();
+    set(cs, "customer", cJSON_CreateNull());
+    assert_int_equal(map_obj("checkout.session.async_payment_failed", cs, &ev), RV_EMALFORMED);
+    assert_int_equal(ev.fulfills, 0);
+    assert_string_equal(ev.session_id, "");
+    rv_prov_event_free(&ev);
+}
+
 /* --- customer.subscription.* --- */
 
 static void test_subscription_events(void **state) {
     static const struct {
         const char *stripe, *type;
-        int ordered;
     } cases[] = {
-        {"customer.subscription.created", "subscription.created", 0},
-        {"customer.subscription.updated", "subscription.updated", 1},
-        {"customer.subscription.deleted", "user.deprovision", 0},
+        {"customer.subscription.created", "subscription.created"},
+        {"customer.subscription.updated", "subscription.updated"},
+        {"customer.subscription.deleted", "user.deprovision"},
     };
     for (size_t i = 0; i < RV_ARRAY_LEN(cases); i++) {
         rv_prov_event_t ev;
         /* Stripe's example is the newer shape: current_period_end only on the items. */
         assert_int_equal(map_obj(cases[i].stripe, load_fixture("subscription"), &ev), 0);
         assert_string_equal(ev.type, cases[i].type);
-        assert_int_equal(ev.ordered, cases[i].ordered);
-        assert_int_equal(ev.sets_entitlement, 1);
+        /* Every subscription event carries the subscription's whole state. */
+        assert_int_equal(ev.has_state, 1);
+        assert_int_equal(ev.has_period_end, 1);
+        assert_int_equal(ev.period_end, FX_ITEM_PERIOD_END);
+        assert_int_equal(ev.cancel_at_period_end, 1);
+        assert_int_equal(ev.fulfills, 0);
+        assert_string_equal(ev.session_id, "");
         assert_string_equal(ev.customer_id, FX_CUSTOMER);
         assert_string_equal(ev.subscription_id, FX_SUB);
         assert_string_equal(ev.tier, "pro");
@@ -301,6 +427,8 @@ static void test_subscription_events(void **state) {
         assert_dstr(d, "subscription_id", FX_SUB);
         assert_dstr(d, "tier", "pro");
         assert_dstr(d, "status", "active");
+        assert_dabsent(d, "payment_status");
+        assert_dabsent(d, "invoice_status");
         assert_dnum(d, "current_period_end", FX_ITEM_PERIOD_END);
         assert_true(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(d, "cancel_at_period_end")));
         assert_dstr(d, "currency", "usd");
@@ -320,6 +448,9 @@ static void test_subscription_period_end_shapes(void **state) {
     set(sub, "current_period_end", cJSON_CreateNumber(1735689600));
     cJSON_DeleteItemFromObjectCaseSensitive(item0(sub, "items"), "current_period_end");
     assert_int_equal(map_obj("customer.subscription.updated", sub, &ev), 0);
+    assert_int_equal(ev.has_state, 1);
+    assert_int_equal(ev.has_period_end, 1);
+    assert_int_equal(ev.period_end, 1735689600);
     cJSON *d = data_of(&ev, "customer.subscription.updated");
     assert_dnum(d, "current_period_end", 1735689600);
     cJSON_Delete(d);
@@ -330,6 +461,60 @@ static void test_subscription_period_end_shapes(void **state) {
     cJSON_DeleteItemFromObjectCaseSensitive(item0(sub, "items"), "current_period_end");
     cJSON_DeleteItemFromObjectCaseSensitive(sub, "cancel_at_period_end");
     assert_int_equal(map_obj("customer.subscription.updated", sub, &ev), 0);
+    assert_int_equal(ev.has_state, 1);
+    assert_int_equal(ev.has_period_end, 0);
+    assert_int_equal(ev.cancel_at_period_end, -1);
+    d = data_of(&ev, "customer.subscription.updated");
+    assert_dabsent(d, "current_period_end");
+    assert_dabsent(d, "cancel_at_period_end");
+    cJSON_Delete(d);
+    rv_prov_event_free(&ev);
+}
+
+/* The state a subscription event carries: the period's end in both API shapes, and
+ * cancel_at_period_end as 1, 0 or absent (-1). */
+static void test_subscription_state(void **state) {
+    rv_prov_event_t ev;
+    /* Newer shape: the period only on the first item. */
+    cJSON *sub = load_fixture("subscription");
+    cJSON_DeleteItemFromObjectCaseSensitive(sub, "current_period_end");
+    set(item0(sub, "items"), "current_period_end", cJSON_CreateNumber(1767225600));
+    set(sub, "cancel_at_period_end", cJSON_CreateFalse());
+    set(sub, "status", cJSON_CreateString("past_due"));
+    assert_int_equal(map_obj("customer.subscription.updated", sub, &ev), 0);
+    assert_int_equal(ev.has_state, 1);
+    assert_int_equal(ev.has_period_end, 1);
+    assert_int_equal(ev.period_end, 1767225600);
+    assert_int_equal(ev.cancel_at_period_end, 0);
+    assert_string_equal(ev.status, "past_due");
+    assert_string_equal(ev.tier, "pro");
+    cJSON *d = data_of(&ev, "customer.subscription.updated");
+    assert_dnum(d, "current_period_end", 1767225600);
+    assert_true(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(d, "cancel_at_period_end")));
+    assert_dstr(d, "status", "past_due");
+    cJSON_Delete(d);
+    rv_prov_event_free(&ev);
+
+    /* Older shape: on the subscription itself; cancel_at_period_end true. */
+    sub = load_fixture("subscription");
+    set(sub, "current_period_end", cJSON_CreateNumber(1704067200));
+    cJSON_DeleteItemFromObjectCaseSensitive(item0(sub, "items"), "current_period_end");
+    set(sub, "cancel_at_period_end", cJSON_CreateTrue());
+    assert_int_equal(map_obj("customer.subscription.deleted", sub, &ev), 0);
+    assert_int_equal(ev.has_period_end, 1);
+    assert_int_equal(ev.period_end, 1704067200);
+    assert_int_equal(ev.cancel_at_period_end, 1);
+    rv_prov_event_free(&ev);
+
+    /* A period end that is not a whole number is no period end. */
+    sub = load_fixture("subscription");
+    cJSON_DeleteItemFromObjectCaseSensitive(sub, "current_period_end");
+    set(item0(sub, "items"), "current_period_end", cJSON_CreateString("1767225600"));
+    set(sub, "cancel_at_period_end", cJSON_CreateString("true"));
+    assert_int_equal(map_obj("customer.subscription.updated", sub, &ev), 0);
+    assert_int_equal(ev.has_state, 1);
+    assert_int_equal(ev.has_period_end, 0);
+    assert_int_equal(ev.cancel_at_period_end, -1);
     d = data_of(&ev, "customer.subscription.updated");
     assert_dabsent(d, "current_period_end");
     assert_dabsent(d, "cancel_at_period_end");
@@ -444,8 +629,12 @@ static void test_invoice_events(void **state) {
          * parent.subscription_details. */
         assert_int_equal(map_obj(cases[i].stripe, invoice_paid(), &ev), 0);
         assert_string_equal(ev.type, cases[i].type);
-        assert_int_equal(ev.ordered, 0);
-        assert_int_equal(ev.sets_entitlement, 0);
+        /* An invoice names its subscription but says nothing of its state. */
+        assert_int_equal(ev.has_state, 0);
+        assert_int_equal(ev.has_period_end, 0);
+        assert_int_equal(ev.cancel_at_period_end, -1);
+        assert_int_equal(ev.fulfills, 0);
+        assert_string_equal(ev.session_id, "");
         assert_string_equal(ev.customer_id, FX_CUSTOMER);
         assert_string_equal(ev.subscription_id, "subscription");
         assert_string_equal(ev.email, "payer@example.com");
@@ -456,7 +645,9 @@ static void test_invoice_events(void **state) {
         assert_dstr(d, "customer_id", FX_CUSTOMER);
         assert_dstr(d, "email", "payer@example.com");
         assert_dstr(d, "subscription_id", "subscription");
-        assert_dstr(d, "status", "paid");
+        assert_dstr(d, "invoice_status", "paid");
+        assert_dabsent(d, "status");
+        assert_dabsent(d, "payment_status");
         assert_dnum(d, "amount_paid", 2900);
         assert_dnum(d, "amount_due", 1000);
         assert_dstr(d, "currency", "usd");
@@ -1036,6 +1227,83 @@ static void test_payload_reasons(void **state) {
     rv_prov_event_free(&ev);
 }
 
+/* Objects read from Stripe outside an event: no event id, created is the time of the read. */
+static void test_map_object(void **state) {
+    rv_prov_event_t ev;
+    const int64_t read_at = 1760000000;
+    cJSON *cs = checkout_subscription();
+    char *s = cJSON_PrintUnformatted(cs);
+    cJSON_Delete(cs);
+    assert_int_equal(rv_provision_map_object(s, strlen(s), "checkout.session.completed", read_at,
+                                             &prices, &ev),
+                     0);
+    free(s);
+    assert_string_equal(ev.type, "user.provision");
+    assert_string_equal(ev.event_id, "");
+    assert_string_equal(ev.stripe_type, "checkout.session.completed");
+    assert_int_equal(ev.created, read_at);
+    assert_string_equal(ev.session_id, FX_CHECKOUT);
+    assert_string_equal(ev.customer_id, "cus_checkout_1");
+    assert_string_equal(ev.subscription_id, "sub_checkout_1");
+    assert_string_equal(ev.tier, "pro");
+    assert_int_equal(ev.fulfills, 1);
+    assert_int_equal(ev.has_state, 0);
+    cJSON *d = data_check(&ev, "checkout.session.completed", "", (double)read_at);
+    assert_dstr(d, "payment_status", "paid");
+    cJSON_Delete(d);
+    rv_prov_event_free(&ev);
+
+    cJSON *sub = load_fixture("subscription");
+    s = cJSON_PrintUnformatted(sub);
+    cJSON_Delete(sub);
+    assert_int_equal(rv_provision_map_object(s, strlen(s), "customer.subscription.updated",
+                                             read_at + 1, &prices, &ev),
+                     0);
+    assert_string_equal(ev.type, "subscription.updated");
+    assert_string_equal(ev.event_id, "");
+    assert_string_equal(ev.stripe_type, "customer.subscription.updated");
+    assert_int_equal(ev.created, read_at + 1);
+    assert_string_equal(ev.customer_id, FX_CUSTOMER);
+    assert_string_equal(ev.subscription_id, FX_SUB);
+    assert_string_equal(ev.tier, "pro");
+    assert_string_equal(ev.status, "active");
+    assert_int_equal(ev.has_state, 1);
+    assert_int_equal(ev.has_period_end, 1);
+    assert_int_equal(ev.period_end, FX_ITEM_PERIOD_END);
+    assert_int_equal(ev.cancel_at_period_end, 1);
+    assert_string_equal(ev.session_id, "");
+    d = data_check(&ev, "customer.subscription.updated", "", (double)(read_at + 1));
+    assert_dstr(d, "status", "active");
+    cJSON_Delete(d);
+    rv_prov_event_free(&ev);
+
+    /* The type says what the object is; without it nothing can be mapped. */
+    assert_int_equal(rv_provision_map_object(s, strlen(s), NULL, read_at, &prices, &ev),
+                     RV_EINVAL);
+    rv_prov_event_free(&ev);
+    free(s);
+    /* An event envelope handed over as the object is no subscription: it names no customer. */
+    s = make_event("customer.subscription.updated", load_fixture("subscription"));
+    assert_int_equal(rv_provision_map_object(s, strlen(s), "customer.subscription.updated",
+                                             read_at, &prices, &ev),
+                     RV_EMALFORMED);
+    assert_null(ev.data_json);
+    rv_prov_event_free(&ev);
+    free(s);
+
+    /* The same checks as for events: a session read that is not a subscription's is ignored. */
+    cs = checkout_subscription();
+    set(cs, "mode", cJSON_CreateString("payment"));
+    s = cJSON_PrintUnformatted(cs);
+    cJSON_Delete(cs);
+    assert_int_equal(rv_provision_map_object(s, strlen(s), "checkout.session.completed", read_at,
+                                             &prices, &ev),
+                     RV_EIGNORED);
+    assert_null(ev.data_json);
+    rv_prov_event_free(&ev);
+    free(s);
+}
+
 static void test_livemode_and_free(void **state) {
     rv_prov_event_t ev;
     cJSON *e = load_fixture("event");
@@ -1071,8 +1339,11 @@ int main(void) {
         cmocka_unit_test(test_checkout_expanded_refs),
         cmocka_unit_test(test_checkout_metadata_tier),
         cmocka_unit_test(test_checkout_not_subscription),
+        cmocka_unit_test(test_checkout_fulfills),
+        cmocka_unit_test(test_checkout_async_payment),
         cmocka_unit_test(test_subscription_events),
         cmocka_unit_test(test_subscription_period_end_shapes),
+        cmocka_unit_test(test_subscription_state),
         cmocka_unit_test(test_subscription_price_shapes),
         cmocka_unit_test(test_subscription_expanded_customer),
         cmocka_unit_test(test_invoice_events),
@@ -1087,6 +1358,7 @@ int main(void) {
         cmocka_unit_test(test_malformed_escaped_nul),
         cmocka_unit_test(test_checkout_without_customer),
         cmocka_unit_test(test_payload_reasons),
+        cmocka_unit_test(test_map_object),
         cmocka_unit_test(test_livemode_and_free),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
