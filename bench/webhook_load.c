@@ -9,7 +9,10 @@
  * is also signed from scratch with rv_webhook_sign and the two must agree, so the shortcut cannot
  * drift from what Stripe (and rivetd) compute.
  *
- * Output: one "key=value" line per figure on stdout, for bench/webhook.sh to read. */
+ * Output: one "key=value" line per figure on stdout, for bench/webhook.sh to read. With -o FILE,
+ * also one line per request whose answer came (or whose connection failed, status 0): the event
+ * id, the status and the CLOCK_MONOTONIC millisecond of the answer, for bench/failover.sh to
+ * hold the stream against. */
 #include <arpa/inet.h>
 #include <cJSON.h>
 #include <errno.h>
@@ -81,6 +84,8 @@ static struct {
     uint64_t status_counts[6]; /* 1xx..5xx by first digit, [0] other */
     uint32_t *hist;
     int64_t max_us;
+    FILE *out;                      /* -o: one line per answer, or NULL */
+    int64_t first_bad_ms, last_bad_ms; /* monotonic ms of the first and last non-200 answer */
 } G;
 
 static int64_t now_ns(void) {
@@ -300,7 +305,21 @@ static ssize_t parse_response(conn_t *c, int *status, int *close_after) {
     return (ssize_t)(head + (size_t)cl);
 }
 
+/* The answer (status 0: the connection failed) to the request in c, in the -o file. */
+static void log_answer(conn_t *c, int status) {
+    int64_t ms = now_ns() / 1000000;
+    if (status != 200) {
+        if (G.first_bad_ms == 0) G.first_bad_ms = ms;
+        G.last_bad_ms = ms;
+    }
+    if (G.out == NULL) return;
+    const char *id = c->req + G.body_off + G.prefix_len - strlen(G.tag) - 11;
+    fprintf(G.out, "%.*s %d %lld\n", (int)(strlen(G.tag) + 11 + ID_DIGITS), id, status,
+            (long long)ms);
+}
+
 static void record(conn_t *c, int status) {
+    log_answer(c, status);
     int64_t us = (now_ns() - c->sent_ns) / 1000;
     G.hist[us < HIST_US ? us : HIST_US - 1]++;
     if (us > G.max_us) G.max_us = us;
@@ -313,7 +332,10 @@ static void record(conn_t *c, int status) {
 /* A connection failed: what was in flight is unknown (it may or may not have been stored), so it
  * counts as an error, and the connection is opened again while the run goes on. */
 static void fail_conn(conn_t *c, int running) {
-    if (c->busy) G.errors++;
+    if (c->busy) {
+        G.errors++;
+        log_answer(c, 0);
+    }
     c->busy = 0;
     conn_close(c);
     if (running) {
@@ -412,7 +434,7 @@ static void usage(void) {
     fprintf(stderr,
             "usage: webhook_load -p PORT -f EVENT.json [-H 127.0.0.1] [-c 64] [-d 10]\n"
             "                    [-s SECRET (or $STRIPE_WEBHOOK_SECRET)]\n"
-            "                    [-P /api/webhooks/stripe]\n");
+            "                    [-P /api/webhooks/stripe] [-o ANSWERS_FILE]\n");
     exit(2);
 }
 
@@ -424,7 +446,8 @@ int main(int argc, char **argv) {
     G.path = "/api/webhooks/stripe";
     G.secret = getenv("STRIPE_WEBHOOK_SECRET");
     int opt;
-    while ((opt = getopt(argc, argv, "H:p:c:d:s:f:P:")) != -1) {
+    const char *out_path = NULL;
+    while ((opt = getopt(argc, argv, "H:p:c:d:s:f:P:o:")) != -1) {
         switch (opt) {
         case 'H': G.host = optarg; break;
         case 'p': G.port = atoi(optarg); break;
@@ -433,6 +456,7 @@ int main(int argc, char **argv) {
         case 's': G.secret = optarg; break;
         case 'f': file = optarg; break;
         case 'P': G.path = optarg; break;
+        case 'o': out_path = optarg; break;
         default: usage();
         }
     }
@@ -444,6 +468,7 @@ int main(int argc, char **argv) {
     snprintf(G.tag, sizeof G.tag, "%08x", (unsigned)(time(NULL) ^ (getpid() << 16)));
     build_body(file);
     build_head();
+    if (out_path != NULL && (G.out = fopen(out_path, "w")) == NULL) die("cannot open -o file");
 
     G.md = mbedtls_md_info_from_type(MBEDTLS_MD_SHA256);
     mbedtls_md_init(&G.base);
@@ -505,6 +530,9 @@ int main(int argc, char **argv) {
     printf("latency_max_ms=%.3f\n", (double)G.max_us / 1000.0);
     printf("client_cpu_pct=%.0f\n", 100.0 * cpu / total_wall);
     printf("signatures_checked=%llu\n", (unsigned long long)G.checked);
+    printf("first_non200_mono_ms=%lld\n", (long long)G.first_bad_ms);
+    printf("last_non200_mono_ms=%lld\n", (long long)G.last_bad_ms);
+    if (G.out != NULL && fclose(G.out) != 0) die("cannot write the -o file");
     for (int i = 0; i < G.nconns; i++) {
         conn_close(&conns[i]);
         free(conns[i].req);

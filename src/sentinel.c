@@ -45,6 +45,7 @@ struct rv_sentinel_s {
     redisAsyncContext *w_ac;
     uv_timer_t w_timer;
     int w_pos;
+    int w_ok; /* the sentinel confirmed the subscription */
 };
 
 int rv_sentinel_parse(const char *list, rv_sentinel_addr_t *out, int max) {
@@ -221,13 +222,26 @@ int rv_sentinel_find(rv_sentinel_t *s, rv_sentinel_found_cb found, void *data) {
 
 static void watch_start(rv_sentinel_t *s);
 
+/* Start the subscription, or give up one that was not confirmed in time: a refused or hanging
+ * connect is never reported by hiredis's libuv adapter (it ignores poll errors), so without this
+ * the subscription would wait on a dead first sentinel for ever. */
 static void on_watch_timer(uv_timer_t *t) {
     rv_sentinel_t *s = t->data;
-    if (!s->closing && s->w_ac == NULL) watch_start(s);
+    if (s->closing) return;
+    if (s->w_ac != NULL) {
+        if (s->w_ok) return;
+        rv_debug("redis: sentinel %s:%d did not confirm the subscription in %llu ms; trying the "
+                 "next", s->addr[s->order[s->w_pos % s->n]].host,
+                 s->addr[s->order[s->w_pos % s->n]].port, (unsigned long long)s->timeout_ms);
+        drop(&s->w_ac);
+        s->w_pos++;
+    }
+    watch_start(s);
 }
 
 static void watch_retry(rv_sentinel_t *s) {
     s->w_pos++;
+    s->w_ok = 0;
     uv_timer_start(&s->w_timer, on_watch_timer, WATCH_RETRY_MS, 0);
 }
 
@@ -252,8 +266,14 @@ static void on_watch_message(redisAsyncContext *ac, void *r, void *privdata) {
     rv_sentinel_t *s = privdata;
     redisReply *reply = r;
     if (ac->data != s || reply == NULL || reply->type != REDIS_REPLY_ARRAY ||
-        reply->elements != 3 || reply->element[0]->type != REDIS_REPLY_STRING ||
-        strcmp(reply->element[0]->str, "message") != 0 ||
+        reply->elements != 3 || reply->element[0]->type != REDIS_REPLY_STRING)
+        return;
+    if (strcmp(reply->element[0]->str, "subscribe") == 0) {
+        s->w_ok = 1;
+        uv_timer_stop(&s->w_timer);
+        return;
+    }
+    if (strcmp(reply->element[0]->str, "message") != 0 ||
         reply->element[2]->type != REDIS_REPLY_STRING)
         return;
     char name[128], old_host[64], new_host[64];
@@ -272,6 +292,8 @@ static void watch_start(rv_sentinel_t *s) {
     redisAsyncContext *ac = open_ctx(s, a, on_watch_connect, on_watch_disconnect);
     if (ac && redisAsyncCommand(ac, on_watch_message, s, "SUBSCRIBE +switch-master") == REDIS_OK) {
         s->w_ac = ac;
+        s->w_ok = 0;
+        uv_timer_start(&s->w_timer, on_watch_timer, s->timeout_ms, 0);
         return;
     }
     if (ac) {
