@@ -52,7 +52,8 @@ static const char cursor_script[] =
     "if c == nil or c < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end\n"
     "return 1\n";
 
-enum { IDLE, LOCKING, CURSOR, PAGING, APPLYING, FINISHING };
+enum { IDLE, LOCKING, CURSOR, PAGING, APPLYING, FINISHING, DRAINING };
+#define DRAIN_POLL_MS 50 /* one run: how often it looks whether Stripe's answers are in */
 
 struct rv_reconcile_s {
     rv_app_t *app;
@@ -77,6 +78,7 @@ struct rv_reconcile_s {
 
 static void run_start(rv_reconcile_t *r);
 static void next_page(rv_reconcile_t *r);
+static void one_run_done(rv_reconcile_t *r);
 
 /* ---- life ---------------------------------------------------------------------------------- */
 
@@ -102,6 +104,7 @@ static void on_timer(uv_timer_t *t) {
     rv_reconcile_t *r = t->data;
     if (r->state == IDLE) run_start(r);
     else if (r->state == PAGING) next_page(r);
+    else if (r->state == DRAINING) one_run_done(r);
 }
 
 static void schedule(rv_reconcile_t *r, uint64_t ms) {
@@ -158,9 +161,21 @@ static void on_released(void *data, int err, const struct redisReply *reply) {
     if (answer_arrived(r)) return;
     r->state = IDLE;
     report(r);
-    if (r->interval_ms) {
-        schedule(r, r->interval_ms);
-    } else if (r->done) {
+    if (r->interval_ms) schedule(r, r->interval_ms);
+    else one_run_done(r);
+}
+
+/* One run (--reconcile) ends once Stripe has answered what the run asked it and Redis has what
+ * Stripe said (the caller stops everything then: a read or a command still in flight would be
+ * dropped). Both are bounded by their timeouts. */
+static void one_run_done(rv_reconcile_t *r) {
+    if ((r->app->nreads > 0 || rv_queue_pending(r->app->queue) > 0) && !r->app->stopping) {
+        r->state = DRAINING;
+        schedule(r, DRAIN_POLL_MS);
+        return;
+    }
+    r->state = IDLE;
+    if (r->done) {
         rv_reconcile_done_cb done = r->done;
         r->done = NULL;
         done(r->done_data, &r->st);
@@ -226,9 +241,26 @@ static void page_done(rv_reconcile_t *r) {
     schedule(r, PAGE_GAP_MS);
 }
 
+/* An event of a page on its way through the script. */
+typedef struct applied_s {
+    rv_reconcile_t *r;
+    char sub_id[RV_PROVISION_ID_MAX + 1];
+} applied_t;
+
 static void on_event_applied(void *data, int err, int result, const char *stream_id) {
-    rv_reconcile_t *r = data;
-    if (answer_arrived(r)) return;
+    applied_t *a = data;
+    rv_reconcile_t *r = a->r;
+    if (answer_arrived(r)) {
+        free(a);
+        return;
+    }
+    /* As for a webhook: a subscription not known yet, or a state that ties with one a webhook
+     * brought in the same second, is settled by asking Stripe. */
+    if (!err && (result & RV_ENQ_ASK_STRIPE) && a->sub_id[0]) {
+        int rc = rv_entitlement_ask_stripe(r->app, a->sub_id);
+        if (rc) rv_warn("reconcile: cannot ask Stripe for %s: %s", a->sub_id, rv_strerror(rc));
+    }
+    free(a);
     if (err) {
         r->page_failed = 1;
     } else {
@@ -277,10 +309,17 @@ static void apply_event(rv_reconcile_t *r, const cJSON *event) {
             r->page_failed = 1;
         }
     } else if (rc == 0) {
-        if (rv_queue_apply(app->queue, &ev, RV_APPLY_EVENT, "recovery", on_event_applied, r) == 0) {
+        applied_t *a = malloc(sizeof *a);
+        if (a) {
+            a->r = r;
+            snprintf(a->sub_id, sizeof a->sub_id, "%s", ev.subscription_id);
+        }
+        if (a && rv_queue_apply(app->queue, &ev, RV_APPLY_EVENT, "recovery", on_event_applied,
+                                a) == 0) {
             r->inflight++;
             r->applying++;
         } else {
+            free(a);
             r->page_failed = 1;
         }
     } else {
