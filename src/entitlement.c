@@ -52,16 +52,15 @@ static void on_state_applied(void *data, int err, int result, const char *stream
     free(sub_id);
 }
 
-/* Apply a Stripe object read now, in mode, from source. */
-static int apply_object(rv_app_t *app, const cJSON *obj, const char *as_type, int mode,
-                        const char *source, rv_enqueue_cb cb, void *data, char *reason,
+/* Apply a Stripe object read at time version (Stripe's clock), in mode, from source. */
+static int apply_object(rv_app_t *app, const cJSON *obj, const char *as_type, int64_t version,
+                        int mode, const char *source, rv_enqueue_cb cb, void *data, char *reason,
                         size_t reason_len) {
     char *text = cJSON_PrintUnformatted(obj);
     if (text == NULL) return RV_ENOMEM;
     rv_prices_t prices = prices_of(app);
     rv_prov_event_t ev;
-    int rc = rv_provision_map_object(text, strlen(text), as_type, (int64_t)time(NULL), &prices,
-                                     &ev);
+    int rc = rv_provision_map_object(text, strlen(text), as_type, version, &prices, &ev);
     free(text);
     if (rc == 0) {
         rc = app->queue ? rv_queue_apply(app->queue, &ev, mode, source, cb, data) : RV_EUNAVAIL;
@@ -84,7 +83,10 @@ static void on_subscription(void *data, const rv_stripe_result_t *res) {
     }
     char *sub_id = strdup(r->sub_id);
     char reason[128] = "";
-    int rc = sub_id ? apply_object(app, res->json, "customer.subscription.updated",
+    /* The read is as new as Stripe's clock says (its Date header), so that it compares with
+     * events' created, which are Stripe's too; rivetd's own clock only when there is none. */
+    int64_t version = res->date ? res->date : (int64_t)time(NULL);
+    int rc = sub_id ? apply_object(app, res->json, "customer.subscription.updated", version,
                                    RV_APPLY_STATE, "stripe", on_state_applied, sub_id, reason,
                                    sizeof reason)
                     : RV_ENOMEM;

@@ -7,6 +7,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "rivet/common.h"
 #include "rivet/list.h"
@@ -185,6 +186,7 @@ typedef struct outcome_s {
     int status;
     cJSON *json;
     char *request_id;
+    int64_t date; /* the answer's Date header, Unix seconds; 0 when absent */
 } outcome_t;
 
 struct rv_stripe_call_s {
@@ -207,6 +209,17 @@ struct rv_stripe_call_s {
     void *data;
     rv_stripe_call_t *prev, *next;
 };
+
+/* An IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT") as Unix seconds; 0 when absent or not one. */
+static int64_t http_date(const char *v) {
+    struct tm tm;
+    memset(&tm, 0, sizeof tm);
+    if (v == NULL) return 0;
+    const char *end = strptime(v, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    if (end == NULL || *end != '\0') return 0;
+    time_t t = timegm(&tm);
+    return t > 0 ? (int64_t)t : 0;
+}
 
 static void outcome_clear(outcome_t *o) {
     cJSON_Delete(o->json);
@@ -268,6 +281,7 @@ static void finish(rv_stripe_call_t *c, int err) {
     res.status = c->last.status;
     res.json = c->last.json;
     res.request_id = c->last.request_id;
+    res.date = c->last.date;
     res.attempts = c->attempts;
     const cJSON *e = error_object(&c->last);
     if (e != NULL) {
@@ -367,6 +381,7 @@ static void on_http(void *data, const rv_http_response_t *res) {
     }
     const char *rid = rv_http_response_header(res, "Request-Id");
     if (rid != NULL) c->last.request_id = strdup(rid);
+    c->last.date = http_date(rv_http_response_header(res, "Date"));
     if (res->err == 0 && res->status >= 200 && res->status < 300) {
         finish(c, 0);
         return;

@@ -835,6 +835,8 @@ class Fake:
         self.start_api_version = args.api_version
         self.portal_configuration = rand_id("bpc_")
         self.clock = Clock()
+        global ANSWER_CLOCK
+        ANSWER_CLOCK = self.clock
         self.webhooks = Webhooks(self.clock)
         self.conns = set()
         self.reset()
@@ -2144,6 +2146,15 @@ def encode(obj):
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
+# The clock whose time answers carry in their Date header, as Stripe's do (set by the fake).
+ANSWER_CLOCK = None
+
+
+def http_date(t):
+    """An IMF-fixdate (RFC 9110) for Unix time t."""
+    return time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(t))
+
+
 def render(status, headers, body, close):
     """An answer's bytes; body is an object to encode as JSON or bytes already encoded."""
     if isinstance(body, bytes):
@@ -2154,7 +2165,8 @@ def render(status, headers, body, close):
              "Server: fake-stripe",
              "Content-Type: application/json",
              "Content-Length: %d" % len(payload),
-             "Cache-Control: no-cache, no-store"]
+             "Cache-Control: no-cache, no-store",
+             "Date: " + http_date(ANSWER_CLOCK.now() if ANSWER_CLOCK else time.time())]
     if not any(k == "Request-Id" for k, _ in headers):
         lines.append("Request-Id: " + request_id())
     for k, v in headers:

@@ -54,6 +54,8 @@ typedef struct rv_stripe_result_s {
     const char *err_message;
     const char *err_param;
     const char *request_id;   /* Stripe's Request-Id header, NULL when absent */
+    int64_t date;             /* the answer's Date header (Stripe's clock), Unix seconds; 0
+                                 when absent */
     unsigned attempts;        /* tries made */
 } rv_stripe_result_t;
 
