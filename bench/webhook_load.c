@@ -33,21 +33,21 @@
 
 #include "rivet/webhook_sig.h"
 
-#define MAX_CONNS 4096
-#define MAX_FILE (1024 * 1024)
-#define RESP_MAX 16384
-#define DRAIN_MS 10000
+#define MAX_CONNS   4096
+#define MAX_FILE    (1024 * 1024)
+#define RESP_MAX    16384
+#define DRAIN_MS    10000
 #define CHECK_EVERY 1024
-#define HIST_US 100000 /* latency histogram: 1 us buckets up to 100 ms, the rest in the last */
-#define ID_DIGITS 12
+#define HIST_US     100000 /* latency histogram: 1 us buckets up to 100 ms, the rest in the last */
+#define ID_DIGITS   12
 
 typedef struct conn_s {
     int fd;
     int connecting;
-    int busy;          /* a request is out and its answer not complete */
-    int wout;          /* EPOLLOUT is being watched */
-    size_t out_off;    /* bytes of req already written */
-    char *req;         /* the whole request, patched in place for each send */
+    int busy;       /* a request is out and its answer not complete */
+    int wout;       /* EPOLLOUT is being watched */
+    size_t out_off; /* bytes of req already written */
+    char *req;      /* the whole request, patched in place for each send */
     char in[RESP_MAX];
     size_t in_len;
     int64_t sent_ns;
@@ -63,16 +63,16 @@ static struct {
     const char *path;
     char tag[16];
 
-    char *body;        /* the event with "id":"<placeholder>"} at the end */
+    char *body; /* the event with "id":"<placeholder>"} at the end */
     size_t body_len;
     size_t id_off;     /* offset of the id's counter digits in the body */
     size_t prefix_len; /* bytes of the body before the id (the hashed-once part) */
     char *head;        /* request head up to the signature value */
     size_t head_len;
     size_t req_len;
-    size_t sig_off;    /* offset of the "t=...,v1=..." value in a request */
+    size_t sig_off; /* offset of the "t=...,v1=..." value in a request */
     size_t sig_len;
-    size_t body_off;   /* offset of the body in a request */
+    size_t body_off; /* offset of the body in a request */
 
     const mbedtls_md_info_t *md;
     mbedtls_md_context_t base; /* HMAC state after "<t>.<prefix>" for base_t */
@@ -84,7 +84,7 @@ static struct {
     uint64_t status_counts[6]; /* 1xx..5xx by first digit, [0] other */
     uint32_t *hist;
     int64_t max_us;
-    FILE *out;                      /* -o: one line per answer, or NULL */
+    FILE *out;                         /* -o: one line per answer, or NULL */
     int64_t first_bad_ms, last_bad_ms; /* monotonic ms of the first and last non-200 answer */
 } G;
 
@@ -325,8 +325,10 @@ static void record(conn_t *c, int status) {
     if (us > G.max_us) G.max_us = us;
     int k = status / 100;
     G.status_counts[k >= 1 && k <= 5 ? k : 0]++;
-    if (status == 200) G.ok++;
-    else G.non200++;
+    if (status == 200)
+        G.ok++;
+    else
+        G.non200++;
 }
 
 /* A connection failed: what was in flight is unknown (it may or may not have been stored), so it
@@ -431,10 +433,9 @@ static double cpu_seconds(void) {
 }
 
 static void usage(void) {
-    fprintf(stderr,
-            "usage: webhook_load -p PORT -f EVENT.json [-H 127.0.0.1] [-c 64] [-d 10]\n"
-            "                    [-s SECRET (or $STRIPE_WEBHOOK_SECRET)]\n"
-            "                    [-P /api/webhooks/stripe] [-o ANSWERS_FILE]\n");
+    fprintf(stderr, "usage: webhook_load -p PORT -f EVENT.json [-H 127.0.0.1] [-c 64] [-d 10]\n"
+                    "                    [-s SECRET (or $STRIPE_WEBHOOK_SECRET)]\n"
+                    "                    [-P /api/webhooks/stripe] [-o ANSWERS_FILE]\n");
     exit(2);
 }
 

@@ -81,8 +81,8 @@ static done_series_t *done_series(const rv_server_t *s, const rv_route_t *route,
     /* A miss, or a slot another triple used: (re)fill it. */
     const char *name = route ? route->name : "none";
     char labels[128];
-    snprintf(labels, sizeof labels, "listener=\"%s\",route=\"%s\",status=\"%d\"",
-             s->opts.name, name, status);
+    snprintf(labels, sizeof labels, "listener=\"%s\",route=\"%s\",status=\"%d\"", s->opts.name,
+             name, status);
     d->requests = rv_metrics_counter_series(RV_M_HTTP_REQUESTS, labels);
     snprintf(labels, sizeof labels, "listener=\"%s\",route=\"%s\"", s->opts.name, name);
     d->duration = rv_metrics_hist_series(RV_H_HTTP_DURATION, labels);
@@ -108,8 +108,9 @@ void rv_app_publish_gauges(rv_app_t *app, int with_rss) {
     rv_metrics_gauge_set(slot, RV_G_CONNS_PUBLIC, (double)app->pub.nconns);
     rv_metrics_gauge_set(slot, RV_G_CONNS_ADMIN, (double)app->admin.nconns);
     rv_metrics_gauge_set(slot, RV_G_INFLIGHT, (double)(app->pub.inflight + app->admin.inflight));
-    rv_metrics_gauge_set(slot, RV_G_INPUT_HELD, (double)(rv_server_input_held(&app->pub) +
-                                                        rv_server_input_held(&app->admin)));
+    rv_metrics_gauge_set(
+        slot, RV_G_INPUT_HELD,
+        (double)(rv_server_input_held(&app->pub) + rv_server_input_held(&app->admin)));
     size_t rss;
     if (with_rss && uv_resident_set_memory(&rss) == 0)
         rv_metrics_gauge_set(slot, RV_G_RSS, (double)rss);

@@ -35,7 +35,10 @@ static int parse_line(const char **pp, int *lineno, char *key, size_t keylen, ch
     while (*p == ' ' || *p == '\t') p++;
     if (*p == '\n' || *p == '\0' || *p == '#' || (*p == '\r' && p[1] == '\n')) {
         while (*p && *p != '\n') p++;
-        if (*p == '\n') { p++; (*lineno)++; }
+        if (*p == '\n') {
+            p++;
+            (*lineno)++;
+        }
         *pp = p;
         return 0;
     }
@@ -60,8 +63,14 @@ static int parse_line(const char **pp, int *lineno, char *key, size_t keylen, ch
     if (*p == '"' || *p == '\'') {
         char q = *p++;
         for (;;) {
-            if (*p == '\0') { rc = RV_EINVAL; goto fail; }
-            if (*p == q) { p++; break; }
+            if (*p == '\0') {
+                rc = RV_EINVAL;
+                goto fail;
+            }
+            if (*p == q) {
+                p++;
+                break;
+            }
             char c = *p++;
             if (c == '\n') (*lineno)++;
             if (q == '"' && c == '\\' && *p) {
@@ -71,8 +80,12 @@ static int parse_line(const char **pp, int *lineno, char *key, size_t keylen, ch
             if ((rc = rv_buf_append(&v, &c, 1))) goto fail;
         }
         while (*p == ' ' || *p == '\t' || *p == '\r') p++;
-        if (*p == '#') while (*p && *p != '\n') p++;
-        if (*p != '\n' && *p != '\0') { rc = RV_EINVAL; goto fail; }
+        if (*p == '#')
+            while (*p && *p != '\n') p++;
+        if (*p != '\n' && *p != '\0') {
+            rc = RV_EINVAL;
+            goto fail;
+        }
     } else {
         const char *s = p;
         while (*p && *p != '\n') {
@@ -85,7 +98,10 @@ static int parse_line(const char **pp, int *lineno, char *key, size_t keylen, ch
         if ((rc = rv_buf_append(&v, s, (size_t)(e - s)))) goto fail;
         while (*p && *p != '\n') p++;
     }
-    if (*p == '\n') { p++; (*lineno)++; }
+    if (*p == '\n') {
+        p++;
+        (*lineno)++;
+    }
     *pp = p;
     if (v.data == NULL && (rc = rv_buf_append(&v, "", 0))) goto fail;
     *val = rv_buf_steal(&v, NULL);
@@ -118,7 +134,6 @@ int rv_config_parse_file(const char *text, int (*fn)(void *ud, const char *key, 
     }
     return 0;
 }
-
 
 /* ---- small helpers ----------------------------------------------------------------------- */
 
@@ -272,9 +287,9 @@ typedef enum kind_e {
 } kind_t;
 
 /* Row flags. A key without a default (def NULL) is required. */
-#define F_SECRET RV_CONFIG_SECRET         /* the dump shows at most its kind */
+#define F_SECRET     RV_CONFIG_SECRET     /* the dump shows at most its kind */
 #define F_START_ONLY RV_CONFIG_START_ONLY /* a reload keeps the running value */
-#define F_NOT_EMPTY 0x100u                /* an empty value is refused as missing */
+#define F_NOT_EMPTY  0x100u               /* an empty value is refused as missing */
 
 typedef struct ctx_s {
     char *err;
@@ -287,9 +302,9 @@ struct cfkey_s {
     const char *name;
     kind_t kind;
     unsigned flags;
-    size_t off, size; /* the field in rv_config_t */
-    size_t aux;       /* K_ADDRESS: the sockaddr_storage the address is parsed into */
-    const char *def;  /* the default, as documented; NULL: required */
+    size_t off, size;  /* the field in rv_config_t */
+    size_t aux;        /* K_ADDRESS: the sockaddr_storage the address is parsed into */
+    const char *def;   /* the default, as documented; NULL: required */
     uint64_t min, max; /* K_UINT */
     /* A rule beyond the kind's: a format, or a relation to keys loaded before this one. */
     int (*check)(ctx_t *c, const cfkey_t *k, rv_config_t *cfg);
@@ -306,8 +321,8 @@ struct cfkey_s {
 #define FIELD(f) .off = offsetof(rv_config_t, f), .size = sizeof(((rv_config_t *)0)->f)
 
 /* Write "config: KEY <what>" to the caller's error buffer: every message names its key. */
-__attribute__((format(printf, 3, 4))) static int fail(ctx_t *c, const cfkey_t *k,
-                                                      const char *fmt, ...) {
+__attribute__((format(printf, 3, 4))) static int fail(ctx_t *c, const cfkey_t *k, const char *fmt,
+                                                      ...) {
     if (c->err == NULL || c->errlen == 0) return RV_EINVAL;
     int n = snprintf(c->err, c->errlen, "config: %s ", k->name);
     if (n < 0 || (size_t)n >= c->errlen) return RV_EINVAL;
@@ -437,58 +452,101 @@ static const char *app_origin(const rv_config_t *cfg, char *buf, size_t len) {
  * above it), of the dump and of the documentation. Other keys are ignored: the prototype's .env
  * holds many. */
 static const cfkey_t keys[] = {
-    {.name = "STRIPE_SECRET_KEY", .kind = K_STRING, FIELD(stripe_secret_key),
-     .flags = F_SECRET | F_NOT_EMPTY, .check = check_secret_key,
+    {.name = "STRIPE_SECRET_KEY",
+     .kind = K_STRING,
+     FIELD(stripe_secret_key),
+     .flags = F_SECRET | F_NOT_EMPTY,
+     .check = check_secret_key,
      .doc = "`sk_test_…`/`sk_live_…`/`rk_…`",
      .section = "Stripe: required",
      .note = "Stripe secret key: sk_live_... or sk_test_... (a restricted key rk_live_... / "
              "rk_test_... with write access to Checkout Sessions and Billing Portal sessions "
              "also works).",
      .example = "sk_live_REPLACE_ME_with_your_secret_key"},
-    {.name = "STRIPE_WEBHOOK_SECRET", .kind = K_LIST, FIELD(webhook_secrets),
-     .flags = F_SECRET | F_NOT_EMPTY, .check = check_webhook_secrets,
+    {.name = "STRIPE_WEBHOOK_SECRET",
+     .kind = K_LIST,
+     FIELD(webhook_secrets),
+     .flags = F_SECRET | F_NOT_EMPTY,
+     .check = check_webhook_secrets,
      .doc = "`whsec_…`; a comma-separated list (at most 8) during secret rotation",
      .note = "Signing secret of the webhook endpoint (Stripe dashboard, Developers > Webhooks): "
              "whsec_... While rotating, list the old and the new secret separated by a comma (at "
              "most 8); a delivery signed with any of them is accepted.",
      .example = "whsec_REPLACE_ME_with_your_endpoint_secret"},
-    {.name = "STRIPE_PRICE_BASIC", .kind = K_STRING, FIELD(price_basic), .flags = F_NOT_EMPTY,
+    {.name = "STRIPE_PRICE_BASIC",
+     .kind = K_STRING,
+     FIELD(price_basic),
+     .flags = F_NOT_EMPTY,
      .doc = "price id of the basic plan",
      .note = "Price id (price_...) of the monthly basic plan that /api/checkout/create sells.",
      .example = "price_REPLACE_ME_basic"},
-    {.name = "STRIPE_PRICE_PRO", .kind = K_STRING, FIELD(price_pro), .flags = F_NOT_EMPTY,
+    {.name = "STRIPE_PRICE_PRO",
+     .kind = K_STRING,
+     FIELD(price_pro),
+     .flags = F_NOT_EMPTY,
      .doc = "price id of the pro plan",
      .note = "Price id (price_...) of the monthly pro plan.",
      .example = "price_REPLACE_ME_pro"},
-    {.name = "STRIPE_PRICE_ENTERPRISE", .kind = K_STRING, FIELD(price_enterprise),
-     .flags = F_NOT_EMPTY, .doc = "price id of the enterprise plan",
+    {.name = "STRIPE_PRICE_ENTERPRISE",
+     .kind = K_STRING,
+     FIELD(price_enterprise),
+     .flags = F_NOT_EMPTY,
+     .doc = "price id of the enterprise plan",
      .note = "Price id (price_...) of the monthly enterprise plan.",
      .example = "price_REPLACE_ME_enterprise"},
 
-    {.name = "STRIPE_PUBLISHABLE_KEY", .kind = K_STRING, FIELD(publishable_key), .def = "",
-     .check = check_publishable_key, .doc = "`pk_…`, for the landing page",
+    {.name = "STRIPE_PUBLISHABLE_KEY",
+     .kind = K_STRING,
+     FIELD(publishable_key),
+     .def = "",
+     .check = check_publishable_key,
+     .doc = "`pk_…`, for the landing page",
      .section = "Stripe: optional",
      .note = "Publishable key (pk_live_... / pk_test_...) for the landing page; not a secret."},
-    {.name = "STRIPE_API_BASE", .kind = K_URL, FIELD(stripe_api_base),
-     .def = "https://api.stripe.com", .flags = F_NOT_EMPTY,
+    {.name = "STRIPE_API_BASE",
+     .kind = K_URL,
+     FIELD(stripe_api_base),
+     .def = "https://api.stripe.com",
+     .flags = F_NOT_EMPTY,
      .doc = "where Stripe is (the fake in tests)",
      .note = "Base URL of Stripe's API, an absolute http(s) URL; a fake Stripe in tests and local "
              "runs."},
-    {.name = "STRIPE_API_VERSION", .kind = K_STRING, FIELD(stripe_api_version), .def = "",
+    {.name = "STRIPE_API_VERSION",
+     .kind = K_STRING,
+     FIELD(stripe_api_version),
+     .def = "",
      .doc = "sent as `Stripe-Version` when set",
      .note = "Stripe API version sent as the Stripe-Version header, such as 2024-06-20. Empty "
              "means the account's default version."},
-    {.name = "STRIPE_TIMEOUT_MS", .kind = K_UINT, FIELD(stripe_timeout_ms), .def = "30000",
-     .min = 100, .max = 600000, .doc = "milliseconds per Stripe call, all tries together",
+    {.name = "STRIPE_TIMEOUT_MS",
+     .kind = K_UINT,
+     FIELD(stripe_timeout_ms),
+     .def = "30000",
+     .min = 100,
+     .max = 600000,
+     .doc = "milliseconds per Stripe call, all tries together",
      .note = "Deadline of one Stripe call in milliseconds, all tries together."},
-    {.name = "STRIPE_MAX_RETRIES", .kind = K_UINT, FIELD(stripe_max_retries), .def = "2",
-     .min = 0, .max = 10, .doc = "retries of a Stripe call after the first try",
+    {.name = "STRIPE_MAX_RETRIES",
+     .kind = K_UINT,
+     FIELD(stripe_max_retries),
+     .def = "2",
+     .min = 0,
+     .max = 10,
+     .doc = "retries of a Stripe call after the first try",
      .note = "Retries after the first try of a Stripe call that failed in a retryable way."},
-    {.name = "WEBHOOK_TOLERANCE", .kind = K_UINT, FIELD(webhook_tolerance), .def = "300",
-     .min = 1, .max = 86400, .doc = "seconds a signature's timestamp may differ from now",
+    {.name = "WEBHOOK_TOLERANCE",
+     .kind = K_UINT,
+     FIELD(webhook_tolerance),
+     .def = "300",
+     .min = 1,
+     .max = 86400,
+     .doc = "seconds a signature's timestamp may differ from now",
      .note = "Seconds a webhook signature's timestamp may differ from the clock."},
 
-    {.name = "APP_URL", .kind = K_URL, FIELD(app_url), .def = "https://rivet.io",
+    {.name = "APP_URL",
+     .kind = K_URL,
+     FIELD(app_url),
+     .def = "https://rivet.io",
      .flags = F_NOT_EMPTY,
      .doc = "the landing page: Checkout's default success and cancel pages, the portal's return "
             "page",
@@ -496,69 +554,123 @@ static const cfkey_t keys[] = {
      .note = "The landing page's URL: default success (APP_URL/success?session_id=...) and "
              "cancel (APP_URL/pricing) pages of Checkout, and the billing portal's return page "
              "(APP_URL/account)."},
-    {.name = "API_URL", .kind = K_URL, FIELD(api_url), .def = "https://api.rivet.io",
-     .flags = F_NOT_EMPTY, .doc = "this API's public URL", .note = "This API's public URL."},
-    {.name = "REDIRECT_ORIGINS", .kind = K_ORIGINS, FIELD(redirect_origins),
-     .def = "https://rivet.io", .derive = app_origin, .doc_def = "`APP_URL`'s origin",
+    {.name = "API_URL",
+     .kind = K_URL,
+     FIELD(api_url),
+     .def = "https://api.rivet.io",
+     .flags = F_NOT_EMPTY,
+     .doc = "this API's public URL",
+     .note = "This API's public URL."},
+    {.name = "REDIRECT_ORIGINS",
+     .kind = K_ORIGINS,
+     FIELD(redirect_origins),
+     .def = "https://rivet.io",
+     .derive = app_origin,
+     .doc_def = "`APP_URL`'s origin",
      .doc = "origins allowed in caller-supplied success/cancel URLs",
      .note = "Origins (scheme://host[:port], comma-separated, no paths) on which callers may ask "
              "for their own success_url and cancel_url. Default: APP_URL's origin."},
-    {.name = "CORS_ORIGINS", .kind = K_ORIGINS, FIELD(cors_origins),
+    {.name = "CORS_ORIGINS",
+     .kind = K_ORIGINS,
+     FIELD(cors_origins),
      .def = "https://rivet.io,https://www.rivet.io,http://localhost:3000",
      .doc = "browser origins allowed",
      .note = "Browser origins allowed to call the API (CORS), comma-separated. Never \"*\"."},
-    {.name = "TELEGRAM_BOT", .kind = K_STRING, FIELD(telegram_bot), .def = "RivetCEO_bot",
-     .flags = F_NOT_EMPTY, .check = check_bot_name, .doc = "the bot named in the success answer",
+    {.name = "TELEGRAM_BOT",
+     .kind = K_STRING,
+     FIELD(telegram_bot),
+     .def = "RivetCEO_bot",
+     .flags = F_NOT_EMPTY,
+     .check = check_bot_name,
+     .doc = "the bot named in the success answer",
      .note = "The Telegram bot named in the checkout success answer (5 to 32 letters, digits or "
              "_)."},
-    {.name = "TELEGRAM_LINK_TTL", .kind = K_UINT, FIELD(telegram_link_ttl), .def = "604800",
-     .min = 300, .max = 7776000, .flags = F_START_ONLY,
+    {.name = "TELEGRAM_LINK_TTL",
+     .kind = K_UINT,
+     FIELD(telegram_link_ttl),
+     .def = "604800",
+     .min = 300,
+     .max = 7776000,
+     .flags = F_START_ONLY,
      .doc = "seconds a one-time Telegram start token lives",
      .note = "Seconds a one-time Telegram start token (the deep link into the bot given after a "
              "payment) lives. The success page issues a fresh one after it expired, until a chat "
              "is linked."},
-    {.name = "CHECKOUT_LINK_MAX_AGE", .kind = K_UINT, FIELD(checkout_link_max_age),
-     .def = "86400", .min = 60, .max = 2592000,
+    {.name = "CHECKOUT_LINK_MAX_AGE",
+     .kind = K_UINT,
+     FIELD(checkout_link_max_age),
+     .def = "86400",
+     .min = 60,
+     .max = 2592000,
      .doc = "seconds after a checkout during which its session id shows personal data and opens "
             "the billing portal (410 after)",
      .note = "Seconds after a Checkout Session was created during which its id (in a success URL) "
              "still shows the customer's email and opens the billing portal. Later it gets 410 "
              "and the customer is sent to the bot."},
-    {.name = "RIVET_API_TOKEN", .kind = K_STRING, FIELD(api_token), .def = "",
-     .flags = F_SECRET, .check = check_api_token,
+    {.name = "RIVET_API_TOKEN",
+     .kind = K_STRING,
+     FIELD(api_token),
+     .def = "",
+     .flags = F_SECRET,
+     .check = check_api_token,
      .doc = "bearer token (16+ characters) for the portal by customer id",
      .note = "Bearer token that lets Rivet's own servers open the billing portal by customer id. "
              "At least 16 characters when set; generate one with `openssl rand -hex 32`. Empty "
              "refuses every portal call by customer id (browsers use a checkout session id "
              "instead)."},
 
-    {.name = "LISTEN", .kind = K_ADDRESS, FIELD(listen), .aux = offsetof(rv_config_t, listen_addr),
-     .def = "127.0.0.1:8000", .flags = F_START_ONLY | F_NOT_EMPTY,
-     .doc = "`host:port` or `[v6]:port`", .section = "Listening and processes",
+    {.name = "LISTEN",
+     .kind = K_ADDRESS,
+     FIELD(listen),
+     .aux = offsetof(rv_config_t, listen_addr),
+     .def = "127.0.0.1:8000",
+     .flags = F_START_ONLY | F_NOT_EMPTY,
+     .doc = "`host:port` or `[v6]:port`",
+     .section = "Listening and processes",
      .note = "Public API address: host:port or [v6]:port, an IP address (localhost means "
              "127.0.0.1). Under socket activation (rivetd.socket) the socket's first "
              "ListenStream= replaces it."},
-    {.name = "ADMIN_LISTEN", .kind = K_ADDRESS, FIELD(admin_listen),
-     .aux = offsetof(rv_config_t, admin_addr), .def = "127.0.0.1:8001", .flags = F_START_ONLY,
+    {.name = "ADMIN_LISTEN",
+     .kind = K_ADDRESS,
+     FIELD(admin_listen),
+     .aux = offsetof(rv_config_t, admin_addr),
+     .def = "127.0.0.1:8001",
+     .flags = F_START_ONLY,
      .doc = "`/metrics`, `/health`, `/ready`; empty disables",
      .note = "Admin listener (/metrics, /health, /ready), same format; empty disables it. Under "
              "socket activation the socket's second ListenStream= replaces it."},
-    {.name = "WORKERS", .kind = K_UINT, FIELD(workers), .def = "1", .min = 1, .max = 64,
+    {.name = "WORKERS",
+     .kind = K_UINT,
+     FIELD(workers),
+     .def = "1",
+     .min = 1,
+     .max = 64,
      .flags = F_START_ONLY,
      .doc = "processes, each with its own loop, sharing the listening sockets",
      .note = "Worker processes, each with its own event loop, sharing the listening sockets."},
-    {.name = "RATE_LIMIT_PER_MIN", .kind = K_UINT, FIELD(rate_limit_per_min), .def = "60",
-     .min = 0, .max = 1000000,
+    {.name = "RATE_LIMIT_PER_MIN",
+     .kind = K_UINT,
+     FIELD(rate_limit_per_min),
+     .def = "60",
+     .min = 0,
+     .max = 1000000,
      .doc = "checkout/portal calls a minute per client address (burst 20; 0 disables)",
      .note = "Checkout and billing-portal calls allowed per client address and minute, in bursts "
              "of up to 20. 0 disables the limit."},
-    {.name = "TRUST_PROXY", .kind = K_LIST, FIELD(trust_proxy), .def = "",
-     .check = check_ip_list, .doc = "proxy addresses whose `X-Forwarded-For` is believed",
+    {.name = "TRUST_PROXY",
+     .kind = K_LIST,
+     FIELD(trust_proxy),
+     .def = "",
+     .check = check_ip_list,
+     .doc = "proxy addresses whose `X-Forwarded-For` is believed",
      .note = "Comma-separated IP addresses of reverse proxies whose X-Forwarded-For is believed "
              "when finding the client's address. Empty: the TCP peer is the client."},
 
-    {.name = "REDIS_URL", .kind = K_REDIS_URL, FIELD(redis_url),
-     .def = "redis://127.0.0.1:6379/0", .flags = F_SECRET | F_START_ONLY | F_NOT_EMPTY,
+    {.name = "REDIS_URL",
+     .kind = K_REDIS_URL,
+     FIELD(redis_url),
+     .def = "redis://127.0.0.1:6379/0",
+     .flags = F_SECRET | F_START_ONLY | F_NOT_EMPTY,
      .doc = "`redis://[[user]:pass@]host[:port][/db]` (host an IP address or `localhost`), "
             "`unix:///path[?db=N]`",
      .section = "Redis (provisioning queue)",
@@ -567,63 +679,115 @@ static const cfkey_t keys[] = {
              "here is a secret. Under rivetd.service (DynamicUser=yes) a unix socket must be "
              "writable by any user (unixsocketperm 777 in redis.conf), so prefer TCP on "
              "127.0.0.1."},
-    {.name = "REDIS_STREAM", .kind = K_STRING, FIELD(redis_stream), .def = "rivet:provisioning",
-     .flags = F_START_ONLY | F_NOT_EMPTY, .check = check_stream_name,
+    {.name = "REDIS_STREAM",
+     .kind = K_STRING,
+     FIELD(redis_stream),
+     .def = "rivet:provisioning",
+     .flags = F_START_ONLY | F_NOT_EMPTY,
+     .check = check_stream_name,
      .doc = "stream key of provisioning events (dead letters: `REDIS_STREAM:dead`)",
      .note = "The stream that receives provisioning events, at most 200 bytes; events that cannot "
              "be provisioned go to REDIS_STREAM:dead."},
-    {.name = "REDIS_DEDUPE_TTL", .kind = K_UINT, FIELD(redis_dedupe_ttl), .def = "2592000",
-     .min = 60, .max = 315360000, .flags = F_START_ONLY,
+    {.name = "REDIS_DEDUPE_TTL",
+     .kind = K_UINT,
+     FIELD(redis_dedupe_ttl),
+     .def = "2592000",
+     .min = 60,
+     .max = 315360000,
+     .flags = F_START_ONLY,
      .doc = "seconds an event id is remembered",
      .note = "Seconds a Stripe event id is remembered to drop repeated deliveries. The default is "
              "30 days; Stripe retries for up to 3 days."},
-    {.name = "REDIS_TIMEOUT_MS", .kind = K_UINT, FIELD(redis_timeout_ms), .def = "2000",
-     .min = 10, .max = 60000, .flags = F_START_ONLY, .doc = "milliseconds per Redis command",
+    {.name = "REDIS_TIMEOUT_MS",
+     .kind = K_UINT,
+     FIELD(redis_timeout_ms),
+     .def = "2000",
+     .min = 10,
+     .max = 60000,
+     .flags = F_START_ONLY,
+     .doc = "milliseconds per Redis command",
      .note = "Deadline of one Redis command in milliseconds."},
-    {.name = "REDIS_SENTINELS", .kind = K_STRING, FIELD(redis_sentinels), .def = "",
-     .flags = F_START_ONLY, .check = check_sentinels,
+    {.name = "REDIS_SENTINELS",
+     .kind = K_STRING,
+     FIELD(redis_sentinels),
+     .def = "",
+     .flags = F_START_ONLY,
+     .check = check_sentinels,
      .doc = "`ip:port,…` of Redis Sentinels to find the primary through; empty: `REDIS_URL`'s host",
      .note = "Comma-separated ip:port of Redis Sentinels. When set, rivetd asks them for the "
              "primary of REDIS_SENTINEL_MASTER at every connection, confirms it with ROLE and "
              "moves at once on +switch-master; REDIS_URL still gives the password and the "
              "database."},
-    {.name = "REDIS_SENTINEL_MASTER", .kind = K_STRING, FIELD(redis_sentinel_master), .def = "",
-     .flags = F_START_ONLY, .check = check_sentinel_master,
+    {.name = "REDIS_SENTINEL_MASTER",
+     .kind = K_STRING,
+     FIELD(redis_sentinel_master),
+     .def = "",
+     .flags = F_START_ONLY,
+     .check = check_sentinel_master,
      .doc = "the master name the sentinels monitor (required with `REDIS_SENTINELS`)",
      .note = "The name the sentinels monitor the primary under (sentinel monitor <name> ...)."},
-    {.name = "REDIS_MIN_REPLICAS", .kind = K_UINT, FIELD(redis_min_replicas), .def = "0",
-     .min = 0, .max = 16, .flags = F_START_ONLY,
+    {.name = "REDIS_MIN_REPLICAS",
+     .kind = K_UINT,
+     FIELD(redis_min_replicas),
+     .def = "0",
+     .min = 0,
+     .max = 16,
+     .flags = F_START_ONLY,
      .doc = "replicas that must confirm (`WAIT`) an event before the webhook is acknowledged",
      .note = "Replicas that must have an event (WAIT, within REDIS_TIMEOUT_MS) before its webhook "
              "gets 200; fewer: 503 and Stripe delivers again. Replication stays asynchronous: "
              "this narrows the window in which a failover loses an acknowledged event, it does "
              "not close it."},
-    {.name = "PAST_DUE_ACTIVE", .kind = K_BOOL, FIELD(past_due_active), .def = "true",
+    {.name = "PAST_DUE_ACTIVE",
+     .kind = K_BOOL,
+     FIELD(past_due_active),
+     .def = "true",
      .flags = F_START_ONLY,
      .doc = "whether a `past_due` subscription keeps access while Stripe retries the payment",
      .note = "Whether a past_due subscription (Stripe is still retrying a failed renewal) keeps "
              "the customer's access: true or false. Access ends when Stripe gives up (unpaid or "
              "canceled), whatever this says."},
-    {.name = "RECONCILE_INTERVAL", .kind = K_UINT, FIELD(reconcile_interval), .def = "300",
-     .min = 0, .max = 86400, .flags = F_START_ONLY,
+    {.name = "RECONCILE_INTERVAL",
+     .kind = K_UINT,
+     FIELD(reconcile_interval),
+     .def = "300",
+     .min = 0,
+     .max = 86400,
+     .flags = F_START_ONLY,
      .doc = "seconds between catch-ups from Stripe's `/v1/events` (one at a time across "
             "machines); 0 disables",
      .note = "Seconds between runs that recover any event no webhook brought from Stripe's list "
              "of events. A run looks at most 30 days back, and one runs at a time across workers "
              "and machines. 0 disables; rivetd --reconcile DURATION runs one by hand."},
 
-    {.name = "MAX_BODY_BYTES", .kind = K_UINT, FIELD(max_body_bytes), .def = "1048576",
-     .min = 1024, .max = 67108864, .flags = F_START_ONLY,
+    {.name = "MAX_BODY_BYTES",
+     .kind = K_UINT,
+     FIELD(max_body_bytes),
+     .def = "1048576",
+     .min = 1024,
+     .max = 67108864,
+     .flags = F_START_ONLY,
      .doc = "largest webhook body (413); other routes take at most 16 KiB",
      .section = "HTTP limits and timeouts",
      .note = "Largest request body in bytes. Larger ones get 413; this is the webhook's limit, "
              "other routes take at most 16 KiB."},
-    {.name = "MAX_HEADER_BYTES", .kind = K_UINT, FIELD(max_header_bytes), .def = "16384",
-     .min = 1024, .max = 1048576, .flags = F_START_ONLY,
+    {.name = "MAX_HEADER_BYTES",
+     .kind = K_UINT,
+     FIELD(max_header_bytes),
+     .def = "16384",
+     .min = 1024,
+     .max = 1048576,
+     .flags = F_START_ONLY,
      .doc = "largest request line plus headers (431)",
      .note = "Largest request line plus headers in bytes. Larger ones get 431."},
-    {.name = "MAX_BODY_BUFFER", .kind = K_UINT, FIELD(max_body_buffer), .def = "67108864",
-     .min = 65536, .max = (uint64_t)1 << 40, .flags = F_START_ONLY, .check = check_body_buffer,
+    {.name = "MAX_BODY_BUFFER",
+     .kind = K_UINT,
+     FIELD(max_body_buffer),
+     .def = "67108864",
+     .min = 65536,
+     .max = (uint64_t)1 << 40,
+     .flags = F_START_ONLY,
+     .check = check_body_buffer,
      .doc = "bytes of request bodies a listener of a worker holds at once, all connections "
             "together (503 with `Retry-After` beyond); headers and pipelined input get a quarter "
             "of it each",
@@ -631,31 +795,60 @@ static const cfkey_t keys[] = {
              "together, counted as they arrive. Past it new bodies get 503 with Retry-After. "
              "Request lines and headers, and pipelined input, have a quarter of it each. At least "
              "MAX_BODY_BYTES + MAX_HEADER_BYTES."},
-    {.name = "MAX_CONNECTIONS", .kind = K_UINT, FIELD(max_connections), .def = "10000",
-     .min = 1, .max = 1000000, .flags = F_START_ONLY,
+    {.name = "MAX_CONNECTIONS",
+     .kind = K_UINT,
+     FIELD(max_connections),
+     .def = "10000",
+     .min = 1,
+     .max = 1000000,
+     .flags = F_START_ONLY,
      .doc = "open client connections per worker (503 and close beyond)",
      .note = "Open client connections per worker. Connections beyond it get 503 and are closed."},
-    {.name = "HEADER_TIMEOUT_MS", .kind = K_UINT, FIELD(header_timeout_ms), .def = "10000",
-     .min = 10, .max = 3600000, .flags = F_START_ONLY,
+    {.name = "HEADER_TIMEOUT_MS",
+     .kind = K_UINT,
+     FIELD(header_timeout_ms),
+     .def = "10000",
+     .min = 10,
+     .max = 3600000,
+     .flags = F_START_ONLY,
      .doc = "milliseconds to send the request line and headers (408, close)",
      .note = "Milliseconds for a client to send the request line and headers. Slower clients get "
              "408 and are closed."},
-    {.name = "BODY_TIMEOUT_MS", .kind = K_UINT, FIELD(body_timeout_ms), .def = "30000",
-     .min = 10, .max = 3600000, .flags = F_START_ONLY,
+    {.name = "BODY_TIMEOUT_MS",
+     .kind = K_UINT,
+     FIELD(body_timeout_ms),
+     .def = "30000",
+     .min = 10,
+     .max = 3600000,
+     .flags = F_START_ONLY,
      .doc = "milliseconds to send the body (408, close)",
      .note = "Milliseconds for a client to send the body after the headers. Slower clients get 408 "
              "and are closed."},
-    {.name = "IDLE_TIMEOUT_MS", .kind = K_UINT, FIELD(idle_timeout_ms), .def = "60000",
-     .min = 10, .max = 3600000, .flags = F_START_ONLY,
+    {.name = "IDLE_TIMEOUT_MS",
+     .kind = K_UINT,
+     FIELD(idle_timeout_ms),
+     .def = "60000",
+     .min = 10,
+     .max = 3600000,
+     .flags = F_START_ONLY,
      .doc = "milliseconds a connection may stay idle, or take to read an answer (close)",
      .note = "Milliseconds a kept-alive connection may stay idle, or a client may take to read an "
              "answer."},
-    {.name = "SHUTDOWN_TIMEOUT_MS", .kind = K_UINT, FIELD(shutdown_timeout_ms), .def = "10000",
-     .min = 0, .max = 3600000, .doc = "how long SIGTERM waits for requests in flight",
+    {.name = "SHUTDOWN_TIMEOUT_MS",
+     .kind = K_UINT,
+     FIELD(shutdown_timeout_ms),
+     .def = "10000",
+     .min = 0,
+     .max = 3600000,
+     .doc = "how long SIGTERM waits for requests in flight",
      .note = "Milliseconds SIGTERM waits for requests in flight before stopping anyway."},
 
-    {.name = "LOG_LEVEL", .kind = K_LOG_LEVEL, FIELD(log_level), .def = "info",
-     .doc = "`debug`, `info`, `warn`, `error`", .section = "Logging",
+    {.name = "LOG_LEVEL",
+     .kind = K_LOG_LEVEL,
+     FIELD(log_level),
+     .def = "info",
+     .doc = "`debug`, `info`, `warn`, `error`",
+     .section = "Logging",
      .note = "debug, info, warn or error. Logs go to stderr, one line per record (journald adds "
              "the time)."},
 };
@@ -777,7 +970,7 @@ static int load_uint(ctx_t *c, const cfkey_t *k, const char *v, rv_config_t *cfg
     uint64_t n, hi = k->size == sizeof(uint32_t) && k->max > UINT32_MAX ? UINT32_MAX : k->max;
     if (parse_u64(v, &n) || n < k->min || n > hi)
         return fail(c, k, "must be an integer from %llu to %llu", (unsigned long long)k->min,
-                     (unsigned long long)hi);
+                    (unsigned long long)hi);
     if (k->size == sizeof(uint32_t)) {
         uint32_t n32 = (uint32_t)n;
         memcpy(field(cfg, k), &n32, sizeof n32);
@@ -1058,8 +1251,8 @@ static const char example_head[] =
     "#\n"
     "# This file holds secrets: keep it mode 0640 (or 0600), owned by root.\n";
 
-#define EXAMPLE_WIDTH 95  /* columns of a comment line in the example */
-#define SECTION_WIDTH 90  /* columns of a section's rule */
+#define EXAMPLE_WIDTH 95 /* columns of a comment line in the example */
+#define SECTION_WIDTH 90 /* columns of a section's rule */
 
 /* Append text as "# " comment lines of at most EXAMPLE_WIDTH columns, broken between words. */
 static int put_comment(rv_buf_t *out, const char *text) {
@@ -1146,4 +1339,3 @@ const char *rv_config_price_of_tier(const rv_config_t *cfg, const char *tier) {
     if (strcmp(tier, "enterprise") == 0) return cfg->price_enterprise;
     return NULL;
 }
-

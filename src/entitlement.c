@@ -170,7 +170,8 @@ int rv_entitlement_fulfill(rv_app_t *app, const cJSON *session, rv_fulfill_cb do
     int rc = rv_provision_map_object(text, strlen(text), "checkout.session.completed",
                                      (int64_t)time(NULL), &prices, &ev);
     free(text);
-    if (rc == 0) rc = rv_queue_fulfill(app->queue, &ev, on_fulfilled, f);
+    if (rc == 0)
+        rc = rv_queue_fulfill(app->queue, &ev, on_fulfilled, f);
     else
         rv_warn("entitlement: %s: the session cannot be provisioned: %s", f->session_id,
                 ev.reason[0] ? ev.reason : rv_strerror(rc));
@@ -187,22 +188,22 @@ void rv_entitlement_close(rv_app_t *app) {
     }
 }
 
-/* ---- the bot's look-ups ----------------------------------------------------------------------- */
+/* ---- the bot's look-ups -----------------------------------------------------------------------
+ */
 
 /* One round trip whatever the key: the bot asks on every message, and each Redis command costs
  * rivetd more than the answer itself. KEYS: 1 the customer hash, or an index (Telegram user,
  * email) naming the customer. ARGV: 1 "c" or "i". Returns {customer id, entitlement JSON} or
  * nil. The hash an index names is read by name: rivetd runs on one Redis, not a cluster. */
-static const char lookup_script[] =
-    "local key = KEYS[1]\n"
-    "if ARGV[1] == 'i' then\n"
-    "  local id = redis.call('GET', key)\n"
-    "  if not id then return false end\n"
-    "  key = 'rivet:customer:' .. id\n"
-    "end\n"
-    "local ent = redis.call('HGET', key, 'ent')\n"
-    "if not ent then return false end\n"
-    "return {key:sub(16), ent}\n";
+static const char lookup_script[] = "local key = KEYS[1]\n"
+                                    "if ARGV[1] == 'i' then\n"
+                                    "  local id = redis.call('GET', key)\n"
+                                    "  if not id then return false end\n"
+                                    "  key = 'rivet:customer:' .. id\n"
+                                    "end\n"
+                                    "local ent = redis.call('HGET', key, 'ent')\n"
+                                    "if not ent then return false end\n"
+                                    "return {key:sub(16), ent}\n";
 
 /* The script's SHA-1, as Redis names it: EVALSHA sends 40 bytes instead of the script. */
 static const char *lookup_sha(void) {
@@ -249,8 +250,7 @@ static int lookup_send(lookup_t *l, const char *cmd, const char *script) {
     return rv_queue_call(l->app->queue, 5, argv, on_lookup_reply, l);
 }
 
-int rv_entitlement_lookup(rv_app_t *app, int kind, const char *value, rv_lookup_cb cb,
-                          void *data) {
+int rv_entitlement_lookup(rv_app_t *app, int kind, const char *value, rv_lookup_cb cb, void *data) {
     if (app->queue == NULL) return RV_EUNAVAIL;
     if (kind == RV_BY_CUSTOMER && !rv_provision_is_id(value)) return RV_EINVAL;
     if (strlen(value) > 320) return RV_EINVAL;
@@ -271,7 +271,8 @@ int rv_entitlement_lookup(rv_app_t *app, int kind, const char *value, rv_lookup_
     return rc;
 }
 
-/* ---- redeeming a start token ------------------------------------------------------------------ */
+/* ---- redeeming a start token ------------------------------------------------------------------
+ */
 
 /* KEYS: 1 the token, 2 the stream, 3 the customer hash, 4 the Telegram user's index.
  * ARGV: 1 the customer the token named when read, 2 Telegram user id, 3 chat id, 4 the entry's
@@ -309,9 +310,8 @@ static void on_linked(void *data, int err, const struct redisReply *reply) {
         k->cb(k->data, err ? err : RV_EUNAVAIL, 0, NULL);
     } else {
         int result = (int)reply->element[0]->integer;
-        k->cb(k->data, 0, result, result == RV_LINK_LINKED || result == RV_LINK_AGAIN
-                                      ? reply->element[1]->str
-                                      : NULL);
+        k->cb(k->data, 0, result,
+              result == RV_LINK_LINKED || result == RV_LINK_AGAIN ? reply->element[1]->str : NULL);
     }
     free(k);
 }
@@ -335,9 +335,8 @@ static void on_token(void *data, int err, const struct redisReply *reply) {
              "\"created\":%lld,\"customer_id\":\"%s\",\"telegram_user_id\":%s,\"chat_id\":%s,"
              "\"source\":\"telegram\"}",
              RV_PROVISION_DATA_VERSION, (long long)time(NULL), cust, k->user, k->chat);
-    const char *argv[] = {"EVAL", link_script, "4",    tkey,    k->app->cfg.redis_stream,
-                          ckey,   ukey,        cust,   k->user, k->chat,
-                          entry};
+    const char *argv[] = {"EVAL", link_script, "4",     tkey, k->app->cfg.redis_stream, ckey, ukey,
+                          cust,   k->user,     k->chat, entry};
     int rc = rv_queue_call(k->app->queue, 11, argv, on_linked, k);
     if (rc) {
         k->cb(k->data, rc, 0, NULL);
@@ -360,8 +359,9 @@ int rv_entitlement_link(rv_app_t *app, const char *token, const char *telegram_u
                         const char *chat_id, rv_link_cb cb, void *data) {
     if (app->queue == NULL) return RV_EUNAVAIL;
     size_t tl = strlen(token);
-    if (tl == 0 || tl > 64 || strspn(token, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-                                            "0123456789_-") != tl)
+    if (tl == 0 || tl > 64 ||
+        strspn(token, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                      "0123456789_-") != tl)
         return RV_EINVAL;
     if (!is_id_number(telegram_user_id, 0) || !is_id_number(chat_id, 1)) return RV_EINVAL;
     link_t *k = calloc(1, sizeof *k);

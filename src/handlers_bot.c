@@ -39,8 +39,9 @@ static int int_member(const cJSON *j, const char *key, int may_be_negative, char
     /* The range first: converting a double outside long long's range is undefined. */
     if (!cJSON_IsNumber(x) || d > 9007199254740991.0 || d < -9007199254740991.0 ||
         d != (double)(long long)d || (!may_be_negative && d <= 0)) {
-        rv_verr(v, "body", key, may_be_negative ? "Input should be a valid integer"
-                                                : "Input should be a positive integer",
+        rv_verr(v, "body", key,
+                may_be_negative ? "Input should be a valid integer"
+                                : "Input should be a positive integer",
                 "int_type");
         return -1;
     }
@@ -131,9 +132,10 @@ void rv_handle_entitlements(rv_request_t *req) {
         size_t n = strlen(value);
         int ok = n > 0;
         if (kind == RV_BY_TELEGRAM) ok = ok && n <= 19 && strspn(value, "0123456789") == n;
-        if (kind == RV_BY_CUSTOMER) ok = ok && strncmp(value, "cus_", 4) == 0 && n <= 255 &&
-                                         strspn(value, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghij"
-                                                       "klmnopqrstuvwxyz0123456789_") == n;
+        if (kind == RV_BY_CUSTOMER)
+            ok = ok && strncmp(value, "cus_", 4) == 0 && n <= 255 &&
+                 strspn(value, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghij"
+                               "klmnopqrstuvwxyz0123456789_") == n;
         if (kind == RV_BY_EMAIL) ok = ok && n <= 320 && strchr(value, '@') != NULL;
         if (!ok) rv_verr(&v, "query", names[kind], "Not a valid value", "value_error");
     }

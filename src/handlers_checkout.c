@@ -62,9 +62,9 @@ static call_ctx_t *ctx_new(rv_request_t *req, int kind) {
 static rv_request_t *ctx_end(call_ctx_t *ctx, const rv_stripe_result_t *res) {
     rv_request_t *req = ctx->req;
     if (res) {
-        const char *outcome = res->err == RV_ETIMEDOUT ? "timeout"
-                              : res->err              ? "unreachable"
-                              : res->status >= 200 && res->status < 300 ? "ok"
+        const char *outcome = res->err == RV_ETIMEDOUT                   ? "timeout"
+                              : res->err                                 ? "unreachable"
+                              : res->status >= 200 && res->status < 300  ? "ok"
                               : res->status >= 500 || res->status == 429 ? "stripe_error"
                                                                          : "rejected";
         char labels[96];
@@ -79,7 +79,6 @@ static rv_request_t *ctx_end(call_ctx_t *ctx, const rv_stripe_result_t *res) {
     free(ctx);
     return req;
 }
-
 
 /* Stripe could not do it: 502 (504 when the deadline passed), with Stripe's request id for
  * support, never Stripe's message or anything about keys. */
@@ -98,7 +97,8 @@ static void stripe_failed(rv_request_t *req, const rv_stripe_result_t *res, cons
     int rc = rv_buf_puts(&b, status == 504 ? "{\"detail\":\"Payment service timeout\""
                                            : "{\"detail\":\"Payment service error\"");
     if (rc == 0) rc = rv_buf_puts(&b, ",\"request_id\":");
-    if (rc == 0) rc = res->request_id ? rv_json_escape(&b, res->request_id) : rv_buf_puts(&b, "null");
+    if (rc == 0)
+        rc = res->request_id ? rv_json_escape(&b, res->request_id) : rv_buf_puts(&b, "null");
     if (rc == 0) rc = rv_buf_puts(&b, "}");
     rv_respond_buf(req, status, &b, rc);
 }
@@ -120,8 +120,6 @@ static const char *jcustomer(const cJSON *obj) {
     return NULL;
 }
 
-
-
 /* ---- POST /api/checkout/create ------------------------------------------------------------ */
 
 static void on_created(void *data, const rv_stripe_result_t *res) {
@@ -137,10 +135,11 @@ static void on_created(void *data, const rv_stripe_result_t *res) {
             strncmp(res->err_param, "line_items", 10) == 0) {
             /* Stripe does not know the configured price of this tier. */
             rv_warn("stripe: checkout: price rejected by Stripe (param %s, request_id %s): check "
-                    "STRIPE_PRICE_*", res->err_param, res->request_id ? res->request_id : "-");
+                    "STRIPE_PRICE_*",
+                    res->err_param, res->request_id ? res->request_id : "-");
             rv_verrs_t v = {0};
             rv_verr(&v, "body", "tier", "No purchasable price is configured for this tier",
-                 "value_error");
+                    "value_error");
             rv_respond_verrs(req, &v);
             return;
         }
@@ -173,7 +172,8 @@ static int idem_key(rv_request_t *req, char *out, size_t outlen, rv_verrs_t *v) 
     int ok = n >= 1 && n <= 255 && n < outlen;
     for (size_t i = 0; ok && i < n; i++) ok = k[i] > 0x20 && k[i] < 0x7f;
     if (!ok) {
-        rv_verr(v, "header", "Idempotency-Key", "Must be 1-255 printable characters", "value_error");
+        rv_verr(v, "header", "Idempotency-Key", "Must be 1-255 printable characters",
+                "value_error");
         return -1;
     }
     memcpy(out, k, n);
@@ -203,7 +203,8 @@ void rv_handle_checkout_create(rv_request_t *req) {
     }
     if (tier_j == NULL) {
         rv_verr(&v, "body", "tier", "Field required", "missing");
-    } else if (!cJSON_IsString(tier_j) || rv_config_price_of_tier(cfg, tier_j->valuestring) == NULL) {
+    } else if (!cJSON_IsString(tier_j) ||
+               rv_config_price_of_tier(cfg, tier_j->valuestring) == NULL) {
         rv_verr(&v, "body", "tier", "Input should be 'basic', 'pro' or 'enterprise'", "enum");
     } else {
         tier = tier_j->valuestring;
@@ -224,8 +225,7 @@ void rv_handle_checkout_create(rv_request_t *req) {
 
     /* APP_URL may be up to 4096 bytes: the defaults are built to size, never cut short. */
     rv_buf_t def_success = RV_BUF_INIT, def_cancel = RV_BUF_INIT;
-    if (rv_buf_printf(&def_success, "%s/success?session_id={CHECKOUT_SESSION_ID}",
-                      cfg->app_url) ||
+    if (rv_buf_printf(&def_success, "%s/success?session_id={CHECKOUT_SESSION_ID}", cfg->app_url) ||
         rv_buf_printf(&def_cancel, "%s/pricing", cfg->app_url)) {
         rv_buf_free(&def_success);
         rv_buf_free(&def_cancel);
@@ -247,10 +247,10 @@ void rv_handle_checkout_create(rv_request_t *req) {
         {"allow_promotion_codes", "true"},
     };
     call_ctx_t *ctx = ctx_new(req, CALL_CREATE);
-    int rc = ctx ? rv_stripe_post(app->stripe, "/v1/checkout/sessions", params,
-                                  RV_ARRAY_LEN(params), key[0] ? key : NULL, on_created, ctx,
-                                  &ctx->call)
-                 : RV_ENOMEM;
+    int rc =
+        ctx ? rv_stripe_post(app->stripe, "/v1/checkout/sessions", params, RV_ARRAY_LEN(params),
+                             key[0] ? key : NULL, on_created, ctx, &ctx->call)
+            : RV_ENOMEM;
     /* The parameters were copied into the request. */
     rv_buf_free(&def_success);
     rv_buf_free(&def_cancel);
@@ -320,8 +320,14 @@ static void success_answer(success_t *s, const char *telegram) {
     const char *steps_expired[] = {"The checkout expired: start a new one from the pricing page"};
     const char **steps = steps_ok;
     size_t nsteps = 3;
-    if (!strcmp(s->status, "pending")) { steps = steps_open; nsteps = 1; }
-    if (!strcmp(s->status, "expired")) { steps = steps_expired; nsteps = 1; }
+    if (!strcmp(s->status, "pending")) {
+        steps = steps_open;
+        nsteps = 1;
+    }
+    if (!strcmp(s->status, "expired")) {
+        steps = steps_expired;
+        nsteps = 1;
+    }
 
     rv_buf_t b = RV_BUF_INIT;
     int rc = rv_buf_puts(&b, "{\"status\":");
@@ -378,9 +384,12 @@ static void on_session(void *data, const rv_stripe_result_t *res) {
     const char *email = session_email(res->json);
     /* "success" only for a completed checkout; an open or expired one says so. */
     s->status = "pending";
-    if (st && strcmp(st, "complete") == 0) s->status = "success";
-    else if (st && strcmp(st, "expired") == 0) s->status = "expired";
-    snprintf(s->email, sizeof s->email, "%s", email && strlen(email) < sizeof s->email ? email : "");
+    if (st && strcmp(st, "complete") == 0)
+        s->status = "success";
+    else if (st && strcmp(st, "expired") == 0)
+        s->status = "expired";
+    snprintf(s->email, sizeof s->email, "%s",
+             email && strlen(email) < sizeof s->email ? email : "");
     snprintf(s->tier, sizeof s->tier, "%s", session_tier(res->json));
     snprintf(s->session_status, sizeof s->session_status, "%s", st && strlen(st) < 24 ? st : "");
     snprintf(s->payment_status, sizeof s->payment_status, "%s", pay && strlen(pay) < 32 ? pay : "");
@@ -491,7 +500,6 @@ static void on_portal_session(void *data, const rv_stripe_result_t *res) {
     create_portal(req, cus);
 }
 
-
 /* The bot opens the portal for a linked Telegram user: the customer comes from Redis. */
 static void on_portal_user(void *data, int err, const char *customer_id, const char *entitlement) {
     rv_request_t *req = data;
@@ -535,11 +543,13 @@ void rv_handle_billing_portal(rv_request_t *req) {
             return;
         }
         int rc = rv_entitlement_lookup(req->app, RV_BY_TELEGRAM, user, on_portal_user, req);
-        if (rc) rv_respond_error(req, 503, "Entitlements unavailable; retry later",
-                                 "Retry-After: 1\r\n");
+        if (rc)
+            rv_respond_error(req, 503, "Entitlements unavailable; retry later",
+                             "Retry-After: 1\r\n");
         return;
     }
-    if (!customer[0] && rv_request_query(req, "customer_id", customer, sizeof customer) == RV_ERANGE)
+    if (!customer[0] &&
+        rv_request_query(req, "customer_id", customer, sizeof customer) == RV_ERANGE)
         rv_verr(&v, "query", "customer_id", "Too long", "value_error");
     if (!session[0] && rv_request_query(req, "session_id", session, sizeof session) == RV_ERANGE)
         rv_verr(&v, "query", "session_id", "Too long", "value_error");
@@ -555,7 +565,8 @@ void rv_handle_billing_portal(rv_request_t *req) {
             return;
         }
         if (!rv_valid_customer_id(customer)) {
-            rv_verr(&v, "body", "customer_id", "Must be a Stripe customer id (cus_...)", "value_error");
+            rv_verr(&v, "body", "customer_id", "Must be a Stripe customer id (cus_...)",
+                    "value_error");
             rv_respond_verrs(req, &v);
             return;
         }
@@ -564,7 +575,8 @@ void rv_handle_billing_portal(rv_request_t *req) {
     }
     if (session[0]) {
         if (!rv_valid_session_id(session)) {
-            rv_verr(&v, "body", "session_id", "Must be a Checkout Session id (cs_...)", "value_error");
+            rv_verr(&v, "body", "session_id", "Must be a Checkout Session id (cs_...)",
+                    "value_error");
             rv_respond_verrs(req, &v);
             return;
         }

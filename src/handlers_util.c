@@ -43,9 +43,8 @@ int rv_rate_limited(rv_request_t *req) {
     return 1;
 }
 
-
 void rv_verr(rv_verrs_t *v, const char *where, const char *field, const char *msg,
-                 const char *type) {
+             const char *type) {
     if (v->n >= RV_MAX_VERRS) return;
     rv_json_verr_t *e = &v->e[v->n++];
     memset(e, 0, sizeof *e);
@@ -75,8 +74,8 @@ cJSON *rv_body_object(rv_request_t *req, int empty_ok) {
     if (!cJSON_IsObject(j)) {
         cJSON_Delete(j);
         rv_verr(&v, "body", NULL,
-             "Input should be a valid dictionary or object to extract fields from",
-             "model_attributes_type");
+                "Input should be a valid dictionary or object to extract fields from",
+                "model_attributes_type");
         rv_respond_verrs(req, &v);
         return NULL;
     }

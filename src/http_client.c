@@ -21,13 +21,13 @@
 #include "rivet/list.h"
 #include "rivet/log.h"
 
-#define DEFAULT_MAX_RESPONSE (1024u * 1024u)
-#define MAX_RESPONSE_HEADERS (64u * 1024u)
+#define DEFAULT_MAX_RESPONSE   (1024u * 1024u)
+#define MAX_RESPONSE_HEADERS   (64u * 1024u)
 /* Enough connections for a burst of checkouts over HTTP/1.1; over HTTP/2 one connection carries
  * up to 100 streams, so this is rarely reached. The cache keeps as many as may be open at once:
  * a smaller cache closes connections after a burst only for the next burst to open them again,
  * a TLS handshake each. Idle ones are closed by libcurl after its idle time (118 s). */
-#define MAX_HOST_CONNECTIONS 1024L
+#define MAX_HOST_CONNECTIONS   1024L
 #define MAX_CACHED_CONNECTIONS MAX_HOST_CONNECTIONS
 
 typedef struct sock_s {
@@ -57,15 +57,15 @@ struct rv_http_req_s {
 struct rv_http_client_s {
     uv_loop_t *loop;
     CURLM *multi;
-    uv_timer_t timer;      /* libcurl's timeout */
-    uv_timer_t reap;       /* finishes requests that failed inside a libcurl callback */
-    rv_http_req_t *reqs;   /* in flight */
-    sock_t *socks;         /* every poll handle not yet freed, closing ones included */
+    uv_timer_t timer;    /* libcurl's timeout */
+    uv_timer_t reap;     /* finishes requests that failed inside a libcurl callback */
+    rv_http_req_t *reqs; /* in flight */
+    sock_t *socks;       /* every poll handle not yet freed, closing ones included */
     size_t inflight;
-    size_t open_handles;   /* timers and polls whose close callback has not run */
-    unsigned dispatching;  /* > 0 while callers' callbacks may run */
-    int closing;           /* rv_http_client_close was called */
-    int torn_down;         /* the multi handle is gone and the handles are closing */
+    size_t open_handles;  /* timers and polls whose close callback has not run */
+    unsigned dispatching; /* > 0 while callers' callbacks may run */
+    int closing;          /* rv_http_client_close was called */
+    int torn_down;        /* the multi handle is gone and the handles are closing */
 };
 
 static int curl_ready;
@@ -443,9 +443,9 @@ static int method_ok(const char *m) {
     return 1;
 }
 
-#define SETOPT(opt, val)                                                                  \
-    do {                                                                                  \
-        if ((e = curl_easy_setopt(easy, opt, val)) != CURLE_OK) goto bad;                 \
+#define SETOPT(opt, val)                                                                           \
+    do {                                                                                           \
+        if ((e = curl_easy_setopt(easy, opt, val)) != CURLE_OK) goto bad;                          \
     } while (0)
 
 static int setup_easy(rv_http_req_t *r, const rv_http_opts_t *o, const char *method) {

@@ -76,7 +76,7 @@ static void limits_report_due(void) {
 }
 
 static uint64_t dropped; /* bytes of lines a full journal socket did not take */
-static int not_socket;    /* stderr is a pipe, a file or a terminal */
+static int not_socket;   /* stderr is a pipe, a file or a terminal */
 
 /* Under systemd stderr is a stream socket to journald: a journal that does not keep up must not
  * stall the loop, so the socket is written without waiting (MSG_DONTWAIT, which leaves the
@@ -97,8 +97,10 @@ static void write_out(void) {
     size_t off = 0;
     if (dropped) {
         char note[96];
-        int n = snprintf(note, sizeof note, "warn log: %llu bytes of log lines dropped (the "
-                         "journal was full)\n", (unsigned long long)dropped);
+        int n = snprintf(note, sizeof note,
+                         "warn log: %llu bytes of log lines dropped (the "
+                         "journal was full)\n",
+                         (unsigned long long)dropped);
         if (put(note, (size_t)n) == n) dropped = 0;
     }
     while (off < log_len) {

@@ -77,7 +77,7 @@ int main(int argc, char **argv) {
             /* The README's table and conf/rivet.conf.example, from the configuration table. */
             rv_buf_t ref = RV_BUF_INIT;
             int bad = rv_config_reference(&ref, argv[i][19] == 'm' ? RV_CONFIG_REF_MARKDOWN
-                                                                    : RV_CONFIG_REF_ENV);
+                                                                   : RV_CONFIG_REF_ENV);
             if (!bad) fwrite(ref.data, 1, ref.len, stdout);
             rv_buf_free(&ref);
             return bad ? 1 : 0;
@@ -100,8 +100,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "%s\n", err);
         return 1;
     }
-    int rc = rv_config_load(&app.cfg, (const char *const *)environ, app.config_text, err,
-                            sizeof err);
+    int rc =
+        rv_config_load(&app.cfg, (const char *const *)environ, app.config_text, err, sizeof err);
     if (rc) {
         fprintf(stderr, "%s\n", err);
         free(app.config_text);

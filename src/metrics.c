@@ -168,8 +168,7 @@ static int render_counters(rv_buf_t *out) {
         for (size_t i = 0; rc == 0 && i < n; i++) {
             const rv_counter_series_t *s = &st->counters[c][i];
             const char *open = s->labels[0] ? "{" : "", *close = s->labels[0] ? "}" : "";
-            rc = rv_buf_printf(out, "%s%s%s%s %llu\n", counter_info[c].name, open, s->labels,
-                               close,
+            rc = rv_buf_printf(out, "%s%s%s%s %llu\n", counter_info[c].name, open, s->labels, close,
                                (unsigned long long)__atomic_load_n(&s->value, __ATOMIC_RELAXED));
         }
     }
@@ -198,10 +197,11 @@ static int render_histograms(rv_buf_t *out) {
             if (count < cum) count = cum;
             double sum = (double)__atomic_load_n(&s->sum_ns, __ATOMIC_RELAXED) / 1e9;
             if (rc == 0)
-                rc = rv_buf_printf(out, "%s_bucket{%s%sle=\"+Inf\"} %llu\n%s_sum{%s} %.6f\n"
-                                        "%s_count{%s} %llu\n",
-                                   name, s->labels, sep, (unsigned long long)count, name,
-                                   s->labels, sum, name, s->labels, (unsigned long long)count);
+                rc = rv_buf_printf(out,
+                                   "%s_bucket{%s%sle=\"+Inf\"} %llu\n%s_sum{%s} %.6f\n"
+                                   "%s_count{%s} %llu\n",
+                                   name, s->labels, sep, (unsigned long long)count, name, s->labels,
+                                   sum, name, s->labels, (unsigned long long)count);
         }
     }
     return rc;
@@ -228,11 +228,13 @@ int rv_metrics_render(rv_buf_t *out, const rv_gauge_t *gauges, size_t ngauges) {
         double v = 0;
         for (int w = 0; w < RV_METRICS_MAX_WORKERS; w++) {
             double x = st->gauges[w][g];
-            if (g == RV_G_RECONCILE_LAST_OK) v = x > v ? x : v;
-            else v += x;
+            if (g == RV_G_RECONCILE_LAST_OK)
+                v = x > v ? x : v;
+            else
+                v += x;
         }
-        sums[g] = (rv_gauge_t){gauge_info[g].name, gauge_info[g].help, gauge_info[g].labels, v,
-                               NULL};
+        sums[g] =
+            (rv_gauge_t){gauge_info[g].name, gauge_info[g].help, gauge_info[g].labels, v, NULL};
         rc = render_gauge(out, &sums[g], prev);
         prev = &sums[g];
     }

@@ -20,7 +20,7 @@
 /* Bound on strings copied into data_json that have no field in the struct (ids, currency). */
 #define MAX_EXTRA_STR 255
 /* Stripe's ids (evt_, cus_, sub_, in_, cs_, ...) are letters, digits and underscores. */
-#define ID_SHAPE "1 to 255 letters, digits or underscores"
+#define ID_SHAPE      "1 to 255 letters, digits or underscores"
 
 typedef enum { KIND_CHECKOUT, KIND_SUBSCRIPTION, KIND_INVOICE } kind_t;
 
@@ -325,8 +325,8 @@ static int read_subscription(const cJSON *o, const rv_prices_t *prices, rv_prov_
     return 0;
 }
 
-static int read_invoice(const cJSON *o, const rv_prices_t *prices, rv_prov_event_t *out,
-                        extra_t *x, const char **tier) {
+static int read_invoice(const cJSON *o, const rv_prices_t *prices, rv_prov_event_t *out, extra_t *x,
+                        const char **tier) {
     const char *email = get_str(o, "customer_email");
     if (email == NULL) email = customer_email_expanded(o);
     int rc;

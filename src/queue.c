@@ -58,21 +58,21 @@ static int rv_uv_poll_start(uv_poll_t *handle, int events, uv_poll_cb cb) {
 #include "rivet/redis_url.h"
 #include "rivet/sentinel.h"
 
-#define BACKOFF_MIN_MS 100
-#define BACKOFF_MAX_MS 5000
+#define BACKOFF_MIN_MS     100
+#define BACKOFF_MAX_MS     5000
 #define DEFAULT_TIMEOUT_MS 2000
 /* Beyond this many unanswered commands Redis is not keeping up: refuse (the webhook answers 503
  * and Stripe retries) rather than buffer without bound. */
-#define MAX_PENDING 65536
-#define STREAM_MAX 512
+#define MAX_PENDING        65536
+#define STREAM_MAX         512
 /* Stands in for the subscription or customer key of an event that has none, so that the script
  * always receives every key it could touch through KEYS. The script never reads or writes it. */
-#define DUMMY_KEY "rivet:none"
-#define DEAD_SUFFIX ":dead"
+#define DUMMY_KEY          "rivet:none"
+#define DEAD_SUFFIX        ":dead"
 /* Bound on the short text fields of a dead letter (reason, event type). */
-#define DEAD_FIELD_MAX 255
-#define STRINGIFY_(x) #x
-#define STRINGIFY(x) STRINGIFY_(x)
+#define DEAD_FIELD_MAX     255
+#define STRINGIFY_(x)      #x
+#define STRINGIFY(x)       STRINGIFY_(x)
 
 /* The script that applies an event to the customer's entitlement and appends its entry
  * (src/apply.lua: its head says what it takes and returns). No MAXLEN on XADD: trimming could
@@ -94,14 +94,53 @@ static const char dead_script[] =
     "if dedupe then redis.call('SET', KEYS[1], 'dead', 'EX', tonumber(ARGV[1])) end\n"
     "return {1, id}\n";
 
-enum { DARG_CMD, DARG_SCRIPT, DARG_NUMKEYS, DARG_KEY_EVENT, DARG_KEY_STREAM, DARG_TTL, DARG_MAX,
-       DARG_REASON, DARG_ID, DARG_TYPE, DARG_RECEIVED, DARG_BODY, DARGS };
+enum {
+    DARG_CMD,
+    DARG_SCRIPT,
+    DARG_NUMKEYS,
+    DARG_KEY_EVENT,
+    DARG_KEY_STREAM,
+    DARG_TTL,
+    DARG_MAX,
+    DARG_REASON,
+    DARG_ID,
+    DARG_TYPE,
+    DARG_RECEIVED,
+    DARG_BODY,
+    DARGS
+};
 
 /* EVALSHA sha numkeys + 6 keys + 18 arguments, in the script's order. */
-enum { ARG_CMD, ARG_SCRIPT, ARG_NUMKEYS, ARG_KEY_EVENT, ARG_KEY_STREAM, ARG_KEY_CUST,
-       ARG_KEY_CHECKOUT, ARG_KEY_TOKEN, ARG_KEY_EMAIL, ARG_TTL, ARG_MODE, ARG_TYPE, ARG_ID,
-       ARG_DATA, ARG_VERSION, ARG_CUST, ARG_EMAIL, ARG_SUB, ARG_STATE, ARG_PLAN, ARG_FULFILLS,
-       ARG_PAST_DUE, ARG_SOURCE, ARG_TOKEN, ARG_LINK, ARG_TOKEN_TTL, ARG_NOW, NARGS };
+enum {
+    ARG_CMD,
+    ARG_SCRIPT,
+    ARG_NUMKEYS,
+    ARG_KEY_EVENT,
+    ARG_KEY_STREAM,
+    ARG_KEY_CUST,
+    ARG_KEY_CHECKOUT,
+    ARG_KEY_TOKEN,
+    ARG_KEY_EMAIL,
+    ARG_TTL,
+    ARG_MODE,
+    ARG_TYPE,
+    ARG_ID,
+    ARG_DATA,
+    ARG_VERSION,
+    ARG_CUST,
+    ARG_EMAIL,
+    ARG_SUB,
+    ARG_STATE,
+    ARG_PLAN,
+    ARG_FULFILLS,
+    ARG_PAST_DUE,
+    ARG_SOURCE,
+    ARG_TOKEN,
+    ARG_LINK,
+    ARG_TOKEN_TTL,
+    ARG_NOW,
+    NARGS
+};
 
 _Static_assert((int)DARGS <= (int)NARGS,
                "a dead-letter command fits in a command's argument arrays");
@@ -118,7 +157,7 @@ struct cmd_s {
     char stream_id[48];
     char telegram[200];
     rv_enqueue_cb cb;
-    rv_reply_cb raw_cb; /* a plain command's callback (rv_queue_call), else NULL */
+    rv_reply_cb raw_cb;       /* a plain command's callback (rv_queue_call), else NULL */
     rv_fulfill_cb fulfill_cb; /* an apply whose caller wants the Telegram link, else NULL */
     void *data;
     const char *argv[NARGS];
@@ -205,9 +244,12 @@ static void cmd_finish(cmd_t *c, int err, int result, const char *stream_id) {
         RV_LIST_APPEND(q->dead, q->dead_tail, c);
         return;
     }
-    if (c->raw_cb) c->raw_cb(c->data, err, NULL);
-    else if (c->fulfill_cb) c->fulfill_cb(c->data, err, result, NULL);
-    else c->cb(c->data, err, result, stream_id);
+    if (c->raw_cb)
+        c->raw_cb(c->data, err, NULL);
+    else if (c->fulfill_cb)
+        c->fulfill_cb(c->data, err, result, NULL);
+    else
+        c->cb(c->data, err, result, stream_id);
     free(c);
 }
 
@@ -331,8 +373,7 @@ static void config_unknown(rv_queue_t *q, redisReply *reply) {
     q->cfg_seen = 2;
     rv_info("redis: durability could not be checked (CONFIG GET: %.120s); make sure %s runs "
             "with appendonly yes and maxmemory-policy noeviction, see conf/redis-rivet.conf",
-            reply && reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply",
-            q->where);
+            reply && reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply", q->where);
 }
 
 /* The value of a CONFIG GET reply for q, or NULL when there is none to judge (the connection is
@@ -368,7 +409,8 @@ static void on_config_policy(redisAsyncContext *ac, void *r, void *privdata) {
     if (evicts && q->policy_seen != 2) {
         rv_warn("redis: maxmemory-policy is %.64s: under memory pressure Redis can evict event "
                 "ids (duplicates get through) or whole keys; use noeviction, see "
-                "conf/redis-rivet.conf", v);
+                "conf/redis-rivet.conf",
+                v);
     }
     q->policy_seen = evicts ? 2 : 1;
 }
@@ -510,8 +552,10 @@ static void conn_start(rv_queue_t *q) {
 static void conn_open(rv_queue_t *q) {
     redisAsyncContext *ac;
     q->state = RV_QUEUE_CONNECTING;
-    if (q->url.path[0]) ac = redisAsyncConnectUnix(q->url.path);
-    else ac = redisAsyncConnect(q->url.host, q->url.port);
+    if (q->url.path[0])
+        ac = redisAsyncConnectUnix(q->url.path);
+    else
+        ac = redisAsyncConnect(q->url.host, q->url.port);
     if (!ac) {
         log_failure(q, "redis: cannot connect to %s: out of memory", q->where);
         goto retry;
@@ -561,8 +605,8 @@ static void on_wait_reply(redisAsyncContext *ac, void *r, void *privdata) {
         rv_warn_limited(&lim,
                         "redis: %lld of %u replicas confirmed within %s ms: the event is not "
                         "acknowledged",
-                        reply->type == REDIS_REPLY_INTEGER ? reply->integer : -1LL,
-                        q->min_replicas, q->wait_args[1]);
+                        reply->type == REDIS_REPLY_INTEGER ? reply->integer : -1LL, q->min_replicas,
+                        q->wait_args[1]);
         cmd_finish(c, RV_EUNAVAIL, 0, NULL);
         return;
     }
@@ -746,7 +790,9 @@ static int apply(rv_queue_t *q, const rv_prov_event_t *ev, int mode, const char 
         char pe[24] = "";
         if (ev->has_period_end) snprintf(pe, sizeof pe, "%lld", (long long)ev->period_end);
         snprintf(state, sizeof state, "%s|%s|%s|%s", ev->tier, ev->status, pe,
-                 ev->cancel_at_period_end < 0 ? "" : ev->cancel_at_period_end ? "1" : "0");
+                 ev->cancel_at_period_end < 0 ? ""
+                 : ev->cancel_at_period_end   ? "1"
+                                              : "0");
     } else if (ev->session_id[0]) {
         snprintf(plan, sizeof plan, "%s", ev->tier[0] ? ev->tier : "unknown");
     }
@@ -763,8 +809,10 @@ static int apply(rv_queue_t *q, const rv_prov_event_t *ev, int mode, const char 
         email_key[i] = (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
     }
 
-    const char *const copied[] = {ev->type, ev->event_id, ev->data_json, version, ev->customer_id,
-                                  ev->email, ev->subscription_id, state, plan, token, now};
+    const char *const copied[] = {
+        ev->type,  ev->event_id,        ev->data_json, version, ev->customer_id,
+        ev->email, ev->subscription_id, state,         plan,    token,
+        now};
     size_t total = 4 * 64 + strlen(ev->event_id) + strlen(ev->customer_id) +
                    strlen(ev->session_id) + 2 * el + 6;
     for (size_t i = 0; i < RV_ARRAY_LEN(copied); i++) total += strlen(copied[i]) + 1;
@@ -777,21 +825,31 @@ static int apply(rv_queue_t *q, const rv_prov_event_t *ev, int mode, const char 
     set_arg(c, ARG_CMD, "EVALSHA");
     set_arg(c, ARG_SCRIPT, q->sha);
     set_arg(c, ARG_NUMKEYS, "6");
-    if (ev->event_id[0]) put_key(c, &off, ARG_KEY_EVENT, "rivet:event:", ev->event_id);
-    else set_arg(c, ARG_KEY_EVENT, DUMMY_KEY);
+    if (ev->event_id[0])
+        put_key(c, &off, ARG_KEY_EVENT, "rivet:event:", ev->event_id);
+    else
+        set_arg(c, ARG_KEY_EVENT, DUMMY_KEY);
     set_arg(c, ARG_KEY_STREAM, q->stream);
-    if (ev->customer_id[0]) put_key(c, &off, ARG_KEY_CUST, "rivet:customer:", ev->customer_id);
-    else set_arg(c, ARG_KEY_CUST, DUMMY_KEY);
-    if (ev->session_id[0]) put_key(c, &off, ARG_KEY_CHECKOUT, "rivet:checkout:", ev->session_id);
-    else set_arg(c, ARG_KEY_CHECKOUT, DUMMY_KEY);
-    if (token[0]) put_key(c, &off, ARG_KEY_TOKEN, "rivet:tg:start:", token);
-    else set_arg(c, ARG_KEY_TOKEN, DUMMY_KEY);
-    if (el) put_key(c, &off, ARG_KEY_EMAIL, "rivet:email:", email_key);
-    else set_arg(c, ARG_KEY_EMAIL, DUMMY_KEY);
+    if (ev->customer_id[0])
+        put_key(c, &off, ARG_KEY_CUST, "rivet:customer:", ev->customer_id);
+    else
+        set_arg(c, ARG_KEY_CUST, DUMMY_KEY);
+    if (ev->session_id[0])
+        put_key(c, &off, ARG_KEY_CHECKOUT, "rivet:checkout:", ev->session_id);
+    else
+        set_arg(c, ARG_KEY_CHECKOUT, DUMMY_KEY);
+    if (token[0])
+        put_key(c, &off, ARG_KEY_TOKEN, "rivet:tg:start:", token);
+    else
+        set_arg(c, ARG_KEY_TOKEN, DUMMY_KEY);
+    if (el)
+        put_key(c, &off, ARG_KEY_EMAIL, "rivet:email:", email_key);
+    else
+        set_arg(c, ARG_KEY_EMAIL, DUMMY_KEY);
     set_arg(c, ARG_TTL, q->ttl);
     set_arg(c, ARG_MODE, mode_names[mode]);
-    static const int at[] = {ARG_TYPE,  ARG_ID,  ARG_DATA,  ARG_VERSION, ARG_CUST, ARG_EMAIL,
-                             ARG_SUB,   ARG_STATE, ARG_PLAN, ARG_TOKEN, ARG_NOW};
+    static const int at[] = {ARG_TYPE, ARG_ID,    ARG_DATA, ARG_VERSION, ARG_CUST, ARG_EMAIL,
+                             ARG_SUB,  ARG_STATE, ARG_PLAN, ARG_TOKEN,   ARG_NOW};
     for (size_t i = 0; i < RV_ARRAY_LEN(copied); i++)
         put_arg(c, &off, at[i], copied[i], strlen(copied[i]));
     set_arg(c, ARG_FULFILLS, ev->fulfills ? "1" : "0");
@@ -834,8 +892,7 @@ static void on_raw_reply(redisAsyncContext *ac, void *r, void *privdata) {
     free(c);
 }
 
-int rv_queue_call(rv_queue_t *q, int argc, const char *const *argv, rv_reply_cb cb,
-                  void *data) {
+int rv_queue_call(rv_queue_t *q, int argc, const char *const *argv, rv_reply_cb cb, void *data) {
     if (!q || !cb || argc < 1 || argc > NARGS) return RV_EINVAL;
     if (q->closing || !q->ready || !q->ac) return RV_EUNAVAIL;
     if (q->npending >= MAX_PENDING) return RV_EUNAVAIL;
@@ -948,7 +1005,8 @@ static int check_host(rv_queue_t *q) {
     hints.ai_socktype = SOCK_STREAM;
     if (getaddrinfo(q->url.host, NULL, &hints, &res) != 0 || !res) {
         rv_error("redis: REDIS_URL host \"%s\" is not an IP address; name lookups would block "
-                 "the loop, so use an address (or localhost)", q->url.host);
+                 "the loop, so use an address (or localhost)",
+                 q->url.host);
         return RV_EINVAL;
     }
     char num[NI_MAXHOST];
@@ -987,8 +1045,8 @@ int rv_queue_init(uv_loop_t *loop, const rv_queue_opts_t *opts, rv_queue_t **out
     q->timeout_ms = opts->timeout_ms ? opts->timeout_ms : DEFAULT_TIMEOUT_MS;
     q->past_due_active = opts->past_due_active;
     if (opts->telegram_bot && opts->telegram_bot[0])
-        snprintf(q->link_prefix, sizeof q->link_prefix, "https://t.me/%s?start=",
-                 opts->telegram_bot);
+        snprintf(q->link_prefix, sizeof q->link_prefix,
+                 "https://t.me/%s?start=", opts->telegram_bot);
     snprintf(q->token_ttl, sizeof q->token_ttl, "%llu",
              (unsigned long long)(opts->telegram_link_ttl ? opts->telegram_link_ttl : 604800));
     q->backoff_ms = BACKOFF_MIN_MS;
@@ -1004,8 +1062,8 @@ int rv_queue_init(uv_loop_t *loop, const rv_queue_opts_t *opts, rv_queue_t **out
         int n = rv_sentinel_parse(opts->sentinels, addrs, RV_SENTINEL_MAX);
         uint64_t t = q->timeout_ms < 1000 ? q->timeout_ms : 1000;
         int rc = n < 1 ? RV_EINVAL
-                       : rv_sentinel_init(loop, addrs, n, opts->sentinel_master, t, on_switch,
-                                          q, &q->sentinel);
+                       : rv_sentinel_init(loop, addrs, n, opts->sentinel_master, t, on_switch, q,
+                                          &q->sentinel);
         if (rc) {
             free(q->stream);
             free(q->dead_stream);
@@ -1049,9 +1107,12 @@ static void on_timer_closed(uv_handle_t *h) {
     while (q->dead) {
         cmd_t *c = q->dead;
         RV_LIST_UNLINK(q->dead, q->dead_tail, c);
-        if (c->raw_cb) c->raw_cb(c->data, RV_EUNAVAIL, NULL);
-        else if (c->fulfill_cb) c->fulfill_cb(c->data, RV_EUNAVAIL, 0, NULL);
-        else c->cb(c->data, RV_EUNAVAIL, 0, NULL);
+        if (c->raw_cb)
+            c->raw_cb(c->data, RV_EUNAVAIL, NULL);
+        else if (c->fulfill_cb)
+            c->fulfill_cb(c->data, RV_EUNAVAIL, 0, NULL);
+        else
+            c->cb(c->data, RV_EUNAVAIL, 0, NULL);
         free(c);
     }
     void (*done)(void *) = q->done;

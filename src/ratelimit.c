@@ -10,7 +10,7 @@
 #include "rivet/shared.h"
 
 #define KEY_MAX 64
-#define PROBES 8
+#define PROBES  8
 
 typedef struct slot_s {
     char key[KEY_MAX]; /* "" when free */
@@ -23,7 +23,7 @@ struct rv_ratelimit_s {
     double per_ms; /* tokens added per millisecond; 0: not limited */
     double burst;
     size_t mask;
-    size_t size;   /* bytes of the mapping */
+    size_t size; /* bytes of the mapping */
     slot_t slots[];
 };
 

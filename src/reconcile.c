@@ -27,23 +27,22 @@
 #include "rivet/metrics.h"
 #include "rivet/provision.h"
 
-#define LOCK_KEY "rivet:reconcile:lock"
-#define CURSOR_KEY "rivet:reconcile:cursor"
-#define LOCK_TTL_MS "120000"
-#define MAX_AGE_S (30 * 86400 - 600) /* Stripe lists 30 days of events; keep clear of the edge */
-#define FIRST_LOOKBACK_S (3 * 86400) /* no cursor yet: Stripe's retry window */
-#define OVERLAP_S 300                /* each run starts this much before the last one ended */
-#define SETTLE_S 30                  /* events this fresh may still be on their way as webhooks */
-#define PAGE_LIMIT 100
-#define PAGE_GAP_MS 100              /* at most ten list calls a second */
-#define FIRST_RUN_MS 5000
-#define LOCK_RETRY_MS 1000
+#define LOCK_KEY         "rivet:reconcile:lock"
+#define CURSOR_KEY       "rivet:reconcile:cursor"
+#define LOCK_TTL_MS      "120000"
+#define MAX_AGE_S        (30 * 86400 - 600) /* Stripe lists 30 days of events; keep clear of the edge */
+#define FIRST_LOOKBACK_S (3 * 86400)        /* no cursor yet: Stripe's retry window */
+#define OVERLAP_S        300 /* each run starts this much before the last one ended */
+#define SETTLE_S         30  /* events this fresh may still be on their way as webhooks */
+#define PAGE_LIMIT       100
+#define PAGE_GAP_MS      100 /* at most ten list calls a second */
+#define FIRST_RUN_MS     5000
+#define LOCK_RETRY_MS    1000
 
-static const char renew_script[] =
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"
-    "  return redis.call('PEXPIRE', KEYS[1], ARGV[2])\n"
-    "end\n"
-    "return 0\n";
+static const char renew_script[] = "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"
+                                   "  return redis.call('PEXPIRE', KEYS[1], ARGV[2])\n"
+                                   "end\n"
+                                   "return 0\n";
 static const char release_script[] =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end\n"
     "return 0\n";
@@ -60,7 +59,7 @@ struct rv_reconcile_s {
     uv_timer_t timer;
     int closing;
     int timer_closed;
-    int inflight;       /* Redis commands and Stripe calls whose answer is awaited */
+    int inflight; /* Redis commands and Stripe calls whose answer is awaited */
     int state;
     uint64_t interval_ms; /* 0: one run only */
     uint64_t lookback_s;  /* one run: its range */
@@ -69,7 +68,7 @@ struct rv_reconcile_s {
     void *done_data;
     rv_stripe_call_t *call;
     char token[33];
-    int applying;         /* events of the page not answered yet */
+    int applying; /* events of the page not answered yet */
     int page_failed;
     char last_id[RV_PROVISION_ID_MAX + 1];
     int has_more;
@@ -102,9 +101,12 @@ static int answer_arrived(rv_reconcile_t *r) {
 
 static void on_timer(uv_timer_t *t) {
     rv_reconcile_t *r = t->data;
-    if (r->state == IDLE) run_start(r);
-    else if (r->state == PAGING) next_page(r);
-    else if (r->state == DRAINING) one_run_done(r);
+    if (r->state == IDLE)
+        run_start(r);
+    else if (r->state == PAGING)
+        next_page(r);
+    else if (r->state == DRAINING)
+        one_run_done(r);
 }
 
 static void schedule(rv_reconcile_t *r, uint64_t ms) {
@@ -161,8 +163,10 @@ static void on_released(void *data, int err, const struct redisReply *reply) {
     if (answer_arrived(r)) return;
     r->state = IDLE;
     report(r);
-    if (r->interval_ms) schedule(r, r->interval_ms);
-    else one_run_done(r);
+    if (r->interval_ms)
+        schedule(r, r->interval_ms);
+    else
+        one_run_done(r);
 }
 
 /* One run (--reconcile) ends once Stripe has answered what the run asked it and Redis has what
@@ -265,8 +269,10 @@ static void on_event_applied(void *data, int err, int result, const char *stream
         r->page_failed = 1;
     } else {
         int code = result & RV_ENQ_MASK;
-        if (code == RV_ENQ_DUPLICATE) r->st.duplicates++;
-        else r->st.recovered++;
+        if (code == RV_ENQ_DUPLICATE)
+            r->st.duplicates++;
+        else
+            r->st.recovered++;
         const char *labels =
             code == RV_ENQ_DUPLICATE ? "outcome=\"duplicate\"" : "outcome=\"recovered\"";
         rv_metrics_count(RV_M_RECONCILE_EVENTS, labels, 1);
@@ -314,8 +320,8 @@ static void apply_event(rv_reconcile_t *r, const cJSON *event) {
             a->r = r;
             snprintf(a->sub_id, sizeof a->sub_id, "%s", ev.subscription_id);
         }
-        if (a && rv_queue_apply(app->queue, &ev, RV_APPLY_EVENT, "recovery", on_event_applied,
-                                a) == 0) {
+        if (a &&
+            rv_queue_apply(app->queue, &ev, RV_APPLY_EVENT, "recovery", on_event_applied, a) == 0) {
             r->inflight++;
             r->applying++;
         } else {
@@ -515,10 +521,14 @@ int rv_parse_duration(const char *s, uint64_t *seconds) {
     if (s == NULL || *s < '0' || *s > '9') return RV_EINVAL;
     unsigned long long v = strtoull(s, &end, 10);
     uint64_t unit = 1;
-    if (*end == 's') unit = 1, end++;
-    else if (*end == 'm') unit = 60, end++;
-    else if (*end == 'h') unit = 3600, end++;
-    else if (*end == 'd') unit = 86400, end++;
+    if (*end == 's')
+        unit = 1, end++;
+    else if (*end == 'm')
+        unit = 60, end++;
+    else if (*end == 'h')
+        unit = 3600, end++;
+    else if (*end == 'd')
+        unit = 86400, end++;
     if (*end != '\0' || v == 0 || v > UINT64_MAX / unit / 1000) return RV_EINVAL;
     *seconds = v * unit;
     return 0;

@@ -10,7 +10,7 @@
 /* No legitimate URL comes near this; it bounds every scan below. */
 #define URL_MAX 2048
 /* Redis's default is 16 databases; a server can be configured with more, never this many. */
-#define DB_MAX 10000
+#define DB_MAX  10000
 
 /* Percent-decode s[0..n) into out (size cap, NUL-terminated). Rejects bad escapes, a decoded NUL
  * or control character, and anything that does not fit. */
@@ -161,8 +161,7 @@ static int parse_unix(const char *s, rv_redis_url_t *out) {
             if (pct_decode(v, vlen, out->user, sizeof out->user)) return RV_EINVAL;
             seen_user = 1;
         } else if (klen == 8 && memcmp(p, "password", 8) == 0 && !seen_pass) {
-            if (pct_decode(v, vlen, out->pass, sizeof out->pass) || !out->pass[0])
-                return RV_EINVAL;
+            if (pct_decode(v, vlen, out->pass, sizeof out->pass) || !out->pass[0]) return RV_EINVAL;
             seen_pass = 1;
         } else {
             return RV_EINVAL;

@@ -45,7 +45,8 @@ static int parse_ul(const char *s, unsigned long long *out) {
 uint64_t rv_sd_watchdog_usec(void) {
     unsigned long long usec, pid;
     if (parse_ul(getenv("WATCHDOG_USEC"), &usec) || usec == 0) return 0;
-    if (getenv("WATCHDOG_PID") && (parse_ul(getenv("WATCHDOG_PID"), &pid) || pid != (unsigned long long)getpid()))
+    if (getenv("WATCHDOG_PID") &&
+        (parse_ul(getenv("WATCHDOG_PID"), &pid) || pid != (unsigned long long)getpid()))
         return 0;
     return usec;
 }

@@ -36,7 +36,7 @@ struct rv_sentinel_s {
     /* A query: one sentinel at a time. */
     redisAsyncContext *q_ac;
     uv_timer_t q_timer;
-    int q_pos; /* position in order of the sentinel being asked; -1: no query */
+    int q_pos;     /* position in order of the sentinel being asked; -1: no query */
     int q_advance; /* the timer moves on to the next sentinel (0 only to start a query) */
     rv_sentinel_found_cb found;
     void *found_data;
@@ -143,9 +143,7 @@ static void on_query_timer(uv_timer_t *t) {
     query_try(s);
 }
 
-static void query_next_soon(rv_sentinel_t *s) {
-    uv_timer_start(&s->q_timer, on_query_timer, 0, 0);
-}
+static void query_next_soon(rv_sentinel_t *s) { uv_timer_start(&s->q_timer, on_query_timer, 0, 0); }
 
 static void on_query_connect(const redisAsyncContext *ac, int status) {
     rv_sentinel_t *s = ac->data;
@@ -231,8 +229,9 @@ static void on_watch_timer(uv_timer_t *t) {
     if (s->w_ac != NULL) {
         if (s->w_ok) return;
         rv_debug("redis: sentinel %s:%d did not confirm the subscription in %llu ms; trying the "
-                 "next", s->addr[s->order[s->w_pos % s->n]].host,
-                 s->addr[s->order[s->w_pos % s->n]].port, (unsigned long long)s->timeout_ms);
+                 "next",
+                 s->addr[s->order[s->w_pos % s->n]].host, s->addr[s->order[s->w_pos % s->n]].port,
+                 (unsigned long long)s->timeout_ms);
         drop(&s->w_ac);
         s->w_pos++;
     }
@@ -278,8 +277,8 @@ static void on_watch_message(redisAsyncContext *ac, void *r, void *privdata) {
         return;
     char name[128], old_host[64], new_host[64];
     int old_port, new_port;
-    if (sscanf(reply->element[2]->str, "%127s %63s %d %63s %d", name, old_host, &old_port,
-               new_host, &new_port) != 5 ||
+    if (sscanf(reply->element[2]->str, "%127s %63s %d %63s %d", name, old_host, &old_port, new_host,
+               &new_port) != 5 ||
         strcmp(name, s->master) != 0)
         return;
     rv_warn("redis: sentinel: the primary of %s moved from %s:%d to %s:%d", name, old_host,

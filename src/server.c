@@ -31,15 +31,15 @@
 #include "rivet/log.h"
 
 #define READ_BUF_SIZE 65536
-#define MAX_HEADERS 100
-#define PENDING_MAX (READ_BUF_SIZE * 2)
-#define LINGER_MS 2000
+#define MAX_HEADERS   100
+#define PENDING_MAX   (READ_BUF_SIZE * 2)
+#define LINGER_MS     2000
 /* Stripe sends no chunk extensions; a few hundred bytes covers any legitimate use, and an
  * unbounded extension would be read without ever being stored or limited. */
 #define MAX_CHUNK_EXT 1024
 /* Reads of a connection whose input cannot be parsed now, or while the budget is spent, are
  * kept this small so that what they stash stays within reach of the budget. */
-#define MIN_READ 1024
+#define MIN_READ      1024
 
 enum conn_state {
     CONN_IDLE,     /* waiting for the first byte of a request */
@@ -69,13 +69,13 @@ struct rv_conn_s {
     int error_status; /* set by a parser callback that rejects the request */
     const char *error_detail;
     const char *error_headers; /* extra header lines for that answer, or NULL */
-    int close_after;  /* the answer being written is the connection's last */
-    int peer_eof;     /* the client shut down its sending side: answer what it sent, then close */
-    char *wbuf;       /* the answer being written */
-    char *pbuf;       /* unparsed input: pbuf[poff .. plen) */
+    int close_after;           /* the answer being written is the connection's last */
+    int peer_eof; /* the client shut down its sending side: answer what it sent, then close */
+    char *wbuf;   /* the answer being written */
+    char *pbuf;   /* unparsed input: pbuf[poff .. plen) */
     size_t poff, plen;
     const char *exec_base; /* the input llhttp_execute is running over */
-    char prev_nonws;  /* the last byte before exec_base that was not SP or HTAB */
+    char prev_nonws;       /* the last byte before exec_base that was not SP or HTAB */
     char peer[64];
 };
 
@@ -342,9 +342,10 @@ static int reject_buf(rv_conn_t *c, int rc, int too_large, const char *detail) {
     static rv_log_limit_t busy = {.what = "http: input budget spent"};
     if (rc == RV_ERANGE) return reject(c, too_large, detail);
     if (rc == RV_EUNAVAIL) {
-        rv_warn_limited(&busy, "http: %s: %zu bytes of request input held, the most allowed: "
-                        "refusing new input with 503 (MAX_BODY_BUFFER)", c->peer,
-                        rv_server_input_held(c->srv));
+        rv_warn_limited(&busy,
+                        "http: %s: %zu bytes of request input held, the most allowed: "
+                        "refusing new input with 503 (MAX_BODY_BUFFER)",
+                        c->peer, rv_server_input_held(c->srv));
         reject(c, 503, "Server busy: too much request input is buffered; retry later");
         c->error_headers = "Retry-After: 1\r\n";
         return HPE_USER;
@@ -404,7 +405,8 @@ static int folded(rv_conn_t *c, const char *at) {
  * limits and forget them. */
 static int trailer_piece(rv_conn_t *c, int is_value, const char *at, size_t len) {
     rv_request_t *r = c->req;
-    if (is_value && len > 0 && folded(c, at)) return reject(c, 400, "Obsolete line folding is not allowed");
+    if (is_value && len > 0 && folded(c, at))
+        return reject(c, 400, "Obsolete line folding is not allowed");
     if (!is_value && r->last_cb != 1) {
         if (++r->ntrailers > MAX_HEADERS) return reject(c, 431, "Too many trailer fields");
     }
@@ -421,7 +423,8 @@ static int header_piece(rv_conn_t *c, int is_value, const char *at, size_t len) 
     rv_server_t *s = c->srv;
     int rc = 0;
     if (r->in_trailers) return trailer_piece(c, is_value, at, len);
-    if (is_value && len > 0 && folded(c, at)) return reject(c, 400, "Obsolete line folding is not allowed");
+    if (is_value && len > 0 && folded(c, at))
+        return reject(c, 400, "Obsolete line folding is not allowed");
     if (r->url.len + r->hbuf.len + len > s->opts.max_header_bytes)
         return reject(c, 431, "Request headers too large");
     if (!is_value && r->last_cb != 1) {
@@ -604,8 +607,8 @@ static int on_headers_complete(llhttp_t *p) {
     }
     r->path = path;
     r->path_len = strlen(path);
-    r->match_rc = rv_router_match(s->opts.routes, s->opts.nroutes, r->method, r->path,
-                                  r->path_len, &r->match, NULL, 0);
+    r->match_rc = rv_router_match(s->opts.routes, s->opts.nroutes, r->method, r->path, r->path_len,
+                                  &r->match, NULL, 0);
     size_t limit = RV_BODY_SMALL;
     if (r->match_rc == 0 && r->match->max_body) limit = r->match->max_body;
     if (limit > s->opts.max_body_bytes) limit = s->opts.max_body_bytes;
@@ -680,8 +683,8 @@ static void settings_init(void) {
 static void access_log(rv_request_t *r, int status, size_t bytes, double ms) {
     if (!rv_log_enabled(RV_LOG_INFO)) return;
     rv_info("access %s %.*s %d %zu %.3fms rid=%s peer=%s%s", r->method[0] ? r->method : "-",
-            (int)(r->path_len > 256 ? 256 : r->path_len), r->path, status, bytes, ms,
-            r->request_id, r->peer, r->conn ? "" : " client-gone");
+            (int)(r->path_len > 256 ? 256 : r->path_len), r->path, status, bytes, ms, r->request_id,
+            r->peer, r->conn ? "" : " client-gone");
 }
 
 static void on_written(uv_write_t *w, int status);
@@ -772,10 +775,10 @@ static int header_block(rv_buf_t *h, int status, const char *content_type, size_
     char *p = h->data + h->len;
     char code[3] = {(char)('0' + status / 100 % 10), (char)('0' + status / 10 % 10),
                     (char)('0' + status % 10)};
-#define PUT(s, n)            \
-    do {                     \
-        memcpy(p, (s), (n)); \
-        p += (n);            \
+#define PUT(s, n)                                                                                  \
+    do {                                                                                           \
+        memcpy(p, (s), (n));                                                                       \
+        p += (n);                                                                                  \
     } while (0)
     PUT("HTTP/1.1 ", 9);
     PUT(code, 3);
@@ -908,10 +911,10 @@ static void dispatch(rv_conn_t *c) {
  * bytes that are not HTTP at all. */
 static int parse_error_status(const rv_conn_t *c, llhttp_errno_t err) {
     const char *v = c->req ? c->req->version : "";
-    int well_formed = strlen(v) == 3 && v[0] >= '0' && v[0] <= '9' && v[1] == '.' &&
-                      v[2] >= '0' && v[2] <= '9';
+    int well_formed =
+        strlen(v) == 3 && v[0] >= '0' && v[0] <= '9' && v[1] == '.' && v[2] >= '0' && v[2] <= '9';
     return err == HPE_INVALID_VERSION && well_formed && strcmp(v, "1.0") && strcmp(v, "1.1") ? 505
-                                                                                            : 400;
+                                                                                             : 400;
 }
 
 /* Remember the last byte before the next input that is not a blank (see folded()). */
@@ -1103,9 +1106,7 @@ static void on_timer(uv_timer_t *t) {
         rv_debug("http: %s: %s timeout", c->peer, kind == T_HEADER ? "header" : "body");
         conn_fail(c, 408, "Request timeout");
         break;
-    default:
-        conn_close(c);
-        break;
+    default: conn_close(c); break;
     }
 }
 

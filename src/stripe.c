@@ -14,9 +14,9 @@
 #include "rivet/log.h"
 
 #define BACKOFF_FIRST_MS 500u
-#define BACKOFF_MAX_MS 8000u
-#define IDEM_KEY_MAX 255
-#define MAX_HEADERS 8
+#define BACKOFF_MAX_MS   8000u
+#define IDEM_KEY_MAX     255
+#define MAX_HEADERS      8
 
 /* ---- pure part -------------------------------------------------------------------------- */
 
@@ -190,19 +190,19 @@ typedef struct outcome_s {
 } outcome_t;
 
 struct rv_stripe_call_s {
-    rv_stripe_t *s;      /* NULL once unlinked */
+    rv_stripe_t *s; /* NULL once unlinked */
     conf_t *conf;
     int state;
     int post;
-    char *path;          /* for the log */
+    char *path; /* for the log */
     char *url;
     char *body;
     size_t body_len;
-    char *idem;          /* "Idempotency-Key: <key>", POST only */
-    uint64_t deadline;   /* rv_now_ms() */
+    char *idem;        /* "Idempotency-Key: <key>", POST only */
+    uint64_t deadline; /* rv_now_ms() */
     unsigned attempts;
-    rv_http_req_t *req;  /* the try in flight */
-    uv_timer_t timer;    /* the wait before a retry */
+    rv_http_req_t *req; /* the try in flight */
+    uv_timer_t timer;   /* the wait before a retry */
     int timer_inited;
     outcome_t last;
     rv_stripe_cb cb;
@@ -299,7 +299,7 @@ static void log_failed_try(const rv_stripe_call_t *c, const rv_http_response_t *
     const char *method = c->post ? "POST" : "GET";
     if (res->err != 0) {
         rv_warn_limited(&lim, "stripe: %s %s try %u failed: %s (%s)", method, c->path, c->attempts,
-                rv_strerror(res->err), res->err_text ? res->err_text : "-");
+                        rv_strerror(res->err), res->err_text ? res->err_text : "-");
         return;
     }
     const cJSON *e = error_object(&c->last);

@@ -26,14 +26,14 @@
 #include "rivet/sd.h"
 #include "rivet/shared.h"
 
-#define MAX_WORKERS (RV_METRICS_MAX_WORKERS - 1) /* gauge slots 1..63; 0 is unsupervised */
-#define CONFIG_TEXT_MAX (1024 * 1024)
+#define MAX_WORKERS      (RV_METRICS_MAX_WORKERS - 1) /* gauge slots 1..63; 0 is unsupervised */
+#define CONFIG_TEXT_MAX  (1024 * 1024)
 #define RESTART_DELAY_MS 1000
 #define STUCK_MS_DEFAULT 30000
 
 typedef struct worker_s {
-    pid_t pid;          /* 0 when not running */
-    int fd;             /* read end of its pipe, -1 when none */
+    pid_t pid; /* 0 when not running */
+    int fd;    /* read end of its pipe, -1 when none */
     int ready;
     uint64_t last_beat;
     uint64_t restart_at; /* 0: no restart pending */
@@ -42,8 +42,8 @@ typedef struct worker_s {
 static int bind_listen(const struct sockaddr_storage *addr, const char *what) {
     int fd = socket(addr->ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     int one = 1;
-    socklen_t len = addr->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
-                                                : sizeof(struct sockaddr_in);
+    socklen_t len =
+        addr->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
         bind(fd, (const struct sockaddr *)addr, len) != 0 || listen(fd, 1024) != 0) {
         rv_error("rivetd: cannot listen on %s: %s", what, strerror(errno));
@@ -133,11 +133,11 @@ typedef struct sup_s {
     rv_app_t *app;
     worker_t w[MAX_WORKERS];
     int n;
-    int sfd;            /* signalfd for TERM, INT, HUP, CHLD */
-    sigset_t set;       /* those signals, blocked in the parent */
-    uint64_t stuck_ms;  /* a worker silent this long is killed */
-    uint64_t next_dog;  /* when the next WATCHDOG=1 is due */
-    uint64_t deadline;  /* stopping: when the workers left are killed */
+    int sfd;           /* signalfd for TERM, INT, HUP, CHLD */
+    sigset_t set;      /* those signals, blocked in the parent */
+    uint64_t stuck_ms; /* a worker silent this long is killed */
+    uint64_t next_dog; /* when the next WATCHDOG=1 is due */
+    uint64_t deadline; /* stopping: when the workers left are killed */
     int stopping, told_ready;
 } sup_t;
 
@@ -234,8 +234,7 @@ static void maybe_ready(sup_t *s) {
     for (int i = 0; i < s->n; i++) ready += s->w[i].pid && s->w[i].ready;
     if (ready < s->n) return;
     char st[200];
-    snprintf(st, sizeof st, "READY=1\nSTATUS=%d workers listening on %s", s->n,
-             s->app->cfg.listen);
+    snprintf(st, sizeof st, "READY=1\nSTATUS=%d workers listening on %s", s->n, s->app->cfg.listen);
     rv_sd_notify(st);
     s->told_ready = 1;
 }

@@ -6,9 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
-static int atext(int c) {
-    return isalnum(c) || (c && strchr("!#$%&'*+-/=?^_`{|}~", c) != NULL);
-}
+static int atext(int c) { return isalnum(c) || (c && strchr("!#$%&'*+-/=?^_`{|}~", c) != NULL); }
 
 int rv_valid_email(const char *s) {
     size_t n = strlen(s);

@@ -23,9 +23,7 @@ typedef struct sig_header_s {
     int v1_ok[RV_WEBHOOK_MAX_V1];
 } sig_header_t;
 
-static int is_space(char c) {
-    return c == ' ' || c == '\t';
-}
+static int is_space(char c) { return c == ' ' || c == '\t'; }
 
 static void trim(const char **p, size_t *n) {
     while (*n > 0 && is_space(**p)) {
@@ -108,8 +106,7 @@ static int hmac_payload(mbedtls_md_context_t *ctx, const char *key, size_t keyle
     if (mbedtls_md_hmac_starts(ctx, (const unsigned char *)key, keylen) != 0) return -1;
     if (mbedtls_md_hmac_update(ctx, (const unsigned char *)t, t_len) != 0) return -1;
     if (mbedtls_md_hmac_update(ctx, (const unsigned char *)".", 1) != 0) return -1;
-    if (body_len > 0 &&
-        mbedtls_md_hmac_update(ctx, (const unsigned char *)body, body_len) != 0) {
+    if (body_len > 0 && mbedtls_md_hmac_update(ctx, (const unsigned char *)body, body_len) != 0) {
         return -1;
     }
     if (mbedtls_md_hmac_finish(ctx, mac) != 0) return -1;
@@ -138,8 +135,7 @@ static int within_tolerance(int64_t t, int64_t now, int64_t tolerance) {
 }
 
 int rv_webhook_verify(const char *header, size_t header_len, const char *body, size_t body_len,
-                      const char *const *secrets, size_t nsecrets, int64_t now,
-                      int64_t tolerance) {
+                      const char *const *secrets, size_t nsecrets, int64_t now, int64_t tolerance) {
     if (header == NULL || header_len == 0 || header_len > RV_WEBHOOK_MAX_HEADER) return RV_ESIG;
     if (body == NULL && body_len > 0) return RV_ESIG;
     if (secrets == NULL) return RV_ESIG;

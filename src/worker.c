@@ -102,8 +102,8 @@ static void reload_apply(rv_app_t *app, char *text) {
  * the loop. rv_read_config_file refuses anything but a regular file, so a FIFO fails at once. */
 static void reload_read(uv_work_t *w) {
     rv_app_t *app = w->data;
-    app->reload_text = rv_read_config_file(app->config_path, app->reload_err,
-                                           sizeof app->reload_err);
+    app->reload_text =
+        rv_read_config_file(app->config_path, app->reload_err, sizeof app->reload_err);
 }
 
 static void reload_start(rv_app_t *app);
@@ -118,8 +118,7 @@ static void reload_read_done(uv_work_t *w, int status) {
         return;
     }
     if (text == NULL) {
-        rv_error("rivetd: reload refused, keeping the running configuration: %s",
-                 app->reload_err);
+        rv_error("rivetd: reload refused, keeping the running configuration: %s", app->reload_err);
     } else {
         reload_apply(app, text);
     }
@@ -242,7 +241,8 @@ static void raise_fd_limit(const rv_config_t *cfg) {
     }
     if (rl.rlim_cur != RLIM_INFINITY && (rlim_t)cfg->max_connections + 256 > rl.rlim_cur)
         rv_warn("rivetd: MAX_CONNECTIONS=%u but only %llu file descriptors are allowed; raise "
-                "LimitNOFILE", cfg->max_connections, (unsigned long long)rl.rlim_cur);
+                "LimitNOFILE",
+                cfg->max_connections, (unsigned long long)rl.rlim_cur);
 }
 
 /* The loop's own handles: log flushing, timers and signal watchers (not yet started). */
@@ -372,8 +372,8 @@ static void on_reconciled(void *data, const rv_reconcile_stats_t *st) {
            st->ok ? "done" : "stopped", (unsigned long long)st->events,
            (unsigned long long)st->pages, (long long)st->from, (long long)st->upto,
            (unsigned long long)st->recovered, (unsigned long long)st->duplicates,
-           (unsigned long long)st->ignored, (unsigned long long)st->dead,
-           st->ok ? "" : ": ", st->ok ? "" : st->error);
+           (unsigned long long)st->ignored, (unsigned long long)st->dead, st->ok ? "" : ": ",
+           st->ok ? "" : st->error);
     fflush(stdout);
     app->exit_code = st->ok ? 0 : 1;
     finish(app);

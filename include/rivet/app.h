@@ -23,7 +23,7 @@ typedef struct rv_app_s {
     rv_http_client_t *http;
     rv_stripe_t *stripe;
     struct rv_ratelimit_s *ratelimit;
-    struct read_s *reads;      /* reads of Stripe's state in flight (entitlement.c) */
+    struct read_s *reads;             /* reads of Stripe's state in flight (entitlement.c) */
     struct rv_reconcile_s *reconcile; /* the periodic recovery from Stripe, or NULL */
     size_t nreads;
     uv_signal_t sig_term;
@@ -33,22 +33,22 @@ typedef struct rv_app_s {
     uv_timer_t watchdog_timer;
     uv_timer_t gauge_timer;
     uv_prepare_t log_flush;
-    uv_work_t reload_work;     /* reads the configuration file off the loop */
-    int reloading;             /* a reload is reading the file */
+    uv_work_t reload_work;                  /* reads the configuration file off the loop */
+    int reloading;                          /* a reload is reading the file */
     struct rv_shared_text_s *shared_config; /* the supervisor's last good configuration text */
-    uint64_t config_generation; /* of the shared text this process runs */
-    int reload_again;          /* SIGHUP came meanwhile: read once more when it is done */
-    char *reload_text;         /* what the read gave, or NULL with reload_err */
+    uint64_t config_generation;             /* of the shared text this process runs */
+    int reload_again;  /* SIGHUP came meanwhile: read once more when it is done */
+    char *reload_text; /* what the read gave, or NULL with reload_err */
     char reload_err[256];
     int stopping;
     int exit_code;
-    const char *config_path;   /* --config FILE, or NULL */
-    char *config_text;         /* the file as it was at start (for reloads), or NULL */
-    int listen_fd;             /* inherited public socket, or -1 to bind LISTEN */
-    int admin_fd;              /* inherited admin socket, or -1 to bind ADMIN_LISTEN */
-    int worker_index;          /* 0 when single-process */
-    int parent_fd;             /* pipe to the supervisor ("R" ready, "W" alive), or -1 */
-    uint64_t watchdog_usec;    /* sd_notify watchdog interval, 0 when off */
+    const char *config_path; /* --config FILE, or NULL */
+    char *config_text;       /* the file as it was at start (for reloads), or NULL */
+    int listen_fd;           /* inherited public socket, or -1 to bind LISTEN */
+    int admin_fd;            /* inherited admin socket, or -1 to bind ADMIN_LISTEN */
+    int worker_index;        /* 0 when single-process */
+    int parent_fd;           /* pipe to the supervisor ("R" ready, "W" alive), or -1 */
+    uint64_t watchdog_usec;  /* sd_notify watchdog interval, 0 when off */
 } rv_app_t;
 
 /* Load the configuration from envp and the file text, where a key whose environment value is

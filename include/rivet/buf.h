@@ -12,7 +12,8 @@ typedef struct rv_buf_s {
     size_t limit; /* 0: unlimited; else appends past this length fail with RV_ERANGE */
 } rv_buf_t;
 
-#define RV_BUF_INIT {NULL, 0, 0, 0}
+#define RV_BUF_INIT                                                                                \
+    { NULL, 0, 0, 0 }
 
 /* Append n bytes. Returns 0, RV_ENOMEM or RV_ERANGE (limit); on error the buffer is unchanged. */
 int rv_buf_append(rv_buf_t *b, const void *p, size_t n);

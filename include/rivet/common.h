@@ -12,19 +12,19 @@
  * RV_E* codes are below -10000 so the two ranges never collide. */
 enum {
     RV_OK = 0,
-    RV_ENOMEM = -10001,    /* allocation failed */
-    RV_EINVAL = -10002,    /* malformed input */
-    RV_ERANGE = -10003,    /* value out of bounds or too large */
-    RV_ENOTFOUND = -10004, /* no such thing (route, key, field) */
-    RV_EMETHOD = -10005,   /* route exists, method does not */
-    RV_ESIG = -10006,      /* signature missing or does not match */
-    RV_ESTALE = -10007,    /* timestamp outside the tolerance */
-    RV_EPAYLOAD = -10008,  /* body is not what was expected */
-    RV_EIO = -10009,       /* network or peer failure */
-    RV_ETIMEDOUT = -10010, /* deadline passed */
-    RV_ECANCELED = -10011, /* the caller cancelled */
-    RV_EUNAVAIL = -10012,  /* a dependency is down */
-    RV_EIGNORED = -10013,  /* understood, deliberately not acted on */
+    RV_ENOMEM = -10001,     /* allocation failed */
+    RV_EINVAL = -10002,     /* malformed input */
+    RV_ERANGE = -10003,     /* value out of bounds or too large */
+    RV_ENOTFOUND = -10004,  /* no such thing (route, key, field) */
+    RV_EMETHOD = -10005,    /* route exists, method does not */
+    RV_ESIG = -10006,       /* signature missing or does not match */
+    RV_ESTALE = -10007,     /* timestamp outside the tolerance */
+    RV_EPAYLOAD = -10008,   /* body is not what was expected */
+    RV_EIO = -10009,        /* network or peer failure */
+    RV_ETIMEDOUT = -10010,  /* deadline passed */
+    RV_ECANCELED = -10011,  /* the caller cancelled */
+    RV_EUNAVAIL = -10012,   /* a dependency is down */
+    RV_EIGNORED = -10013,   /* understood, deliberately not acted on */
     RV_EMALFORMED = -10014, /* well formed, but content no consumer should be given */
 };
 
@@ -39,9 +39,9 @@ enum {
 /* A static English description of an RV_E* or UV_E* code. */
 const char *rv_strerror(int err);
 
-#define rv_container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
-#define RV_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
-#define RV_UNUSED(x) ((void)(x))
+#define rv_container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
+#define RV_ARRAY_LEN(a)                    (sizeof(a) / sizeof((a)[0]))
+#define RV_UNUSED(x)                       ((void)(x))
 
 /* Constant-time comparison of two byte strings of the same length: 1 when equal, like every
  * rv_*eq function. */

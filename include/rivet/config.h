@@ -28,15 +28,15 @@ typedef struct rv_config_s {
     char *stripe_api_version; /* "" when unset */
     uint64_t stripe_timeout_ms;
     unsigned stripe_max_retries;
-    int64_t webhook_tolerance; /* seconds */
-    char *app_url;             /* no trailing slash */
-    char *api_url;             /* no trailing slash */
+    int64_t webhook_tolerance;     /* seconds */
+    char *app_url;                 /* no trailing slash */
+    char *api_url;                 /* no trailing slash */
     rv_strlist_t redirect_origins; /* "scheme://host[:port]", lower case */
     rv_strlist_t cors_origins;
     char *telegram_bot;
     uint64_t telegram_link_ttl;     /* seconds a start token lives */
     uint64_t checkout_link_max_age; /* seconds a session id gives personal data and the portal */
-    char *api_token; /* "" when unset: server-to-server portal calls are refused */
+    char *api_token;                /* "" when unset: server-to-server portal calls are refused */
     char *listen;
     char *admin_listen; /* "" disables the admin listener */
     struct sockaddr_storage listen_addr;
@@ -50,7 +50,7 @@ typedef struct rv_config_s {
     uint64_t redis_timeout_ms;
     size_t max_body_bytes;
     size_t max_header_bytes;
-    size_t max_body_buffer;    /* request input held at once by the process (503 beyond) */
+    size_t max_body_buffer; /* request input held at once by the process (503 beyond) */
     unsigned max_connections;
     uint64_t header_timeout_ms;
     uint64_t body_timeout_ms;
@@ -61,7 +61,7 @@ typedef struct rv_config_s {
     char *redis_sentinels;       /* "ip:port,..." or "" */
     char *redis_sentinel_master;
     unsigned redis_min_replicas;
-    int past_due_active;         /* a past_due subscription keeps its access */
+    int past_due_active; /* a past_due subscription keeps its access */
 } rv_config_t;
 
 /* Build a configuration from envp (NULL-terminated "KEY=VALUE" strings, may be NULL) over the
@@ -88,14 +88,14 @@ size_t rv_config_start_only_changed(const rv_config_t *next, const rv_config_t *
                                     char *names, size_t len);
 
 /* Flags of a key in rv_config_key_info_t. */
-#define RV_CONFIG_SECRET 1u     /* the dump redacts it; errors never show it */
+#define RV_CONFIG_SECRET     1u /* the dump redacts it; errors never show it */
 #define RV_CONFIG_START_ONLY 2u /* read at start; a reload keeps the running value */
 
 /* What the configuration table says about one key. The strings are static. */
 typedef struct rv_config_key_info_s {
     const char *name;
-    const char *def;     /* the default as conf/rivet.conf.example shows it; NULL: required */
-    char doc_def[256];   /* the default as README.md's table shows it */
+    const char *def;   /* the default as conf/rivet.conf.example shows it; NULL: required */
+    char doc_def[256]; /* the default as README.md's table shows it */
     unsigned flags;
 } rv_config_key_info_t;
 
@@ -124,7 +124,6 @@ int rv_url_origin(const char *url, char *out, size_t outlen);
 
 /* The configured price id of a tier ("basic", "pro", "enterprise"), or NULL. */
 const char *rv_config_price_of_tier(const rv_config_t *cfg, const char *tier);
-
 
 /* 1 when s is one of the list's strings (exact match). */
 int rv_strlist_contains(const rv_strlist_t *l, const char *s);

@@ -26,19 +26,17 @@ enum rv_lookup_kind { RV_BY_CUSTOMER, RV_BY_TELEGRAM, RV_BY_EMAIL };
 
 /* A look-up's answer: err 0 with customer_id and the entitlement JSON (both NULL when nobody is
  * known by that key), or an error (Redis unavailable). Valid only during the call. */
-typedef void (*rv_lookup_cb)(void *data, int err, const char *customer_id,
-                             const char *entitlement);
+typedef void (*rv_lookup_cb)(void *data, int err, const char *customer_id, const char *entitlement);
 
 /* Find a customer's entitlement in Redis (never Stripe): by customer id, Telegram user id
  * (digits) or email (any case). Returns 0 (cb once, later) or an error (cb never). */
-int rv_entitlement_lookup(rv_app_t *app, int kind, const char *value, rv_lookup_cb cb,
-                          void *data);
+int rv_entitlement_lookup(rv_app_t *app, int kind, const char *value, rv_lookup_cb cb, void *data);
 
 enum rv_link_result {
-    RV_LINK_LINKED = 1,      /* linked now (a user.telegram_linked entry was appended) */
-    RV_LINK_UNKNOWN = 2,     /* no such token: never issued, used, or expired */
-    RV_LINK_ELSEWHERE = 3,   /* the Telegram user, or the customer, is linked to another */
-    RV_LINK_AGAIN = 4,       /* the same user and customer were linked already */
+    RV_LINK_LINKED = 1,    /* linked now (a user.telegram_linked entry was appended) */
+    RV_LINK_UNKNOWN = 2,   /* no such token: never issued, used, or expired */
+    RV_LINK_ELSEWHERE = 3, /* the Telegram user, or the customer, is linked to another */
+    RV_LINK_AGAIN = 4,     /* the same user and customer were linked already */
 };
 
 /* The answer to rv_entitlement_link: err 0 with an rv_link_result and, when linked, the

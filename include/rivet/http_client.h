@@ -11,11 +11,11 @@ typedef struct rv_http_client_s rv_http_client_t;
 typedef struct rv_http_req_s rv_http_req_t;
 
 typedef struct rv_http_response_s {
-    int err;                 /* 0: an HTTP answer arrived; RV_ETIMEDOUT; RV_EIO (connect, reset) */
-    int status;              /* HTTP status, 0 when err != 0 */
-    const char *body;        /* NUL-terminated; valid during the callback only */
+    int err;          /* 0: an HTTP answer arrived; RV_ETIMEDOUT; RV_EIO (connect, reset) */
+    int status;       /* HTTP status, 0 when err != 0 */
+    const char *body; /* NUL-terminated; valid during the callback only */
     size_t body_len;
-    const char *err_text;    /* curl's description when err != 0 */
+    const char *err_text;            /* curl's description when err != 0 */
     const struct rv_http_req_s *req; /* for rv_http_response_header */
 } rv_http_response_t;
 
@@ -23,13 +23,13 @@ typedef struct rv_http_response_s {
 typedef void (*rv_http_cb)(void *data, const rv_http_response_t *res);
 
 typedef struct rv_http_opts_s {
-    const char *method;          /* "GET", "POST" */
+    const char *method; /* "GET", "POST" */
     const char *url;
-    const char *const *headers;  /* "Name: value" strings, NULL-terminated; copied */
-    const char *body;            /* copied; may be NULL */
+    const char *const *headers; /* "Name: value" strings, NULL-terminated; copied */
+    const char *body;           /* copied; may be NULL */
     size_t body_len;
-    uint64_t timeout_ms;         /* this request, connect included */
-    size_t max_response_bytes;   /* 0: 1 MiB */
+    uint64_t timeout_ms;       /* this request, connect included */
+    size_t max_response_bytes; /* 0: 1 MiB */
 } rv_http_opts_t;
 
 /* Create a client on loop; the first call in the process also runs curl_global_init. */

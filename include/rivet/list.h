@@ -7,41 +7,49 @@
 #define RIVET_LIST_H
 
 /* Put el first in the list at head. */
-#define RV_LIST_PUSH(head, el)                                                                    \
-    do {                                                                                          \
-        (el)->prev = NULL;                                                                        \
-        (el)->next = (head);                                                                      \
-        if (head) (head)->prev = (el);                                                            \
-        (head) = (el);                                                                            \
+#define RV_LIST_PUSH(head, el)                                                                     \
+    do {                                                                                           \
+        (el)->prev = NULL;                                                                         \
+        (el)->next = (head);                                                                       \
+        if (head) (head)->prev = (el);                                                             \
+        (head) = (el);                                                                             \
     } while (0)
 
 /* Put el last in the FIFO from head to tail. */
-#define RV_LIST_APPEND(head, tail, el)                                                            \
-    do {                                                                                          \
-        (el)->next = NULL;                                                                        \
-        (el)->prev = (tail);                                                                      \
-        if (tail) (tail)->next = (el);                                                            \
-        else (head) = (el);                                                                       \
-        (tail) = (el);                                                                            \
+#define RV_LIST_APPEND(head, tail, el)                                                             \
+    do {                                                                                           \
+        (el)->next = NULL;                                                                         \
+        (el)->prev = (tail);                                                                       \
+        if (tail)                                                                                  \
+            (tail)->next = (el);                                                                   \
+        else                                                                                       \
+            (head) = (el);                                                                         \
+        (tail) = (el);                                                                             \
     } while (0)
 
 /* Take el out of the FIFO from head to tail. */
-#define RV_LIST_UNLINK(head, tail, el)                                                            \
-    do {                                                                                          \
-        if ((el)->prev) (el)->prev->next = (el)->next;                                            \
-        else (head) = (el)->next;                                                                 \
-        if ((el)->next) (el)->next->prev = (el)->prev;                                            \
-        else (tail) = (el)->prev;                                                                 \
-        (el)->prev = (el)->next = NULL;                                                           \
+#define RV_LIST_UNLINK(head, tail, el)                                                             \
+    do {                                                                                           \
+        if ((el)->prev)                                                                            \
+            (el)->prev->next = (el)->next;                                                         \
+        else                                                                                       \
+            (head) = (el)->next;                                                                   \
+        if ((el)->next)                                                                            \
+            (el)->next->prev = (el)->prev;                                                         \
+        else                                                                                       \
+            (tail) = (el)->prev;                                                                   \
+        (el)->prev = (el)->next = NULL;                                                            \
     } while (0)
 
 /* Take el out of the list at head (a list without a tail pointer). */
-#define RV_LIST_REMOVE(head, el)                                                                  \
-    do {                                                                                          \
-        if ((el)->prev) (el)->prev->next = (el)->next;                                            \
-        else (head) = (el)->next;                                                                 \
-        if ((el)->next) (el)->next->prev = (el)->prev;                                            \
-        (el)->prev = (el)->next = NULL;                                                           \
+#define RV_LIST_REMOVE(head, el)                                                                   \
+    do {                                                                                           \
+        if ((el)->prev)                                                                            \
+            (el)->prev->next = (el)->next;                                                         \
+        else                                                                                       \
+            (head) = (el)->next;                                                                   \
+        if ((el)->next) (el)->next->prev = (el)->prev;                                             \
+        (el)->prev = (el)->next = NULL;                                                            \
     } while (0)
 
 #endif

@@ -24,23 +24,27 @@ void rv_log_flush(void);
  * let through or by rv_log_flush once the second is over. Static storage, zero-initialised apart
  * from what. */
 typedef struct rv_log_limit_s {
-    const char *what;               /* names the suppressed lines in the count */
-    uint64_t start_ms;              /* when the current period began */
-    unsigned suppressed;            /* lines held back in the current period */
-    int listed;                     /* on the list rv_log_flush walks */
+    const char *what;    /* names the suppressed lines in the count */
+    uint64_t start_ms;   /* when the current period began */
+    unsigned suppressed; /* lines held back in the current period */
+    int listed;          /* on the list rv_log_flush walks */
     struct rv_log_limit_s *next;
 } rv_log_limit_t;
 
 /* 1 when a line under l may be written now; otherwise it is counted as suppressed. */
 int rv_log_limit(rv_log_limit_t *l);
 
-#define rv_warn_limited(lim, ...) \
-    do { if (rv_log_limit(lim)) rv_log(RV_LOG_WARN, __VA_ARGS__); } while (0)
+#define rv_warn_limited(lim, ...)                                                                  \
+    do {                                                                                           \
+        if (rv_log_limit(lim)) rv_log(RV_LOG_WARN, __VA_ARGS__);                                   \
+    } while (0)
 
-#define rv_debug(...) \
-    do { if (rv_log_enabled(RV_LOG_DEBUG)) rv_log(RV_LOG_DEBUG, __VA_ARGS__); } while (0)
-#define rv_info(...) rv_log(RV_LOG_INFO, __VA_ARGS__)
-#define rv_warn(...) rv_log(RV_LOG_WARN, __VA_ARGS__)
+#define rv_debug(...)                                                                              \
+    do {                                                                                           \
+        if (rv_log_enabled(RV_LOG_DEBUG)) rv_log(RV_LOG_DEBUG, __VA_ARGS__);                       \
+    } while (0)
+#define rv_info(...)  rv_log(RV_LOG_INFO, __VA_ARGS__)
+#define rv_warn(...)  rv_log(RV_LOG_WARN, __VA_ARGS__)
 #define rv_error(...) rv_log(RV_LOG_ERROR, __VA_ARGS__)
 
 #endif

@@ -14,34 +14,34 @@
 #include "rivet/buf.h"
 
 enum rv_counter {
-    RV_M_HTTP_REQUESTS,      /* listener, route, status */
-    RV_M_STRIPE_CALLS,       /* operation, outcome */
-    RV_M_STRIPE_RETRIES,     /* operation */
-    RV_M_WEBHOOK_EVENTS,     /* type, outcome */
-    RV_M_REDIS_RECONNECTS,   /* no labels */
-    RV_M_RECONCILE_EVENTS,   /* outcome */
-    RV_M_RECONCILE_RUNS,     /* outcome */
+    RV_M_HTTP_REQUESTS,    /* listener, route, status */
+    RV_M_STRIPE_CALLS,     /* operation, outcome */
+    RV_M_STRIPE_RETRIES,   /* operation */
+    RV_M_WEBHOOK_EVENTS,   /* type, outcome */
+    RV_M_REDIS_RECONNECTS, /* no labels */
+    RV_M_RECONCILE_EVENTS, /* outcome */
+    RV_M_RECONCILE_RUNS,   /* outcome */
     RV_M_COUNTERS
 };
 
 enum rv_histogram {
-    RV_H_HTTP_DURATION,      /* listener, route */
-    RV_H_STRIPE_DURATION,    /* operation */
+    RV_H_HTTP_DURATION,   /* listener, route */
+    RV_H_STRIPE_DURATION, /* operation */
     RV_H_HISTOGRAMS
 };
 
 /* Gauges each worker sets for itself; a scrape shows their sum over the workers (the last
  * success time: their maximum). */
 enum rv_gauge_id {
-    RV_G_REDIS_UP,           /* workers whose Redis connection is ready */
-    RV_G_REDIS_PENDING,      /* Redis commands waiting for an answer */
-    RV_G_STRIPE_INFLIGHT,    /* Stripe calls in flight */
-    RV_G_CONNS_PUBLIC,       /* open connections on the public listener */
-    RV_G_CONNS_ADMIN,        /* open connections on the admin listener */
-    RV_G_INFLIGHT,           /* requests with their handlers */
-    RV_G_INPUT_HELD,         /* bytes of request input held */
-    RV_G_RSS,                /* resident set size in bytes */
-    RV_G_RECONCILE_LAST_OK,  /* Unix time of the last complete recovery run (the newest wins) */
+    RV_G_REDIS_UP,          /* workers whose Redis connection is ready */
+    RV_G_REDIS_PENDING,     /* Redis commands waiting for an answer */
+    RV_G_STRIPE_INFLIGHT,   /* Stripe calls in flight */
+    RV_G_CONNS_PUBLIC,      /* open connections on the public listener */
+    RV_G_CONNS_ADMIN,       /* open connections on the admin listener */
+    RV_G_INFLIGHT,          /* requests with their handlers */
+    RV_G_INPUT_HELD,        /* bytes of request input held */
+    RV_G_RSS,               /* resident set size in bytes */
+    RV_G_RECONCILE_LAST_OK, /* Unix time of the last complete recovery run (the newest wins) */
     RV_G_GAUGES
 };
 
@@ -77,7 +77,7 @@ typedef struct rv_gauge_s {
     const char *help;
     const char *labels; /* "" for none */
     double value;
-    const char *type;   /* NULL: "gauge"; "counter" for totals kept elsewhere */
+    const char *type; /* NULL: "gauge"; "counter" for totals kept elsewhere */
 } rv_gauge_t;
 
 /* Append the exposition text of every counter and histogram, the workers' gauges summed, then

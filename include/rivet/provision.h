@@ -16,11 +16,11 @@ typedef struct rv_prices_s {
 } rv_prices_t;
 
 typedef struct rv_prov_event_s {
-    const char *type;          /* provisioning type ("user.provision", ...); static; NULL when
-                                  ignored or refused */
-    char event_id[256];        /* Stripe event id ("evt_...") */
-    char stripe_type[128];     /* Stripe event type */
-    int64_t created;           /* the Stripe event's created */
+    const char *type;      /* provisioning type ("user.provision", ...); static; NULL when
+                              ignored or refused */
+    char event_id[256];    /* Stripe event id ("evt_...") */
+    char stripe_type[128]; /* Stripe event type */
+    int64_t created;       /* the Stripe event's created */
     int livemode;
     char customer_id[256];     /* "" when the event has none */
     char subscription_id[256]; /* "" when the event has none */
@@ -33,11 +33,11 @@ typedef struct rv_prov_event_s {
                                   cancel_at_period_end are its whole state */
     int64_t period_end;        /* current_period_end, when has_period_end */
     int has_period_end;
-    int cancel_at_period_end;  /* 0, 1, or -1 when absent */
-    int fulfills;              /* a paid (or free) completed checkout: provisions its session */
-    char *data_json;           /* malloc'd: the entry's "data" field; NULL if ignored */
-    char reason[128];          /* why an event was refused (RV_EPAYLOAD, RV_EMALFORMED): one
-                                  printable ASCII sentence that never quotes the input; else "" */
+    int cancel_at_period_end; /* 0, 1, or -1 when absent */
+    int fulfills;             /* a paid (or free) completed checkout: provisions its session */
+    char *data_json;          /* malloc'd: the entry's "data" field; NULL if ignored */
+    char reason[128];         /* why an event was refused (RV_EPAYLOAD, RV_EMALFORMED): one
+                                 printable ASCII sentence that never quotes the input; else "" */
 } rv_prov_event_t;
 
 /* Map a verified Stripe event. Returns 0 with *out filled (enqueue it), RV_EIGNORED (acknowledge,

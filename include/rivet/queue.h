@@ -15,16 +15,16 @@
 typedef struct rv_queue_s rv_queue_t;
 
 typedef struct rv_queue_opts_s {
-    const char *url;        /* REDIS_URL */
-    const char *stream;     /* REDIS_STREAM */
-    uint64_t dedupe_ttl;    /* seconds an event id is remembered */
-    uint64_t timeout_ms;    /* per command */
-    int past_due_active;    /* a past_due subscription keeps the customer's access */
+    const char *url;            /* REDIS_URL */
+    const char *stream;         /* REDIS_STREAM */
+    uint64_t dedupe_ttl;        /* seconds an event id is remembered */
+    uint64_t timeout_ms;        /* per command */
+    int past_due_active;        /* a past_due subscription keeps the customer's access */
     const char *telegram_bot;   /* the bot a start token is for; NULL or "": no tokens */
     uint64_t telegram_link_ttl; /* seconds a start token lives (0: a week) */
     const char *sentinels;      /* "ip:port,..." of Redis Sentinels, or NULL/"": REDIS_URL's host */
     const char *sentinel_master; /* the master name the sentinels know */
-    unsigned min_replicas;      /* an apply is confirmed only once this many replicas have it */
+    unsigned min_replicas;       /* an apply is confirmed only once this many replicas have it */
 } rv_queue_opts_t;
 
 /* The dead-letter stream keeps about this many entries, the newest (XADD MAXLEN ~, so Redis

@@ -14,8 +14,8 @@
 typedef struct rv_reconcile_s rv_reconcile_t;
 
 typedef struct rv_reconcile_stats_s {
-    int ok;              /* the run covered its whole range */
-    int locked;          /* another reconciler held the lock: nothing was done */
+    int ok;     /* the run covered its whole range */
+    int locked; /* another reconciler held the lock: nothing was done */
     uint64_t pages;
     uint64_t events;     /* events read */
     uint64_t recovered;  /* applied now: no webhook had brought them */

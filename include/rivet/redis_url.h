@@ -3,12 +3,12 @@
 #define RIVET_REDIS_URL_H
 
 typedef struct rv_redis_url_s {
-    char host[256];   /* "" for a unix socket; an IP literal or a name */
-    int port;         /* default 6379 */
-    char path[108];   /* unix socket path, "" for tcp */
-    char user[128];   /* "" when absent */
-    char pass[256];   /* "" when absent */
-    int db;           /* default 0 */
+    char host[256]; /* "" for a unix socket; an IP literal or a name */
+    int port;       /* default 6379 */
+    char path[108]; /* unix socket path, "" for tcp */
+    char user[128]; /* "" when absent */
+    char pass[256]; /* "" when absent */
+    int db;         /* default 0 */
 } rv_redis_url_t;
 
 /* Returns 0 or RV_EINVAL. Percent-escapes in user and password are decoded. */

@@ -11,7 +11,7 @@ typedef void (*rv_handler_fn)(rv_request_t *req);
 
 /* Request bodies are small unless a route says otherwise: JSON bodies of the public API are
  * under 1 KB, so 16 KiB leaves room and keeps what an anonymous client can make us hold small. */
-#define RV_BODY_SMALL 16384
+#define RV_BODY_SMALL      16384
 /* A route's max_body that means "the server's max_body_bytes" (MAX_BODY_BYTES). */
 #define RV_BODY_CONFIGURED ((size_t)-1)
 
@@ -19,8 +19,8 @@ typedef struct rv_route_s {
     const char *method; /* "GET", "POST", "OPTIONS"; a GET route also answers HEAD */
     const char *path;   /* exact path, no query */
     rv_handler_fn fn;
-    const char *name;   /* label for logs and metrics */
-    size_t max_body;    /* bytes of body: 0 means RV_BODY_SMALL; never above max_body_bytes */
+    const char *name; /* label for logs and metrics */
+    size_t max_body;  /* bytes of body: 0 means RV_BODY_SMALL; never above max_body_bytes */
 } rv_route_t;
 
 /* Find the route for method and path (path_len bytes, no query). Returns 0 with *out set;

@@ -24,62 +24,62 @@ typedef struct rv_header_s {
 typedef void (*rv_request_gone_cb)(rv_request_t *req, void *data);
 
 struct rv_request_s {
-    const char *method;        /* "GET", "POST", ... */
-    const char *path;          /* NUL-terminated, no query */
+    const char *method; /* "GET", "POST", ... */
+    const char *path;   /* NUL-terminated, no query */
     size_t path_len;
-    const char *query;         /* after '?', "" when none */
+    const char *query; /* after '?', "" when none */
     rv_header_t *headers;
     size_t nheaders;
-    char *body;                /* NUL-terminated (the NUL is not counted) */
+    char *body; /* NUL-terminated (the NUL is not counted) */
     size_t body_len;
     char request_id[72];
-    char peer[64];             /* the TCP peer's address, without port */
-    const rv_route_t *route;   /* NULL for answers given before routing */
-    int head;                  /* HEAD: the answer carries no body */
+    char peer[64];           /* the TCP peer's address, without port */
+    const rv_route_t *route; /* NULL for answers given before routing */
+    int head;                /* HEAD: the answer carries no body */
     int keep_alive;
-    uint64_t start_ms;         /* loop time when the request began */
-    void *app;                 /* the server's opts.app */
+    uint64_t start_ms; /* loop time when the request began */
+    void *app;         /* the server's opts.app */
     rv_server_t *server;
 
     /* Private to the server. */
-    rv_conn_t *conn;           /* NULL once the client has gone */
-    int owned;                 /* a handler has it (until it answers) */
+    rv_conn_t *conn; /* NULL once the client has gone */
+    int owned;       /* a handler has it (until it answers) */
     rv_request_gone_cb gone_cb;
     void *gone_data;
     rv_buf_t url;
     rv_buf_t hbuf;
-    size_t *hoff;              /* 4 offsets per header while parsing */
+    size_t *hoff; /* 4 offsets per header while parsing */
     size_t hcap;
     int last_cb;
     rv_buf_t bodybuf;
     int saw_cl;
     int saw_te;
-    int saw_version;           /* the request line had an HTTP-version (not HTTP/0.9 style) */
-    char version[4];           /* its digits as sent ("1.1"), for telling 505 from 400 */
+    int saw_version; /* the request line had an HTTP-version (not HTTP/0.9 style) */
+    char version[4]; /* its digits as sent ("1.1"), for telling 505 from 400 */
     int expect_continue;
-    int in_trailers;           /* the header section is complete; fields now are trailers */
-    size_t trailer_bytes;      /* trailer section so far, bounded like headers and discarded */
+    int in_trailers;      /* the header section is complete; fields now are trailers */
+    size_t trailer_bytes; /* trailer section so far, bounded like headers and discarded */
     size_t ntrailers;
-    size_t ext_bytes;          /* chunk extensions of the current chunk */
-    const rv_route_t *match;   /* the route found when the headers completed, or NULL */
-    int match_rc;              /* 0, RV_ENOTFOUND or RV_EMETHOD */
-    size_t held_head;          /* bytes of its URL and header buffers, counted in the budget */
-    size_t held_body;          /* bytes of body that arrived, counted in the budget */
+    size_t ext_bytes;        /* chunk extensions of the current chunk */
+    const rv_route_t *match; /* the route found when the headers completed, or NULL */
+    int match_rc;            /* 0, RV_ENOTFOUND or RV_EMETHOD */
+    size_t held_head;        /* bytes of its URL and header buffers, counted in the budget */
+    size_t held_body;        /* bytes of body that arrived, counted in the budget */
     uint64_t t0_ns;
 };
 
 typedef struct rv_server_opts_s {
-    const char *name;            /* "public", "admin": for logs */
-    size_t max_url_bytes;        /* 414 */
-    size_t max_header_bytes;     /* 431, request line and headers together */
-    size_t max_body_bytes;       /* 413; a route's own limit (rv_route_t.max_body) is lower */
-    size_t max_input_buffer;     /* request bodies held at once by all connections together (503
-                                    with Retry-After beyond); URLs and headers, and pipelined
-                                    input, have a quarter of it each; 0: unlimited */
-    unsigned max_connections;    /* beyond: answered 503 and closed */
-    uint64_t header_timeout_ms;  /* request line and headers: 408 */
-    uint64_t body_timeout_ms;    /* body: 408 */
-    uint64_t idle_timeout_ms;    /* between requests, and for a client not reading: close */
+    const char *name;           /* "public", "admin": for logs */
+    size_t max_url_bytes;       /* 414 */
+    size_t max_header_bytes;    /* 431, request line and headers together */
+    size_t max_body_bytes;      /* 413; a route's own limit (rv_route_t.max_body) is lower */
+    size_t max_input_buffer;    /* request bodies held at once by all connections together (503
+                                   with Retry-After beyond); URLs and headers, and pipelined
+                                   input, have a quarter of it each; 0: unlimited */
+    unsigned max_connections;   /* beyond: answered 503 and closed */
+    uint64_t header_timeout_ms; /* request line and headers: 408 */
+    uint64_t body_timeout_ms;   /* body: 408 */
+    uint64_t idle_timeout_ms;   /* between requests, and for a client not reading: close */
     const rv_route_t *routes;
     size_t nroutes;
     void *app;
@@ -93,11 +93,11 @@ struct rv_server_s {
     uv_loop_t *loop;
     rv_server_opts_t opts;
     uv_tcp_t listener;
-    rv_conn_t *conns;            /* doubly linked list of open connections */
+    rv_conn_t *conns; /* doubly linked list of open connections */
     size_t nconns;
-    size_t inflight;             /* requests handed to handlers and not yet answered */
-    size_t held[3];              /* request input held: headers, bodies, pipelined input */
-    int draining;                /* shutting down: no new requests on kept-alive connections */
+    size_t inflight; /* requests handed to handlers and not yet answered */
+    size_t held[3];  /* request input held: headers, bodies, pipelined input */
+    int draining;    /* shutting down: no new requests on kept-alive connections */
     void (*drained_cb)(rv_server_t *s);
 };
 

@@ -37,26 +37,26 @@ uint64_t rv_stripe_backoff_ms(unsigned retry, double rnd);
 int rv_stripe_should_retry(int err, int status, const char *should_retry_hdr);
 
 typedef struct rv_stripe_opts_s {
-    const char *api_base;     /* "https://api.stripe.com", no trailing slash */
+    const char *api_base; /* "https://api.stripe.com", no trailing slash */
     const char *secret_key;
-    const char *api_version;  /* "" or NULL: not sent */
-    uint64_t timeout_ms;      /* all tries together */
-    unsigned max_retries;     /* retries after the first try */
+    const char *api_version; /* "" or NULL: not sent */
+    uint64_t timeout_ms;     /* all tries together */
+    unsigned max_retries;    /* retries after the first try */
 } rv_stripe_opts_t;
 
 typedef struct rv_stripe_result_s {
-    int err;                  /* 0: Stripe answered (see status); RV_ETIMEDOUT: the deadline
-                                 passed; RV_EIO: no answer after every try */
-    int status;               /* HTTP status of the last try, 0 when none */
-    cJSON *json;              /* the parsed body (object or error), NULL if none; freed after cb */
-    const char *err_type;     /* Stripe's error.type, code, message, param; NULL when absent */
+    int err;              /* 0: Stripe answered (see status); RV_ETIMEDOUT: the deadline
+                             passed; RV_EIO: no answer after every try */
+    int status;           /* HTTP status of the last try, 0 when none */
+    cJSON *json;          /* the parsed body (object or error), NULL if none; freed after cb */
+    const char *err_type; /* Stripe's error.type, code, message, param; NULL when absent */
     const char *err_code;
     const char *err_message;
     const char *err_param;
-    const char *request_id;   /* Stripe's Request-Id header, NULL when absent */
-    int64_t date;             /* the answer's Date header (Stripe's clock), Unix seconds; 0
-                                 when absent */
-    unsigned attempts;        /* tries made */
+    const char *request_id; /* Stripe's Request-Id header, NULL when absent */
+    int64_t date;           /* the answer's Date header (Stripe's clock), Unix seconds; 0
+                               when absent */
+    unsigned attempts;      /* tries made */
 } rv_stripe_result_t;
 
 /* Called exactly once per started call unless it was cancelled; res is valid during the call. */

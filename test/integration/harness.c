@@ -30,24 +30,22 @@
 
 extern char **environ;
 
-#define TH_MAX_HEADER_BYTES (64 * 1024)
-#define TH_MAX_BODY_BYTES (8 * 1024 * 1024)
-#define TH_MAX_CHUNK_LINE 1024
-#define TH_LOG_TAIL_LINES 30
+#define TH_MAX_HEADER_BYTES   (64 * 1024)
+#define TH_MAX_BODY_BYTES     (8 * 1024 * 1024)
+#define TH_MAX_CHUNK_LINE     1024
+#define TH_LOG_TAIL_LINES     30
 #define TH_REQUEST_TIMEOUT_MS 10000
-#define TH_START_TIMEOUT_MS 10000
+#define TH_START_TIMEOUT_MS   10000
 
 /* ---- time ------------------------------------------------------------------------------- */
 
-static int64_t now_ms(void)
-{
+static int64_t now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static void sleep_ms(int ms)
-{
+static void sleep_ms(int ms) {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
     }
@@ -55,8 +53,7 @@ static void sleep_ms(int ms)
 
 /* ---- processes -------------------------------------------------------------------------- */
 
-int th_free_port(void)
-{
+int th_free_port(void) {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         return -1;
@@ -73,15 +70,13 @@ int th_free_port(void)
     return port;
 }
 
-const char *th_build_dir(void)
-{
+const char *th_build_dir(void) {
     const char *b = getenv("RIVET_BUILD");
     return b != NULL && b[0] != '\0' ? b : "build";
 }
 
 /* Length of the key of a "K=V" entry (the whole string when it has no '='). */
-static size_t env_key_len(const char *e)
-{
+static size_t env_key_len(const char *e) {
     const char *eq = strchr(e, '=');
     return eq != NULL ? (size_t)(eq - e) : strlen(e);
 }
@@ -89,8 +84,7 @@ static size_t env_key_len(const char *e)
 /* A malloc'd NULL-terminated array of pointers: environ with env applied in order, each entry
  * replacing any earlier one with the same key, and "K=" removing K. The strings themselves are
  * borrowed. */
-static char **build_env(const char *const env[])
-{
+static char **build_env(const char *const env[]) {
     size_t n = 0, extra = 0;
     while (environ != NULL && environ[n] != NULL) {
         n++;
@@ -126,8 +120,7 @@ static char **build_env(const char *const env[])
 }
 
 /* Find an executable the way a shell would: a name with a slash as is, otherwise on PATH. */
-static int resolve_exec(const char *name, char *out, size_t outlen)
-{
+static int resolve_exec(const char *name, char *out, size_t outlen) {
     if (strchr(name, '/') != NULL) {
         return snprintf(out, outlen, "%s", name) < (int)outlen ? 0 : -1;
     }
@@ -150,8 +143,7 @@ static int resolve_exec(const char *name, char *out, size_t outlen)
     return -1;
 }
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
     (void)st;
     (void)flag;
     (void)ftw;
@@ -159,8 +151,7 @@ static int rm_entry(const char *path, const struct stat *st, int flag, struct FT
     return 0;
 }
 
-static void remove_dir(char *dir)
-{
+static void remove_dir(char *dir) {
     /* Only ever remove what mkdtemp made for us. */
     if (dir[0] != '\0' && strncmp(dir, "/tmp/", 5) == 0) {
         nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
@@ -169,8 +160,7 @@ static void remove_dir(char *dir)
 }
 
 /* Fill in name, dir and log_path for a process about to start. */
-static int proc_prepare(th_proc_t *p, const char *name)
-{
+static int proc_prepare(th_proc_t *p, const char *name) {
     memset(p, 0, sizeof(*p));
     snprintf(p->name, sizeof(p->name), "%s", name);
     snprintf(p->dir, sizeof(p->dir), "/tmp/rivet-th-XXXXXX");
@@ -189,8 +179,7 @@ static int proc_prepare(th_proc_t *p, const char *name)
 /* fork+execve into the prepared p. The child gets its own process group (so stopping it can
  * reach anything it starts), /dev/null as stdin, the log as stdout and stderr, default signal
  * dispositions and no inherited descriptors beyond those three. */
-static int spawn_prepared(th_proc_t *p, const char *const argv[], const char *const env[])
-{
+static int spawn_prepared(th_proc_t *p, const char *const argv[], const char *const env[]) {
     char path[512];
     if (resolve_exec(argv[0], path, sizeof(path)) != 0) {
         fprintf(stderr, "harness: %s: not found\n", argv[0]);
@@ -238,8 +227,7 @@ static int spawn_prepared(th_proc_t *p, const char *const argv[], const char *co
     return 0;
 }
 
-int th_spawn(th_proc_t *p, const char *const argv[], const char *const env[])
-{
+int th_spawn(th_proc_t *p, const char *const argv[], const char *const env[]) {
     const char *base = strrchr(argv[0], '/');
     if (proc_prepare(p, base != NULL ? base + 1 : argv[0]) != 0) {
         return -1;
@@ -251,8 +239,7 @@ int th_spawn(th_proc_t *p, const char *const argv[], const char *const env[])
     return 0;
 }
 
-int th_alive(th_proc_t *p)
-{
+int th_alive(th_proc_t *p) {
     if (p->pid <= 0) {
         return 0;
     }
@@ -265,8 +252,7 @@ int th_alive(th_proc_t *p)
     return info.si_pid == 0;
 }
 
-int th_wait_port(int port, int timeout_ms)
-{
+int th_wait_port(int port, int timeout_ms) {
     int64_t deadline = now_ms() + timeout_ms;
     for (;;) {
         int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -288,8 +274,7 @@ int th_wait_port(int port, int timeout_ms)
 }
 
 /* Print the last lines of a process's log to stderr, so a failure shows its cause. */
-static void dump_log_tail(const th_proc_t *p, const char *why)
-{
+static void dump_log_tail(const th_proc_t *p, const char *why) {
     FILE *f = fopen(p->log_path, "r");
     if (f == NULL) {
         return;
@@ -337,8 +322,7 @@ static void dump_log_tail(const th_proc_t *p, const char *why)
     free(data);
 }
 
-static int decode_status(int status)
-{
+static int decode_status(int status) {
     if (WIFEXITED(status)) {
         return WEXITSTATUS(status);
     }
@@ -348,8 +332,7 @@ static int decode_status(int status)
     return -1;
 }
 
-int th_stop(th_proc_t *p, int sig, int timeout_ms)
-{
+int th_stop(th_proc_t *p, int sig, int timeout_ms) {
     int result = -1;
     if (p->pid > 0) {
         kill(p->pid, sig);
@@ -389,8 +372,7 @@ int th_stop(th_proc_t *p, int sig, int timeout_ms)
 }
 
 /* Wait for a started process's port; on failure show its log and stop it. */
-static int wait_started(th_proc_t *p, int port, int timeout_ms)
-{
+static int wait_started(th_proc_t *p, int port, int timeout_ms) {
     int64_t deadline = now_ms() + timeout_ms;
     while (now_ms() < deadline) {
         if (th_wait_port(port, 20) == 0) {
@@ -409,8 +391,7 @@ static int wait_started(th_proc_t *p, int port, int timeout_ms)
 
 /* ---- redis ------------------------------------------------------------------------------ */
 
-int th_redis_start(th_proc_t *p)
-{
+int th_redis_start(th_proc_t *p) {
     /* A free port can be taken between the check and the bind: try a few. */
     for (int attempt = 0; attempt < 3; attempt++) {
         int port = th_free_port();
@@ -419,9 +400,9 @@ int th_redis_start(th_proc_t *p)
         }
         char portstr[16];
         snprintf(portstr, sizeof(portstr), "%d", port);
-        const char *argv[] = {"redis-server", "--port", portstr, "--bind", "127.0.0.1",
-                              "--save", "", "--appendonly", "no", "--dir", p->dir,
-                              "--daemonize", "no", NULL};
+        const char *argv[] = {
+            "redis-server", "--port", portstr, "--bind", "127.0.0.1",   "--save", "",
+            "--appendonly", "no",     "--dir", p->dir,   "--daemonize", "no",     NULL};
         if (spawn_prepared(p, argv, NULL) != 0) {
             remove_dir(p->dir);
             return -1;
@@ -435,8 +416,7 @@ int th_redis_start(th_proc_t *p)
 }
 
 /* Append reply as text to out at *pos, keeping out NUL-terminated and within outlen. */
-static void reply_text(const redisReply *rep, char *out, size_t outlen, size_t *pos)
-{
+static void reply_text(const redisReply *rep, char *out, size_t outlen, size_t *pos) {
     char tmp[32];
     const char *s = NULL;
     size_t slen = 0;
@@ -485,8 +465,7 @@ static void reply_text(const redisReply *rep, char *out, size_t outlen, size_t *
     out[*pos] = '\0';
 }
 
-int th_redis(int port, char *out, size_t outlen, const char *fmt, ...)
-{
+int th_redis(int port, char *out, size_t outlen, const char *fmt, ...) {
     if (outlen > 0) {
         out[0] = '\0';
     }
@@ -519,8 +498,7 @@ int th_redis(int port, char *out, size_t outlen, const char *fmt, ...)
 
 /* ---- fake Stripe and rivetd ------------------------------------------------------------- */
 
-int th_fake_stripe_start(th_proc_t *p, const char *const args[])
-{
+int th_fake_stripe_start(th_proc_t *p, const char *const args[]) {
     const char *python = access("/usr/bin/python3", X_OK) == 0 ? "/usr/bin/python3" : "python3";
     size_t nargs = 0;
     while (args != NULL && args[nargs] != NULL) {
@@ -564,8 +542,7 @@ int th_fake_stripe_start(th_proc_t *p, const char *const args[])
 
 /* The port of the last "KEY=host:port" entry for key in env, -1 when it has none or an empty
  * value, or 0 when env does not set key. */
-static int env_port(const char *const env[], size_t n, const char *key)
-{
+static int env_port(const char *const env[], size_t n, const char *key) {
     size_t kl = strlen(key);
     int port = 0;
     for (size_t i = 0; i < n; i++) {
@@ -581,8 +558,7 @@ static int env_port(const char *const env[], size_t n, const char *key)
     return port;
 }
 
-int th_rivetd_start(th_proc_t *p, const char *const env[])
-{
+int th_rivetd_start(th_proc_t *p, const char *const env[]) {
     char bin[512];
     snprintf(bin, sizeof(bin), "%s/rivetd", th_build_dir());
     size_t nenv = 0;
@@ -649,8 +625,7 @@ int th_rivetd_start(th_proc_t *p, const char *const env[])
 
 /* ---- sockets ---------------------------------------------------------------------------- */
 
-int th_connect(int port)
-{
+int th_connect(int port) {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         return -1;
@@ -669,8 +644,7 @@ int th_connect(int port)
     return fd;
 }
 
-int th_send(int fd, const void *data, size_t len)
-{
+int th_send(int fd, const void *data, size_t len) {
     const char *p = data;
     while (len > 0) {
         ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
@@ -686,10 +660,7 @@ int th_send(int fd, const void *data, size_t len)
     return 0;
 }
 
-int th_send_str(int fd, const char *s)
-{
-    return th_send(fd, s, strlen(s));
-}
+int th_send_str(int fd, const char *s) { return th_send(fd, s, strlen(s)); }
 
 /* Bytes read past the end of a response, kept per descriptor for the next response. */
 typedef struct {
@@ -700,8 +671,7 @@ typedef struct {
 static pending_t *pending;
 static size_t npending;
 
-static pending_t *pending_for(int fd)
-{
+static pending_t *pending_for(int fd) {
     if (fd < 0) {
         return NULL;
     }
@@ -721,8 +691,7 @@ static pending_t *pending_for(int fd)
     return &pending[fd];
 }
 
-void th_close(int fd)
-{
+void th_close(int fd) {
     if (fd < 0) {
         return;
     }
@@ -745,8 +714,7 @@ typedef struct {
 
 /* Read more bytes into b, waiting until deadline. Returns the count, 0 on EOF, -1 on timeout,
  * error or when the buffer would exceed its bound. */
-static ssize_t fill(int fd, rbuf_t *b, int64_t deadline)
-{
+static ssize_t fill(int fd, rbuf_t *b, int64_t deadline) {
     if (b->cap - b->len < 16384) {
         size_t ncap = b->cap < 16384 ? 32768 : b->cap * 2;
         if (ncap > TH_MAX_BUFFER) {
@@ -790,8 +758,7 @@ static ssize_t fill(int fd, rbuf_t *b, int64_t deadline)
     }
 }
 
-static const char *find_crlf(const char *s, size_t len)
-{
+static const char *find_crlf(const char *s, size_t len) {
     for (size_t i = 0; i + 1 < len; i++) {
         if (s[i] == '\r' && s[i + 1] == '\n') {
             return s + i;
@@ -800,8 +767,7 @@ static const char *find_crlf(const char *s, size_t len)
     return NULL;
 }
 
-static const char *find_header_end(const char *s, size_t len)
-{
+static const char *find_header_end(const char *s, size_t len) {
     for (size_t i = 0; i + 3 < len; i++) {
         if (memcmp(s + i, "\r\n\r\n", 4) == 0) {
             return s + i + 4;
@@ -811,8 +777,7 @@ static const char *find_header_end(const char *s, size_t len)
 }
 
 /* Parse the status line and headers in [s, end) into r. Returns 0 or -1. */
-static int parse_head(const char *s, const char *end, th_response_t *r)
-{
+static int parse_head(const char *s, const char *end, th_response_t *r) {
     const char *eol = find_crlf(s, (size_t)(end - s));
     if (eol == NULL || eol - s < 12 || strncmp(s, "HTTP/1.", 7) != 0 || s[8] != ' ') {
         return -1;
@@ -864,8 +829,7 @@ static int parse_head(const char *s, const char *end, th_response_t *r)
     return 0;
 }
 
-const char *th_header(const th_response_t *r, const char *name)
-{
+const char *th_header(const th_response_t *r, const char *name) {
     for (int i = 0; i < r->nheaders; i++) {
         if (strcasecmp(r->headers[i].name, name) == 0) {
             return r->headers[i].value;
@@ -874,16 +838,14 @@ const char *th_header(const th_response_t *r, const char *name)
     return NULL;
 }
 
-void th_response_free(th_response_t *r)
-{
+void th_response_free(th_response_t *r) {
     free(r->body);
     r->body = NULL;
     r->body_len = 0;
 }
 
 /* Whether a comma-separated header value lists token (case-insensitive). */
-static int header_has_token(const char *value, const char *token)
-{
+static int header_has_token(const char *value, const char *token) {
     size_t tl = strlen(token);
     const char *p = value;
     while (*p != '\0') {
@@ -909,8 +871,7 @@ static int header_has_token(const char *value, const char *token)
 /* Decode a chunked body starting at b->data + *pos, reading more as needed. On success the body
  * is in *out (malloc'd) and *pos is just past the trailers. */
 static int read_chunked(int fd, rbuf_t *b, size_t *pos, int64_t deadline, char **out,
-                        size_t *outlen)
-{
+                        size_t *outlen) {
     size_t blen = 0, bcap = 256;
     char *body = malloc(bcap);
     if (body == NULL) {
@@ -985,8 +946,7 @@ fail:
     return -1;
 }
 
-int th_read_response(int fd, th_response_t *r, int head, int timeout_ms)
-{
+int th_read_response(int fd, th_response_t *r, int head, int timeout_ms) {
     memset(r, 0, sizeof(*r));
     pending_t *pend = pending_for(fd);
     if (pend == NULL) {
@@ -1022,8 +982,8 @@ int th_read_response(int fd, th_response_t *r, int head, int timeout_ms)
         }
         const char *te = th_header(r, "Transfer-Encoding");
         const char *cl = th_header(r, "Content-Length");
-        int no_body = head || r->status == 204 || r->status == 304 ||
-                      (r->status >= 100 && r->status < 200);
+        int no_body =
+            head || r->status == 204 || r->status == 304 || (r->status >= 100 && r->status < 200);
         if (no_body) {
             r->body = calloc(1, 1);
             if (r->body == NULL) {
@@ -1103,8 +1063,7 @@ fail:
 }
 
 int th_request(int port, const char *method, const char *path, const char *headers,
-               const char *body, th_response_t *r)
-{
+               const char *body, th_response_t *r) {
     memset(r, 0, sizeof(*r));
     int fd = th_connect(port);
     if (fd < 0) {
@@ -1136,8 +1095,7 @@ int th_request(int port, const char *method, const char *path, const char *heade
     return rc;
 }
 
-int th_wait_closed(int fd, int timeout_ms)
-{
+int th_wait_closed(int fd, int timeout_ms) {
     int64_t deadline = now_ms() + timeout_ms;
     char buf[4096];
     for (;;) {
@@ -1166,8 +1124,7 @@ int th_wait_closed(int fd, int timeout_ms)
     }
 }
 
-int th_eventually(int (*fn)(void *ud), void *ud, int timeout_ms)
-{
+int th_eventually(int (*fn)(void *ud), void *ud, int timeout_ms) {
     int64_t deadline = now_ms() + timeout_ms;
     for (;;) {
         if (fn(ud) == 1) {

@@ -7,9 +7,9 @@
 #include <sys/types.h>
 
 typedef struct th_proc_s {
-    pid_t pid;          /* 0 when not running */
-    int port;           /* main port */
-    int port2;          /* second port (rivetd's admin listener), 0 when none */
+    pid_t pid; /* 0 when not running */
+    int port;  /* main port */
+    int port2; /* second port (rivetd's admin listener), 0 when none */
     char name[32];
     char log_path[256]; /* where its stdout and stderr go */
     char dir[256];      /* a private temporary directory, removed by th_stop */
@@ -52,12 +52,12 @@ int th_fake_stripe_start(th_proc_t *p, const char *const args[]);
 int th_rivetd_start(th_proc_t *p, const char *const env[]);
 
 /* The default test configuration th_rivetd_start uses, for tests that need the values. */
-#define TH_STRIPE_KEY "sk_test_rivet_integration"
-#define TH_WEBHOOK_SECRET "whsec_test_rivet_integration"
-#define TH_PRICE_BASIC "price_basic_test"
-#define TH_PRICE_PRO "price_pro_test"
+#define TH_STRIPE_KEY       "sk_test_rivet_integration"
+#define TH_WEBHOOK_SECRET   "whsec_test_rivet_integration"
+#define TH_PRICE_BASIC      "price_basic_test"
+#define TH_PRICE_PRO        "price_pro_test"
 #define TH_PRICE_ENTERPRISE "price_enterprise_test"
-#define TH_API_TOKEN "rivet-test-token-0123456789"
+#define TH_API_TOKEN        "rivet-test-token-0123456789"
 
 /* Blocking connect to 127.0.0.1:port with 5 s send/receive timeouts. Returns fd or -1. */
 int th_connect(int port);
@@ -75,7 +75,7 @@ typedef struct th_response_s {
     int status;
     th_header_t headers[64];
     int nheaders;
-    char *body;        /* NUL-terminated, malloc'd */
+    char *body; /* NUL-terminated, malloc'd */
     size_t body_len;
 } th_response_t;
 

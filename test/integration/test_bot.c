@@ -28,17 +28,17 @@
 #include "harness.h"
 #include "rivet/common.h"
 
-#define TO 10000 /* ms: the longest any awaited change may take */
-#define APP_URL "https://app.rivet.test"
-#define BOT "rivet_test_bot"
-#define DEEP_LINK "https://t.me/" BOT "?start="
-#define STREAM "rivet:provisioning"
-#define GROUP "cmms"
-#define JSON_CT "Content-Type: application/json\r\n"
-#define BEARER "Authorization: Bearer " TH_API_TOKEN "\r\n"
+#define TO           10000 /* ms: the longest any awaited change may take */
+#define APP_URL      "https://app.rivet.test"
+#define BOT          "rivet_test_bot"
+#define DEEP_LINK    "https://t.me/" BOT "?start="
+#define STREAM       "rivet:provisioning"
+#define GROUP        "cmms"
+#define JSON_CT      "Content-Type: application/json\r\n"
+#define BEARER       "Authorization: Bearer " TH_API_TOKEN "\r\n"
 #define WRONG_BEARER "Authorization: Bearer rivet-test-token-0123456780\r\n"
-#define PORTAL "/v1/billing_portal/sessions"
-#define LINK_TTL 300
+#define PORTAL       "/v1/billing_portal/sessions"
+#define LINK_TTL     300
 #define LINK_TTL_ENV "TELEGRAM_LINK_TTL=300"
 
 static th_proc_t fake;
@@ -122,8 +122,7 @@ static void assert_422_at(const th_response_t *r, const char *where, const char 
             fail_msg("an error without msg or type: %s", r->body);
         const cJSON *l0 = cJSON_GetArrayItem(loc, 0), *l1 = cJSON_GetArrayItem(loc, 1);
         if (!cJSON_IsString(l0) || strcmp(l0->valuestring, where) != 0) continue;
-        if (field == NULL || (cJSON_IsString(l1) && strcmp(l1->valuestring, field) == 0))
-            found = 1;
+        if (field == NULL || (cJSON_IsString(l1) && strcmp(l1->valuestring, field) == 0)) found = 1;
     }
     if (!found) fail_msg("no error at [%s, %s] in %s", where, field ? field : "-", r->body);
     cJSON_Delete(j);
@@ -292,9 +291,7 @@ static cJSON *fake_get(const char *path) {
     return j;
 }
 
-static void fake_do(const char *path, const char *json) {
-    cJSON_Delete(fake_post(path, json));
-}
+static void fake_do(const char *path, const char *json) { cJSON_Delete(fake_post(path, json)); }
 
 /* The fake signs and delivers its events to rivetd's webhook endpoint with secret. */
 static void webhooks_to_rivetd(const char *secret) {
@@ -310,8 +307,8 @@ static void webhooks_to_rivetd(const char *secret) {
 static int webhooks_settled(void *ud) {
     cJSON *w = fake_get("/_fake/webhooks");
     const cJSON *pending = jget(w, "pending"), *d;
-    int ok = cJSON_IsNumber(pending) && pending->valuedouble == 0 &&
-             cJSON_IsNull(jget(w, "in_flight"));
+    int ok =
+        cJSON_IsNumber(pending) && pending->valuedouble == 0 && cJSON_IsNull(jget(w, "in_flight"));
     int n = 0;
     cJSON_ArrayForEach(d, jget(w, "deliveries")) {
         n++;
@@ -337,8 +334,10 @@ static void wait_webhooks(void) {
 /* Move the fake's clock (every later event's created); 0 back to real time. */
 static void fake_clock_set(long long now) {
     char body[64];
-    if (now) snprintf(body, sizeof body, "{\"now\":%lld}", now);
-    else snprintf(body, sizeof body, "{\"now\":null}");
+    if (now)
+        snprintf(body, sizeof body, "{\"now\":%lld}", now);
+    else
+        snprintf(body, sizeof body, "{\"now\":null}");
     fake_do("/_fake/clock", body);
 }
 
@@ -378,11 +377,11 @@ static int fake_portals(void) {
 /* ---- a customer's way from checkout to the bot ---------------------------------------------- */
 
 typedef struct cust_s {
-    char sid[128];   /* Checkout Session */
-    char cus[64];    /* Stripe customer */
-    char sub[64];    /* subscription */
-    char link[256];  /* the success page's telegram_link */
-    char token[80];  /* its start token */
+    char sid[128];  /* Checkout Session */
+    char cus[64];   /* Stripe customer */
+    char sub[64];   /* subscription */
+    char link[256]; /* the success page's telegram_link */
+    char token[80]; /* its start token */
 } cust_t;
 
 /* A start token: 22 or more characters of the base64url alphabet. */
@@ -485,8 +484,8 @@ static void keep_data(cJSON **slot, const char *data) {
 static void read_group(seen_t *s) {
     redisContext *c = redis_connect();
     for (;;) {
-        redisReply *rep = redisCommand(c, "XREADGROUP GROUP %s bot-test COUNT 50 STREAMS %s >",
-                                       GROUP, STREAM);
+        redisReply *rep =
+            redisCommand(c, "XREADGROUP GROUP %s bot-test COUNT 50 STREAMS %s >", GROUP, STREAM);
         if (rep == NULL) fail_msg("XREADGROUP: no answer");
         if (rep->type == REDIS_REPLY_NIL) {
             freeReplyObject(rep);
@@ -512,8 +511,8 @@ static void read_group(seen_t *s) {
                 fail_msg("entry %s lacks type, stripe_event_id or data", e->element[0]->str);
             cJSON *d = cJSON_Parse(data);
             if (!cJSON_IsObject(d) || jstr(d, "type") == NULL || strcmp(jstr(d, "type"), type))
-                fail_msg("entry %s: data does not match its type %s: %s", e->element[0]->str,
-                         type, data);
+                fail_msg("entry %s: data does not match its type %s: %s", e->element[0]->str, type,
+                         data);
             const cJSON *v = jget(d, "v");
             if (!cJSON_IsNumber(v) || v->valuedouble != 2) fail_msg("data v is not 2: %s", data);
             if (!cJSON_IsObject(jget(d, "entitlement")))
@@ -556,7 +555,8 @@ static void seen_free(seen_t *s) {
     cJSON_Delete(s->deprovision_data);
 }
 
-/* ---- 1. the journey ---------------------------------------------------------------------------- */
+/* ---- 1. the journey ----------------------------------------------------------------------------
+ */
 
 typedef struct poll_s {
     long long user;
@@ -694,7 +694,8 @@ static void success_page_first(void **state) {
     seen_free(&s);
 }
 
-/* ---- 2. POST /api/telegram/link ------------------------------------------------------------------ */
+/* ---- 2. POST /api/telegram/link
+ * ------------------------------------------------------------------ */
 
 static void link_auth_and_validation(void **state) {
     start_rivetd(NULL);
@@ -725,7 +726,8 @@ static void link_auth_and_validation(void **state) {
         {"{\"start\":\"has space\",\"telegram_user_id\":1,\"chat_id\":1}", "start"},
         {"{\"start\":\"a/b\",\"telegram_user_id\":1,\"chat_id\":1}", "start"},
         {"{\"start\":\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\","
-         "\"telegram_user_id\":1,\"chat_id\":1}", "start"},
+         "\"telegram_user_id\":1,\"chat_id\":1}",
+         "start"},
         {"{\"start\":12345,\"telegram_user_id\":1,\"chat_id\":1}", "start"},
         {"{\"start\":\"%s\",\"chat_id\":1}", "telegram_user_id"},
         {"{\"start\":\"%s\",\"telegram_user_id\":\"123\",\"chat_id\":1}", "telegram_user_id"},
@@ -850,7 +852,8 @@ static void link_tokens(void **state) {
     th_response_free(&r);
 }
 
-/* ---- 3. GET /api/entitlements ------------------------------------------------------------------ */
+/* ---- 3. GET /api/entitlements ------------------------------------------------------------------
+ */
 
 static void entitlement_fields(const char *body, const cust_t *c, long long user) {
     cJSON *j = cJSON_Parse(body);
@@ -948,7 +951,8 @@ static void lookups(void **state) {
     free(linked);
 }
 
-/* ---- 4. the portal for a linked Telegram user ------------------------------------------------------ */
+/* ---- 4. the portal for a linked Telegram user
+ * ------------------------------------------------------ */
 
 static void portal_by_telegram_user(void **state) {
     start_rivetd(NULL);
@@ -997,7 +1001,8 @@ static void portal_by_telegram_user(void **state) {
     assert_int_equal(fake_portals_for(a.cus), 0);
 }
 
-/* ---- 5. CHECKOUT_LINK_MAX_AGE ------------------------------------------------------------------- */
+/* ---- 5. CHECKOUT_LINK_MAX_AGE -------------------------------------------------------------------
+ */
 
 /* A paid checkout whose session was created age seconds ago (by the fake's clock). */
 static void old_checkout(int age, cust_t *c) {
@@ -1078,13 +1083,8 @@ static int group_teardown(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        T(journey),
-        T(success_page_first),
-        T(link_auth_and_validation),
-        T(link_tokens),
-        T(lookups),
-        T(portal_by_telegram_user),
-        T(checkout_link_max_age),
+        T(journey), T(success_page_first),      T(link_auth_and_validation), T(link_tokens),
+        T(lookups), T(portal_by_telegram_user), T(checkout_link_max_age),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -28,14 +28,14 @@
 #include "harness.h"
 #include "rivet/common.h"
 
-#define TO 10000 /* ms: the longest any single answer may take in these tests */
-#define APP_URL "https://app.rivet.test"
-#define BOT "rivet_test_bot"
-#define EMAIL "jane.doe@example.com"
+#define TO            10000 /* ms: the longest any single answer may take in these tests */
+#define APP_URL       "https://app.rivet.test"
+#define BOT           "rivet_test_bot"
+#define EMAIL         "jane.doe@example.com"
 #define CHECKOUT_BODY "{\"email\":\"" EMAIL "\",\"tier\":\"pro\"}"
-#define JSON_CT "Content-Type: application/json\r\n"
-#define SESSIONS "/v1/checkout/sessions"
-#define PORTAL "/v1/billing_portal/sessions"
+#define JSON_CT       "Content-Type: application/json\r\n"
+#define SESSIONS      "/v1/checkout/sessions"
+#define PORTAL        "/v1/billing_portal/sessions"
 
 static th_proc_t fake;
 static th_proc_t rivetd;
@@ -51,8 +51,7 @@ static int64_t mono_ms(void) {
 
 static void pause_ms(int ms) {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        continue;
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) continue;
 }
 
 /* A whole file as a NUL-terminated malloc'd string (caller frees), or NULL. */
@@ -217,9 +216,7 @@ static void fake_post(const char *path, const char *json) {
     th_response_free(&r);
 }
 
-static void fake_config(const char *json) {
-    fake_post("/_fake/config", json);
-}
+static void fake_config(const char *json) { fake_post("/_fake/config", json); }
 
 static int fake_setup(void **state) {
     fake_post("/_fake/reset", "{}");
@@ -254,9 +251,7 @@ static int fake_count(const char *method, const char *prefix) {
     return n;
 }
 
-static int fake_total(void) {
-    return fake_count(NULL, NULL);
-}
+static int fake_total(void) { return fake_count(NULL, NULL); }
 
 /* A request header as the fake logged it (names in lower case), or NULL. */
 static const char *req_header(const cJSON *req, const char *name) {
@@ -710,8 +705,7 @@ static void stripe_down(void **state) {
         fail_msg("no request_id in %s", r.body);
     cJSON_Delete(j);
     assert_no_secret("the answer", r.body);
-    for (int i = 0; i < r.nheaders; i++)
-        assert_no_secret("a header", r.headers[i].value);
+    for (int i = 0; i < r.nheaders; i++) assert_no_secret("a header", r.headers[i].value);
     th_response_free(&r);
     /* The failure is logged (and the teardown checks the log holds no secret). */
     assert_true(log_line_has("stripe", NULL));
@@ -752,9 +746,7 @@ static void reset_close(int fd) {
     th_close(fd);
 }
 
-static int gone_logged(void *ud) {
-    return log_line_has("/api/checkout/create 499", "client-gone");
-}
+static int gone_logged(void *ud) { return log_line_has("/api/checkout/create 499", "client-gone"); }
 
 static void client_gone_mid_call(void **state) {
     start_rivetd(NULL);
@@ -799,12 +791,10 @@ static void client_gone_mid_call(void **state) {
 /* ---- a thousand calls in flight ---------------------------------------------------------------
  */
 
-#define INFLIGHT 1000
+#define INFLIGHT      1000
 #define HEALTH_CHECKS 50
 
-static int fake_has_one(void *ud) {
-    return fake_count("POST", SESSIONS) >= 1;
-}
+static int fake_has_one(void *ud) { return fake_count("POST", SESSIONS) >= 1; }
 
 static void thousand_in_flight(void **state) {
     const char *const env[] = {"MAX_CONNECTIONS=4000", "LOG_LEVEL=info", NULL};
@@ -843,8 +833,7 @@ static void thousand_in_flight(void **state) {
     th_close(hfd);
     /* The checks ran while checkouts were still waiting: not every answer is in yet. */
     static struct pollfd pfds[INFLIGHT];
-    for (int i = 0; i < INFLIGHT; i++)
-        pfds[i] = (struct pollfd){.fd = fds[i], .events = POLLIN};
+    for (int i = 0; i < INFLIGHT; i++) pfds[i] = (struct pollfd){.fd = fds[i], .events = POLLIN};
     int ready = poll(pfds, INFLIGHT, 0);
     assert_true(ready < INFLIGHT);
     int64_t health_done = mono_ms() - sent;

@@ -45,7 +45,7 @@ static const struct {
 };
 
 static th_proc_t daemon_proc;
-static char *doc_text;  /* docs/openapi.json as read from the tree */
+static char *doc_text; /* docs/openapi.json as read from the tree */
 static size_t doc_len;
 
 /* ---- helpers ------------------------------------------------------------------------------- */
@@ -83,8 +83,9 @@ static char *read_file(const char *path, size_t *len) {
 
 static cJSON *parse_doc(const char *text, size_t len) {
     cJSON *j = cJSON_ParseWithLength(text, len);
-    if (j == NULL) fail_msg("the API description is not valid JSON (near: %.40s)",
-                            cJSON_GetErrorPtr() ? cJSON_GetErrorPtr() : "?");
+    if (j == NULL)
+        fail_msg("the API description is not valid JSON (near: %.40s)",
+                 cJSON_GetErrorPtr() ? cJSON_GetErrorPtr() : "?");
     return j;
 }
 
@@ -104,8 +105,8 @@ static const cJSON *operation(const cJSON *doc, const char *method, const char *
 }
 
 static int is_http_method(const char *s) {
-    static const char *const m[] = {"get", "put", "post", "delete", "options", "head", "patch",
-                                    "trace"};
+    static const char *const m[] = {"get",     "put",  "post",  "delete",
+                                    "options", "head", "patch", "trace"};
     for (size_t i = 0; i < RV_ARRAY_LEN(m); i++)
         if (strcmp(m[i], s) == 0) return 1;
     return 0;
@@ -591,12 +592,9 @@ static void test_docs_rendered_by_chromium(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        T(test_document_is_openapi_31),
-        T(test_document_lists_every_public_route),
-        T(test_openapi_json_served),
-        T(test_docs_page_served),
-        T(test_docs_page_shows_document),
-        T(test_docs_page_is_current),
+        T(test_document_is_openapi_31),    T(test_document_lists_every_public_route),
+        T(test_openapi_json_served),       T(test_docs_page_served),
+        T(test_docs_page_shows_document),  T(test_docs_page_is_current),
         T(test_docs_rendered_by_chromium),
     };
     const char *filter = getenv("RIVET_TEST_FILTER");

@@ -26,34 +26,31 @@
 #include "rivet/common.h"
 #include "rivet/webhook_sig.h"
 
-#define AUTH "Authorization: Bearer " TH_STRIPE_KEY "\r\n"
-#define FORM "Content-Type: application/x-www-form-urlencoded\r\n"
+#define AUTH        "Authorization: Bearer " TH_STRIPE_KEY "\r\n"
+#define FORM        "Content-Type: application/x-www-form-urlencoded\r\n"
 #define SUCCESS_URL "https%3A%2F%2Frivet.io%2Fsuccess%3Fsession_id%3D%7BCHECKOUT_SESSION_ID%7D"
-#define CHECKOUT_FORM                                                                           \
-    "mode=subscription&payment_method_types%5B0%5D=card"                                        \
-    "&line_items%5B0%5D%5Bprice%5D=" TH_PRICE_PRO "&line_items%5B0%5D%5Bquantity%5D=1"          \
-    "&customer_email=ada%40example.com&success_url=" SUCCESS_URL                                \
-    "&cancel_url=https%3A%2F%2Frivet.io%2Fpricing&metadata%5Btier%5D=pro"                       \
-    "&metadata%5Bsource%5D=rivet_landing&subscription_data%5Bmetadata%5D%5Btier%5D=pro"         \
+#define CHECKOUT_FORM                                                                              \
+    "mode=subscription&payment_method_types%5B0%5D=card"                                           \
+    "&line_items%5B0%5D%5Bprice%5D=" TH_PRICE_PRO "&line_items%5B0%5D%5Bquantity%5D=1"             \
+    "&customer_email=ada%40example.com&success_url=" SUCCESS_URL                                   \
+    "&cancel_url=https%3A%2F%2Frivet.io%2Fpricing&metadata%5Btier%5D=pro"                          \
+    "&metadata%5Bsource%5D=rivet_landing&subscription_data%5Bmetadata%5D%5Btier%5D=pro"            \
     "&allow_promotion_codes=true"
 
 static th_proc_t fake;
 
-static int group_setup(void **state)
-{
+static int group_setup(void **state) {
     const char *args[] = {"--prices", TH_PRICE_BASIC "," TH_PRICE_PRO "," TH_PRICE_ENTERPRISE,
                           NULL};
     return th_fake_stripe_start(&fake, args);
 }
 
-static int group_teardown(void **state)
-{
+static int group_teardown(void **state) {
     /* The fake must exit cleanly on SIGTERM. */
     return th_stop(&fake, SIGTERM, 5000) == 0 ? 0 : -1;
 }
 
-static int reset(void **state)
-{
+static int reset(void **state) {
     th_response_t r;
     if (th_request(fake.port, "POST", "/_fake/reset", NULL, "", &r) != 0) {
         return -1;
@@ -64,36 +61,31 @@ static int reset(void **state)
 }
 
 /* POST a form to the Stripe API with the test key and extra header lines. */
-static void post_form(const char *path, const char *form, const char *headers, th_response_t *r)
-{
+static void post_form(const char *path, const char *form, const char *headers, th_response_t *r) {
     char h[1024];
     snprintf(h, sizeof(h), AUTH FORM "%s", headers != NULL ? headers : "");
     assert_int_equal(th_request(fake.port, "POST", path, h, form, r), 0);
 }
 
-static void control(const char *path, const char *json, th_response_t *r)
-{
+static void control(const char *path, const char *json, th_response_t *r) {
     assert_int_equal(th_request(fake.port, "POST", path, NULL, json, r), 0);
     assert_int_equal(r->status, 200);
 }
 
-static cJSON *body_json(const th_response_t *r)
-{
+static cJSON *body_json(const th_response_t *r) {
     cJSON *j = cJSON_Parse(r->body);
     assert_non_null(j);
     return j;
 }
 
-static const char *str_at(const cJSON *obj, const char *name)
-{
+static const char *str_at(const cJSON *obj, const char *name) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, name);
     return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
 /* Assert a Stripe error answer: status, error.type, and error.code / error.param when given. */
 static void assert_stripe_error(const th_response_t *r, int status, const char *type,
-                                const char *code, const char *param)
-{
+                                const char *code, const char *param) {
     assert_int_equal(r->status, status);
     cJSON *j = body_json(r);
     const cJSON *err = cJSON_GetObjectItemCaseSensitive(j, "error");
@@ -112,8 +104,7 @@ static void assert_stripe_error(const th_response_t *r, int status, const char *
 }
 
 /* Create a checkout session and return its id (caller frees). */
-static char *create_session(const char *form)
-{
+static char *create_session(const char *form) {
     th_response_t r;
     post_form("/v1/checkout/sessions", form, NULL, &r);
     assert_int_equal(r.status, 200);
@@ -126,8 +117,7 @@ static char *create_session(const char *form)
     return id;
 }
 
-static void test_create_session(void **state)
-{
+static void test_create_session(void **state) {
     th_response_t r;
     post_form("/v1/checkout/sessions", CHECKOUT_FORM, NULL, &r);
     assert_int_equal(r.status, 200);
@@ -165,8 +155,7 @@ static void test_create_session(void **state)
     th_response_free(&r);
 }
 
-static void test_missing_success_url(void **state)
-{
+static void test_missing_success_url(void **state) {
     th_response_t r;
     post_form("/v1/checkout/sessions",
               "mode=subscription&line_items[0][price]=" TH_PRICE_PRO "&line_items[0][quantity]=1",
@@ -175,8 +164,7 @@ static void test_missing_success_url(void **state)
     th_response_free(&r);
 }
 
-static void test_parameter_checks(void **state)
-{
+static void test_parameter_checks(void **state) {
     static const struct {
         const char *form;
         const char *code;
@@ -216,8 +204,7 @@ static void test_parameter_checks(void **state)
     th_response_free(&r);
 }
 
-static void test_unknown_price(void **state)
-{
+static void test_unknown_price(void **state) {
     th_response_t r;
     post_form("/v1/checkout/sessions",
               "mode=subscription&line_items[0][price]=price_not_configured"
@@ -236,8 +223,7 @@ static void test_unknown_price(void **state)
     th_response_free(&r);
 }
 
-static void test_bad_api_key(void **state)
-{
+static void test_bad_api_key(void **state) {
     const char *key = "sk_live_VerySecretValue9876";
     th_response_t r;
     assert_int_equal(th_request(fake.port, "POST", "/v1/checkout/sessions",
@@ -251,15 +237,13 @@ static void test_bad_api_key(void **state)
     assert_non_null(th_header(&r, "Request-Id"));
     th_response_free(&r);
 
-    assert_int_equal(th_request(fake.port, "POST", "/v1/checkout/sessions", FORM, CHECKOUT_FORM,
-                                &r),
-                     0);
+    assert_int_equal(
+        th_request(fake.port, "POST", "/v1/checkout/sessions", FORM, CHECKOUT_FORM, &r), 0);
     assert_stripe_error(&r, 401, "invalid_request_error", NULL, NULL);
     th_response_free(&r);
 }
 
-static void test_retrieve(void **state)
-{
+static void test_retrieve(void **state) {
     char *id = create_session(CHECKOUT_FORM);
     char path[256];
     snprintf(path, sizeof(path), "/v1/checkout/sessions/%s", id);
@@ -272,17 +256,15 @@ static void test_retrieve(void **state)
     cJSON_Delete(j);
     th_response_free(&r);
 
-    assert_int_equal(th_request(fake.port, "GET", "/v1/checkout/sessions/cs_test_nope", AUTH,
-                                NULL, &r),
-                     0);
+    assert_int_equal(
+        th_request(fake.port, "GET", "/v1/checkout/sessions/cs_test_nope", AUTH, NULL, &r), 0);
     assert_stripe_error(&r, 404, "invalid_request_error", "resource_missing", NULL);
     assert_non_null(strstr(r.body, "No such checkout.session: 'cs_test_nope'"));
     th_response_free(&r);
     free(id);
 }
 
-static void test_idempotency(void **state)
-{
+static void test_idempotency(void **state) {
     th_response_t a, b, c;
     post_form("/v1/checkout/sessions", CHECKOUT_FORM, "Idempotency-Key: key-1\r\n", &a);
     post_form("/v1/checkout/sessions", CHECKOUT_FORM, "Idempotency-Key: key-1\r\n", &b);
@@ -322,11 +304,10 @@ static void test_idempotency(void **state)
     th_response_free(&b);
 }
 
-static void test_fail_next(void **state)
-{
+static void test_fail_next(void **state) {
     th_response_t r;
-    control("/_fake/config", "{\"fail_next\": 1, \"fail_status\": 500, \"should_retry\": \"false\"}",
-            &r);
+    control("/_fake/config",
+            "{\"fail_next\": 1, \"fail_status\": 500, \"should_retry\": \"false\"}", &r);
     th_response_free(&r);
     post_form("/v1/checkout/sessions", CHECKOUT_FORM, "Idempotency-Key: retry-1\r\n", &r);
     assert_stripe_error(&r, 500, "api_error", NULL, NULL);
@@ -353,16 +334,14 @@ static void test_fail_next(void **state)
     th_response_free(&r);
 }
 
-static void test_drop_next(void **state)
-{
+static void test_drop_next(void **state) {
     th_response_t r;
     control("/_fake/config", "{\"drop_next\": 1}", &r);
     th_response_free(&r);
     int fd = th_connect(fake.port);
     assert_true(fd >= 0);
-    assert_int_equal(th_send_str(fd, "GET /v1/checkout/sessions/cs_x HTTP/1.1\r\nHost: x\r\n" AUTH
-                                     "\r\n"),
-                     0);
+    assert_int_equal(
+        th_send_str(fd, "GET /v1/checkout/sessions/cs_x HTTP/1.1\r\nHost: x\r\n" AUTH "\r\n"), 0);
     assert_int_equal(th_wait_closed(fd, 5000), 1);
     th_close(fd);
     post_form("/v1/checkout/sessions", CHECKOUT_FORM, NULL, &r);
@@ -370,16 +349,14 @@ static void test_drop_next(void **state)
     th_response_free(&r);
 }
 
-static void test_hang_next(void **state)
-{
+static void test_hang_next(void **state) {
     th_response_t r;
     control("/_fake/config", "{\"hang_next\": 1}", &r);
     th_response_free(&r);
     int fd = th_connect(fake.port);
     assert_true(fd >= 0);
-    assert_int_equal(th_send_str(fd, "GET /v1/checkout/sessions/cs_x HTTP/1.1\r\nHost: x\r\n" AUTH
-                                     "\r\n"),
-                     0);
+    assert_int_equal(
+        th_send_str(fd, "GET /v1/checkout/sessions/cs_x HTTP/1.1\r\nHost: x\r\n" AUTH "\r\n"), 0);
     assert_int_equal(th_read_response(fd, &r, 0, 300), -1);
     assert_int_equal(th_wait_closed(fd, 100), 0);
     th_close(fd);
@@ -388,16 +365,14 @@ static void test_hang_next(void **state)
     th_response_free(&r);
 }
 
-static void test_latency(void **state)
-{
+static void test_latency(void **state) {
     th_response_t r;
     control("/_fake/config", "{\"latency_ms\": 200}", &r);
     th_response_free(&r);
     int fd = th_connect(fake.port);
     assert_true(fd >= 0);
-    assert_int_equal(th_send_str(fd, "GET /v1/checkout/sessions/cs_x HTTP/1.1\r\nHost: x\r\n" AUTH
-                                     "\r\n"),
-                     0);
+    assert_int_equal(
+        th_send_str(fd, "GET /v1/checkout/sessions/cs_x HTTP/1.1\r\nHost: x\r\n" AUTH "\r\n"), 0);
     /* Not within 100 ms, but it does come. */
     assert_int_equal(th_read_response(fd, &r, 0, 100), -1);
     assert_int_equal(th_read_response(fd, &r, 0, 5000), 0);
@@ -417,8 +392,7 @@ static void test_latency(void **state)
     th_close(fd);
 }
 
-static void test_complete_and_portal(void **state)
-{
+static void test_complete_and_portal(void **state) {
     char *id = create_session(CHECKOUT_FORM);
     th_response_t r;
 
@@ -490,12 +464,11 @@ static void test_complete_and_portal(void **state)
     free(id2);
 }
 
-static void test_keep_alive_and_pipelining(void **state)
-{
+static void test_keep_alive_and_pipelining(void **state) {
     char *id = create_session(CHECKOUT_FORM);
     char one[512], two[1024];
-    snprintf(one, sizeof(one),
-             "GET /v1/checkout/sessions/%s HTTP/1.1\r\nHost: x\r\n" AUTH "\r\n", id);
+    snprintf(one, sizeof(one), "GET /v1/checkout/sessions/%s HTTP/1.1\r\nHost: x\r\n" AUTH "\r\n",
+             id);
     int fd = th_connect(fake.port);
     assert_true(fd >= 0);
     th_response_t r;
@@ -523,8 +496,7 @@ static void test_keep_alive_and_pipelining(void **state)
     free(id);
 }
 
-static void test_request_log(void **state)
-{
+static void test_request_log(void **state) {
     th_response_t r;
     post_form("/v1/checkout/sessions", CHECKOUT_FORM, "Idempotency-Key: log-1\r\n", &r);
     assert_int_equal(r.status, 200);
@@ -567,20 +539,19 @@ static void test_request_log(void **state)
 
 /* ---- subscriptions, events, clock, webhooks ------------------------------------------------ */
 
-#define PAID_TYPES                                                                              \
-    "customer.created customer.subscription.created invoice.created invoice.finalized "         \
+#define PAID_TYPES                                                                                 \
+    "customer.created customer.subscription.created invoice.created invoice.finalized "            \
     "invoice.paid invoice.payment_succeeded checkout.session.completed"
-#define INVOICE_PAID_TYPES                                                                      \
+#define INVOICE_PAID_TYPES                                                                         \
     "invoice.created invoice.finalized invoice.paid invoice.payment_succeeded"
-#define BASIL "2025-03-31.basil"
-#define T0 1767225600 /* 2026-01-01T00:00:00Z */
-#define DAY 86400
+#define BASIL          "2025-03-31.basil"
+#define T0             1767225600 /* 2026-01-01T00:00:00Z */
+#define DAY            86400
 #define MONTH_LATER_T0 1769904000 /* 2026-02-01T00:00:00Z */
-#define TWO_MONTHS_T0 1772323200  /* 2026-03-01T00:00:00Z */
+#define TWO_MONTHS_T0  1772323200 /* 2026-03-01T00:00:00Z */
 
 /* The member at a dotted path ("data.object.items.data.0.price.id"; digits index arrays). */
-static const cJSON *at(const cJSON *o, const char *path)
-{
+static const cJSON *at(const cJSON *o, const char *path) {
     char buf[256];
     snprintf(buf, sizeof(buf), "%s", path);
     char *save = NULL;
@@ -595,15 +566,13 @@ static const cJSON *at(const cJSON *o, const char *path)
     return o;
 }
 
-static const char *str_path(const cJSON *o, const char *path)
-{
+static const char *str_path(const cJSON *o, const char *path) {
     const cJSON *v = at(o, path);
     return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
 /* A number at path; fails the test when it is not one. */
-static long long num_path(const cJSON *o, const char *path)
-{
+static long long num_path(const cJSON *o, const char *path) {
     const cJSON *v = at(o, path);
     if (!cJSON_IsNumber(v)) {
         fail_msg("no number at %s", path);
@@ -612,16 +581,14 @@ static long long num_path(const cJSON *o, const char *path)
 }
 
 /* GET a Stripe API path with the test key and extra header lines. */
-static void api_get(const char *path, const char *headers, th_response_t *r)
-{
+static void api_get(const char *path, const char *headers, th_response_t *r) {
     char h[512];
     snprintf(h, sizeof(h), AUTH "%s", headers != NULL ? headers : "");
     assert_int_equal(th_request(fake.port, "GET", path, h, NULL, r), 0);
 }
 
 /* GET a Stripe API path that must answer 200; its JSON. */
-static cJSON *api_json(const char *path, const char *headers)
-{
+static cJSON *api_json(const char *path, const char *headers) {
     th_response_t r;
     api_get(path, headers, &r);
     if (r.status != 200) {
@@ -633,8 +600,7 @@ static cJSON *api_json(const char *path, const char *headers)
 }
 
 /* A control request that must answer 200; its JSON. */
-static cJSON *control_json(const char *path, const char *json)
-{
+static cJSON *control_json(const char *path, const char *json) {
     th_response_t r;
     assert_int_equal(th_request(fake.port, "POST", path, NULL, json, &r), 0);
     if (r.status != 200) {
@@ -646,22 +612,17 @@ static cJSON *control_json(const char *path, const char *json)
 }
 
 /* A control request that must be refused with status. */
-static void control_refused(const char *path, const char *json, int status)
-{
+static void control_refused(const char *path, const char *json, int status) {
     th_response_t r;
     assert_int_equal(th_request(fake.port, "POST", path, NULL, json, &r), 0);
     assert_int_equal(r.status, status);
     th_response_free(&r);
 }
 
-static void set_clock(const char *json)
-{
-    cJSON_Delete(control_json("/_fake/clock", json));
-}
+static void set_clock(const char *json) { cJSON_Delete(control_json("/_fake/clock", json)); }
 
 /* Every event the fake recorded, oldest first. */
-static cJSON *all_events(void)
-{
+static cJSON *all_events(void) {
     th_response_t r;
     assert_int_equal(th_request(fake.port, "GET", "/_fake/events", NULL, NULL, &r), 0);
     assert_int_equal(r.status, 200);
@@ -672,8 +633,7 @@ static cJSON *all_events(void)
 }
 
 /* The types of events from..end of an array, space-separated, into buf. */
-static const char *types_from(const cJSON *events, int from, char *buf, size_t n)
-{
+static const char *types_from(const cJSON *events, int from, char *buf, size_t n) {
     buf[0] = '\0';
     size_t len = 0;
     for (int i = from; i < cJSON_GetArraySize(events); i++) {
@@ -686,8 +646,7 @@ static const char *types_from(const cJSON *events, int from, char *buf, size_t n
 }
 
 /* The types of the last count recorded events. */
-static const char *last_types(int count, char *buf, size_t n)
-{
+static const char *last_types(int count, char *buf, size_t n) {
     cJSON *ev = all_events();
     int size = cJSON_GetArraySize(ev);
     assert_true(size >= count);
@@ -696,8 +655,7 @@ static const char *last_types(int count, char *buf, size_t n)
     return buf;
 }
 
-static int event_count(void)
-{
+static int event_count(void) {
     cJSON *ev = all_events();
     int n = cJSON_GetArraySize(ev);
     cJSON_Delete(ev);
@@ -705,13 +663,11 @@ static int event_count(void)
 }
 
 /* The most recent recorded event of a type (caller deletes the returned root *root). */
-static const cJSON *last_event(const char *type, cJSON **root)
-{
+static const cJSON *last_event(const char *type, cJSON **root) {
     *root = all_events();
     const cJSON *found = NULL;
     const cJSON *e;
-    cJSON_ArrayForEach(e, *root)
-    {
+    cJSON_ArrayForEach(e, *root) {
         if (strcmp(str_at(e, "type"), type) == 0) {
             found = e;
         }
@@ -724,8 +680,7 @@ static const cJSON *last_event(const char *type, cJSON **root)
 
 /* Create a subscription-mode session for the pro plan and complete it with body; the completed
  * session (caller deletes). */
-static cJSON *checkout_complete(const char *body)
-{
+static cJSON *checkout_complete(const char *body) {
     char *id = create_session(CHECKOUT_FORM);
     char path[256];
     snprintf(path, sizeof(path), "/_fake/sessions/%s/complete", id);
@@ -736,8 +691,7 @@ static cJSON *checkout_complete(const char *body)
 }
 
 /* A paid pro subscription; its id into out. */
-static void paid_subscription(char *out, size_t n)
-{
+static void paid_subscription(char *out, size_t n) {
     cJSON *s = checkout_complete("{}");
     assert_non_null(str_at(s, "subscription"));
     snprintf(out, n, "%s", str_at(s, "subscription"));
@@ -745,8 +699,7 @@ static void paid_subscription(char *out, size_t n)
 }
 
 /* A control operation on a subscription; its answer {"subscription", "events"}. */
-static cJSON *sub_op(const char *sub, const char *op, const char *json)
-{
+static cJSON *sub_op(const char *sub, const char *op, const char *json) {
     char path[256];
     snprintf(path, sizeof(path), "/_fake/subscriptions/%s/%s", sub, op);
     cJSON *j = control_json(path, json);
@@ -756,8 +709,7 @@ static cJSON *sub_op(const char *sub, const char *op, const char *json)
 }
 
 /* The types of the events an operation answered, checked against the recorded log. */
-static const char *op_types(const cJSON *answer, char *buf, size_t n)
-{
+static const char *op_types(const cJSON *answer, char *buf, size_t n) {
     const cJSON *ids = cJSON_GetObjectItemCaseSensitive(answer, "events");
     int count = cJSON_GetArraySize(ids);
     cJSON *ev = all_events();
@@ -772,8 +724,7 @@ static const char *op_types(const cJSON *answer, char *buf, size_t n)
     return buf;
 }
 
-static void test_clock(void **state)
-{
+static void test_clock(void **state) {
     cJSON *c = control_json("/_fake/clock", "{\"now\": 1700000000}");
     assert_int_equal(num_path(c, "now"), 1700000000);
     assert_true(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(c, "frozen")));
@@ -788,10 +739,7 @@ static void test_clock(void **state)
     cJSON *ev = all_events();
     assert_int_equal(cJSON_GetArraySize(ev), 7);
     const cJSON *e;
-    cJSON_ArrayForEach(e, ev)
-    {
-        assert_int_equal(num_path(e, "created"), 1700000000);
-    }
+    cJSON_ArrayForEach(e, ev) { assert_int_equal(num_path(e, "created"), 1700000000); }
     cJSON_Delete(ev);
     char path[128];
     snprintf(path, sizeof(path), "/v1/subscriptions/%s", sub);
@@ -833,8 +781,7 @@ static void test_clock(void **state)
     control_refused("/_fake/clock", "{\"speed\": 2}", 400);
 }
 
-static void test_complete_paid_events(void **state)
-{
+static void test_complete_paid_events(void **state) {
     th_response_t rc, r;
     char *id = create_session(CHECKOUT_FORM);
     char path[256];
@@ -857,14 +804,12 @@ static void test_complete_paid_events(void **state)
     /* The answer's Fake-Events header lists the same events in order. */
     char ids[1024] = "";
     const cJSON *e;
-    cJSON_ArrayForEach(e, ev)
-    {
+    cJSON_ArrayForEach(e, ev) {
         size_t len = strlen(ids);
         snprintf(ids + len, sizeof(ids) - len, "%s%s", len > 0 ? "," : "", str_at(e, "id"));
     }
     assert_string_equal(fake_events, ids);
-    cJSON_ArrayForEach(e, ev)
-    {
+    cJSON_ArrayForEach(e, ev) {
         /* Stripe's event envelope. */
         assert_memory_equal(str_at(e, "id"), "evt_", 4);
         assert_string_equal(str_at(e, "object"), "event");
@@ -943,8 +888,7 @@ static void test_complete_paid_events(void **state)
     free(id);
 }
 
-static void test_complete_unpaid_settle(void **state)
-{
+static void test_complete_unpaid_settle(void **state) {
     char types[1024], path[256];
     cJSON *s = checkout_complete("{\"payment_status\": \"unpaid\"}");
     assert_string_equal(str_at(s, "status"), "complete");
@@ -975,8 +919,7 @@ static void test_complete_unpaid_settle(void **state)
     const cJSON *upd = cJSON_GetArrayItem(ev, 5);
     assert_string_equal(str_path(upd, "data.object.status"), "active");
     assert_string_equal(str_path(upd, "data.previous_attributes.status"), "incomplete");
-    assert_string_equal(str_path(cJSON_GetArrayItem(ev, 8), "data.object.payment_status"),
-                        "paid");
+    assert_string_equal(str_path(cJSON_GetArrayItem(ev, 8), "data.object.payment_status"), "paid");
     cJSON_Delete(ev);
     /* Only an unpaid session settles. */
     control_refused(path, "{\"outcome\": \"succeeded\"}", 400);
@@ -1017,8 +960,7 @@ static void test_complete_unpaid_settle(void **state)
     control_refused("/_fake/sessions/cs_test_nope/settle", "{\"outcome\": \"failed\"}", 404);
 }
 
-static void test_complete_trial(void **state)
-{
+static void test_complete_trial(void **state) {
     char types[1024], path[256];
     set_clock("{\"now\": 1767225600}");
     cJSON *s = checkout_complete("{\"payment_status\": \"no_payment_required\", "
@@ -1058,8 +1000,7 @@ static void test_complete_trial(void **state)
     control_refused(path, "{}", 404);
 }
 
-static void test_change_plan(void **state)
-{
+static void test_change_plan(void **state) {
     char types[1024], sub[64];
     set_clock("{\"now\": 1767225600}");
     paid_subscription(sub, sizeof(sub));
@@ -1101,8 +1042,7 @@ static void test_change_plan(void **state)
     control_refused(path, "{}", 404);
 }
 
-static void test_renew_fail_recover(void **state)
-{
+static void test_renew_fail_recover(void **state) {
     char types[1024], sub[64];
     set_clock("{\"now\": 1767225600}");
     paid_subscription(sub, sizeof(sub));
@@ -1116,8 +1056,7 @@ static void test_renew_fail_recover(void **state)
     cJSON_Delete(a);
     cJSON *root;
     const cJSON *upd = last_event("customer.subscription.updated", &root);
-    assert_int_equal(num_path(upd, "data.previous_attributes.current_period_end"),
-                     MONTH_LATER_T0);
+    assert_int_equal(num_path(upd, "data.previous_attributes.current_period_end"), MONTH_LATER_T0);
     assert_int_equal(num_path(upd, "data.previous_attributes.current_period_start"), T0);
     cJSON_Delete(root);
     const cJSON *paid = last_event("invoice.paid", &root);
@@ -1182,8 +1121,7 @@ static void test_renew_fail_recover(void **state)
     control_refused(path, "{}", 400);
 }
 
-static void test_cancel_ops(void **state)
-{
+static void test_cancel_ops(void **state) {
     char types[1024], sub[64], path[128];
     set_clock("{\"now\": 1767225600}");
     paid_subscription(sub, sizeof(sub));
@@ -1240,15 +1178,13 @@ static void test_cancel_ops(void **state)
 }
 
 /* POST a form to a subscription; the answer. */
-static void post_sub(const char *sub, const char *form, const char *headers, th_response_t *r)
-{
+static void post_sub(const char *sub, const char *form, const char *headers, th_response_t *r) {
     char path[128];
     snprintf(path, sizeof(path), "/v1/subscriptions/%s", sub);
     post_form(path, form, headers, r);
 }
 
-static void test_subscription_api(void **state)
-{
+static void test_subscription_api(void **state) {
     char types[1024], sub[64], path[128], form[256];
     th_response_t r;
     api_get("/v1/subscriptions/sub_nope", NULL, &r);
@@ -1383,8 +1319,7 @@ static void test_subscription_api(void **state)
     cJSON_Delete(root);
 }
 
-static void test_api_versions(void **state)
-{
+static void test_api_versions(void **state) {
     char path[128];
     cJSON *s = checkout_complete("{\"email\": \"ada@example.com\"}");
     char sub[64], inv[64];
@@ -1460,8 +1395,7 @@ static void test_api_versions(void **state)
 }
 
 /* Record 21 events in one frozen second: three paid checkouts. */
-static cJSON *three_checkouts(void)
-{
+static cJSON *three_checkouts(void) {
     set_clock("{\"now\": 1767225600}");
     for (int i = 0; i < 3; i++) {
         cJSON_Delete(checkout_complete("{}"));
@@ -1471,14 +1405,12 @@ static cJSON *three_checkouts(void)
     return ev;
 }
 
-static const char *id_at(const cJSON *array, int i)
-{
+static const char *id_at(const cJSON *array, int i) {
     return str_at(cJSON_GetArrayItem(array, i), "id");
 }
 
 /* GET /v1/events with a query that must answer 200; the list. */
-static cJSON *list_events(const char *query)
-{
+static cJSON *list_events(const char *query) {
     char path[512];
     snprintf(path, sizeof(path), "/v1/events%s", query);
     cJSON *l = api_json(path, NULL);
@@ -1489,19 +1421,16 @@ static cJSON *list_events(const char *query)
     return l;
 }
 
-static int list_size(const cJSON *l)
-{
+static int list_size(const cJSON *l) {
     return cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(l, "data"));
 }
 
-static int has_more(const cJSON *l)
-{
+static int has_more(const cJSON *l) {
     return cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(l, "has_more"));
 }
 
 /* GET /v1/events with a query that must be refused: 400 with param (and code when given). */
-static void list_refused(const char *query, const char *code, const char *param)
-{
+static void list_refused(const char *query, const char *code, const char *param) {
     char path[512];
     snprintf(path, sizeof(path), "/v1/events%s", query);
     th_response_t r;
@@ -1510,8 +1439,7 @@ static void list_refused(const char *query, const char *code, const char *param)
     th_response_free(&r);
 }
 
-static void test_events_list_paging(void **state)
-{
+static void test_events_list_paging(void **state) {
     cJSON *all = three_checkouts();
     /* Default: the 10 newest, newest first. */
     cJSON *l = list_events("");
@@ -1602,8 +1530,7 @@ static void test_events_list_paging(void **state)
     cJSON_Delete(all);
 }
 
-static void test_events_list_filters(void **state)
-{
+static void test_events_list_filters(void **state) {
     char query[256];
     set_clock("{\"now\": 1767225600}");
     char sub[64];
@@ -1683,8 +1610,7 @@ static void test_events_list_filters(void **state)
     cJSON_Delete(all);
 }
 
-static void test_event_retrieve(void **state)
-{
+static void test_event_retrieve(void **state) {
     cJSON *s = checkout_complete("{}");
     cJSON_Delete(s);
     th_response_t r;
@@ -1711,8 +1637,7 @@ static void test_event_retrieve(void **state)
     th_response_free(&r);
 }
 
-static void test_events_forget(void **state)
-{
+static void test_events_forget(void **state) {
     set_clock("{\"now\": 1767225600}");
     char sub[64];
     paid_subscription(sub, sizeof(sub));
@@ -1746,8 +1671,7 @@ typedef struct hook_req_s {
 } hook_req_t;
 
 /* A listening socket on a free loopback port. */
-static int hook_listen(int *port)
-{
+static int hook_listen(int *port) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     assert_true(fd >= 0);
     struct sockaddr_in a;
@@ -1762,8 +1686,7 @@ static int hook_listen(int *port)
     return fd;
 }
 
-static void copy_header(const char *line, size_t len, const char *name, char *out, size_t n)
-{
+static void copy_header(const char *line, size_t len, const char *name, char *out, size_t n) {
     size_t nl = strlen(name);
     if (len > nl + 1 && strncasecmp(line, name, nl) == 0 && line[nl] == ':') {
         const char *v = line + nl + 1;
@@ -1781,8 +1704,7 @@ static void copy_header(const char *line, size_t len, const char *name, char *ou
 
 /* Wait up to timeout_ms for one delivery, read it and answer status. Returns 0, or -1 when none
  * came. */
-static int hook_accept(int lfd, int timeout_ms, int status, hook_req_t *req)
-{
+static int hook_accept(int lfd, int timeout_ms, int status, hook_req_t *req) {
     memset(req, 0, sizeof(*req));
     struct pollfd p = {.fd = lfd, .events = POLLIN};
     if (poll(&p, 1, timeout_ms) != 1) {
@@ -1840,8 +1762,7 @@ static int hook_accept(int lfd, int timeout_ms, int status, hook_req_t *req)
 }
 
 /* The event id of a delivery. */
-static char *hook_event_id(const hook_req_t *req)
-{
+static char *hook_event_id(const hook_req_t *req) {
     cJSON *j = cJSON_Parse(req->body);
     assert_non_null(j);
     char *id = strdup(str_at(j, "id"));
@@ -1849,14 +1770,12 @@ static char *hook_event_id(const hook_req_t *req)
     return id;
 }
 
-static void hook_free(hook_req_t *req)
-{
+static void hook_free(hook_req_t *req) {
     free(req->body);
     req->body = NULL;
 }
 
-static void webhooks_on(int port, const char *extra)
-{
+static void webhooks_on(int port, const char *extra) {
     char json[512];
     snprintf(json, sizeof(json),
              "{\"url\": \"http://127.0.0.1:%d/api/webhooks/stripe\", "
@@ -1872,8 +1791,7 @@ typedef struct delivery_probe_s {
 } delivery_probe_t;
 
 /* The fake's record of an event's deliveries (caller deletes *root). */
-static const cJSON *delivery_of(const char *event_id, cJSON **root)
-{
+static const cJSON *delivery_of(const char *event_id, cJSON **root) {
     th_response_t r;
     assert_int_equal(th_request(fake.port, "GET", "/_fake/webhooks", NULL, NULL, &r), 0);
     assert_int_equal(r.status, 200);
@@ -1882,8 +1800,7 @@ static const cJSON *delivery_of(const char *event_id, cJSON **root)
     return at(cJSON_GetObjectItemCaseSensitive(*root, "deliveries"), event_id);
 }
 
-static int delivery_in_state(void *ud)
-{
+static int delivery_in_state(void *ud) {
     const delivery_probe_t *p = ud;
     cJSON *root;
     const cJSON *d = delivery_of(p->event_id, &root);
@@ -1892,8 +1809,7 @@ static int delivery_in_state(void *ud)
     return ok;
 }
 
-static void wait_delivery(const char *event_id, const char *want)
-{
+static void wait_delivery(const char *event_id, const char *want) {
     delivery_probe_t p = {event_id, want};
     if (!th_eventually(delivery_in_state, &p, 5000)) {
         fail_msg("delivery of %s never %s", event_id, want);
@@ -1901,8 +1817,7 @@ static void wait_delivery(const char *event_id, const char *want)
 }
 
 /* Check a delivery's signature with rivetd's own verifier, at time now. */
-static void assert_signed(const hook_req_t *req, int64_t now)
-{
+static void assert_signed(const hook_req_t *req, int64_t now) {
     const char *secrets[] = {TH_WEBHOOK_SECRET};
     assert_int_equal(rv_webhook_verify(req->signature, strlen(req->signature), req->body,
                                        req->body_len, secrets, 1, now, 300),
@@ -1915,14 +1830,12 @@ static void assert_signed(const hook_req_t *req, int64_t now)
     assert_memory_equal(req->signature, "t=", 2);
     int64_t t = strtoll(req->signature + 2, NULL, 10);
     char expect[128];
-    assert_int_equal(rv_webhook_sign(TH_WEBHOOK_SECRET, t, req->body, req->body_len, expect,
-                                     sizeof(expect)),
-                     0);
+    assert_int_equal(
+        rv_webhook_sign(TH_WEBHOOK_SECRET, t, req->body, req->body_len, expect, sizeof(expect)), 0);
     assert_string_equal(req->signature, expect);
 }
 
-static void test_webhook_signed_delivery(void **state)
-{
+static void test_webhook_signed_delivery(void **state) {
     int port;
     int lfd = hook_listen(&port);
     webhooks_on(port, NULL);
@@ -1977,16 +1890,15 @@ static void test_webhook_signed_delivery(void **state)
     close(lfd);
 }
 
-static void test_webhook_retry(void **state)
-{
+static void test_webhook_retry(void **state) {
     char sub[64];
     paid_subscription(sub, sizeof(sub)); /* before the endpoint: never delivered */
     int port;
     int lfd = hook_listen(&port);
     webhooks_on(port, ", \"retry_ms\": 100, \"max_attempts\": 3");
     cJSON *a = sub_op(sub, "cancel_at_period_end", "{\"value\": true}");
-    const char *id = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(a, "events"), 0)
-                         ->valuestring;
+    const char *id =
+        cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(a, "events"), 0)->valuestring;
     /* 500, 500, then 200: the same event three times, backing off. */
     static const int answers[] = {500, 500, 200};
     struct timespec prev = {0}, now;
@@ -2048,8 +1960,7 @@ static void test_webhook_retry(void **state)
     cJSON_Delete(a);
 }
 
-static void test_webhook_disabled(void **state)
-{
+static void test_webhook_disabled(void **state) {
     int port;
     int lfd = hook_listen(&port);
     webhooks_on(port, ", \"enabled\": false");
@@ -2086,16 +1997,15 @@ static void test_webhook_disabled(void **state)
     close(lfd);
 }
 
-static void test_webhook_duplicate_and_shuffle(void **state)
-{
+static void test_webhook_duplicate_and_shuffle(void **state) {
     char sub[64];
     paid_subscription(sub, sizeof(sub));
     int port;
     int lfd = hook_listen(&port);
     webhooks_on(port, ", \"duplicate\": 1.0");
     cJSON *a = sub_op(sub, "cancel_at_period_end", "{}");
-    const char *id = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(a, "events"), 0)
-                         ->valuestring;
+    const char *id =
+        cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(a, "events"), 0)->valuestring;
     for (int i = 0; i < 2; i++) {
         hook_req_t req;
         assert_int_equal(hook_accept(lfd, 5000, 200, &req), 0);
@@ -2148,8 +2058,7 @@ static void test_webhook_duplicate_and_shuffle(void **state)
     close(lfd);
 }
 
-static void test_faults_on_new_routes(void **state)
-{
+static void test_faults_on_new_routes(void **state) {
     char sub[64], path[128];
     paid_subscription(sub, sizeof(sub));
     th_response_t r;
@@ -2186,8 +2095,7 @@ static void test_faults_on_new_routes(void **state)
     th_response_free(&r);
 }
 
-static void test_reset_clears_state(void **state)
-{
+static void test_reset_clears_state(void **state) {
     char sub[64], path[128];
     int port;
     int lfd = hook_listen(&port);
@@ -2225,8 +2133,7 @@ static void test_reset_clears_state(void **state)
     close(lfd);
 }
 
-int main(void)
-{
+int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_create_session, reset),
         cmocka_unit_test_setup(test_missing_success_url, reset),

@@ -30,14 +30,14 @@
 #include "rivet/common.h"
 #include "rivet/webhook_sig.h"
 
-#define TO 5000 /* ms: the longest any single answer may take */
+#define TO          5000 /* ms: the longest any single answer may take */
 #define HEALTH_BODY "{\"status\":\"healthy\",\"service\":\"rivet-api\"}"
-#define GET_HEALTH "GET /health HTTP/1.1\r\nHost: t\r\n\r\n"
-#define WEBHOOK "/api/webhooks/stripe"
-#define CHECKOUT "/api/checkout/create"
-#define PORTAL "/api/billing/portal"
-#define STREAM "rivet:provisioning"
-#define KIB 1024
+#define GET_HEALTH  "GET /health HTTP/1.1\r\nHost: t\r\n\r\n"
+#define WEBHOOK     "/api/webhooks/stripe"
+#define CHECKOUT    "/api/checkout/create"
+#define PORTAL      "/api/billing/portal"
+#define STREAM      "rivet:provisioning"
+#define KIB         1024
 
 /* The shared daemon: default limits, no rate limit (several tests post to checkout). */
 static th_proc_t shared;
@@ -84,9 +84,7 @@ static void xsendn(int fd, const char *data, size_t len) {
     if (th_send(fd, data, len) != 0) fail_msg("send failed: %s", strerror(errno));
 }
 
-static void xsend(int fd, const char *s) {
-    xsendn(fd, s, strlen(s));
-}
+static void xsend(int fd, const char *s) { xsendn(fd, s, strlen(s)); }
 
 static void xread(int fd, th_response_t *r) {
     if (th_read_response(fd, r, 0, TO) != 0) fail_msg("no complete answer within %d ms", TO);
@@ -331,14 +329,11 @@ static char *trailer_request(const char *method, const char *path, size_t *len) 
     k += (size_t)snprintf(b + k, cap - k,
                           "%s %s HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n", method,
                           path);
-    for (int i = 0; i < 58; i++)
-        k += (size_t)snprintf(b + k, cap - k, "X-H%d: v\r\n", i);
+    for (int i = 0; i < 58; i++) k += (size_t)snprintf(b + k, cap - k, "X-H%d: v\r\n", i);
     k += (size_t)snprintf(b + k, cap - k, "\r\n");
-    for (int i = 0; i < 256; i++)
-        k += (size_t)snprintf(b + k, cap - k, "8\r\nabcdefgh\r\n");
+    for (int i = 0; i < 256; i++) k += (size_t)snprintf(b + k, cap - k, "8\r\nabcdefgh\r\n");
     k += (size_t)snprintf(b + k, cap - k, "0\r\n");
-    for (int i = 0; i < 37; i++)
-        k += (size_t)snprintf(b + k, cap - k, "T%d: v\r\n", i);
+    for (int i = 0; i < 37; i++) k += (size_t)snprintf(b + k, cap - k, "T%d: v\r\n", i);
     k += (size_t)snprintf(b + k, cap - k, "\r\n");
     assert_true(k < cap - 1);
     *len = k;
@@ -545,8 +540,7 @@ static void test_chunk_extensions(void **state) {
     /* Many small extensions add up the same. */
     k = snprintf(req, sizeof req,
                  "POST /health HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5");
-    for (int i = 0; i < 600; i++)
-        k += snprintf(req + k, sizeof req - (size_t)k, ";a");
+    for (int i = 0; i < 600; i++) k += snprintf(req + k, sizeof req - (size_t)k, ";a");
     snprintf(req + k, sizeof req - (size_t)k, "\r\nhello\r\n0\r\n\r\n");
     expect_reject(shared.port, req, 400);
 }
@@ -564,8 +558,7 @@ static void test_length_framing(void **state) {
         "POST /health HTTP/1.1\r\nHost: t\r\nContent-Length: 0x5\r\n\r\nhello",
         "POST /health HTTP/1.1\r\nHost: t\r\nContent-Length: -1\r\n\r\n",
     };
-    for (size_t i = 0; i < RV_ARRAY_LEN(reqs); i++)
-        expect_reject(shared.port, reqs[i], 400);
+    for (size_t i = 0; i < RV_ARRAY_LEN(reqs); i++) expect_reject(shared.port, reqs[i], 400);
 }
 
 static void test_transfer_codings(void **state) {
@@ -828,8 +821,7 @@ static void test_budget_not_spent_by_announcements(void **state) {
     /* Once the server has read every announcement (its receive queues are empty), it has
      * decided about each of them. */
     int64_t deadline = mono_ms() + 3000;
-    while (server_rx_queued(p->port) != 0 && mono_ms() < deadline)
-        poll(NULL, 0, 10);
+    while (server_rx_queued(p->port) != 0 && mono_ms() < deadline) poll(NULL, 0, 10);
     char what[160];
     snprintf(what, sizeof what,
              "%d connections announced %zu bytes of bodies and sent none (MAX_BODY_BUFFER=4 MiB)",
@@ -850,8 +842,7 @@ static void test_budget_not_spent_by_announcements(void **state) {
     if (st != 400)
         fail_msg("after %s, a 2 KiB webhook answered %d, expected 400 (read, bad signature)", what,
                  st);
-    for (int i = 0; i < n; i++)
-        th_close(fds[i]);
+    for (int i = 0; i < n; i++) th_close(fds[i]);
     stop_clean(p);
 }
 
@@ -921,8 +912,7 @@ static void test_body_memory_bounded(void **state) {
                  "not bound buffered bodies",
                  peak - before, N);
     assert_health_ok(p, "many large unfinished bodies");
-    for (int i = 0; i < N; i++)
-        th_close(fds[i]);
+    for (int i = 0; i < N; i++) th_close(fds[i]);
     stop_clean(p);
 }
 
@@ -956,9 +946,7 @@ typedef struct ready_probe_s {
     int port;
 } ready_probe_t;
 
-static int is_ready(void *ud) {
-    return get_status(((ready_probe_t *)ud)->port, "/ready") == 200;
-}
+static int is_ready(void *ud) { return get_status(((ready_probe_t *)ud)->port, "/ready") == 200; }
 
 /* POST body to path with extra header lines, then SHUT_WR; the answer in r. */
 static void post_half_closed(int port, const char *path, const char *extra, const char *body,
@@ -1134,8 +1122,7 @@ static void test_refusal_log_flood(void **state) {
         th_response_free(&r);
     }
     int64_t t0 = mono_ms();
-    for (int i = 0; i < 300; i++)
-        refused_once(p->port);
+    for (int i = 0; i < 300; i++) refused_once(p->port);
     /* The count of suppressed lines may be written with the next warning or on a timer: keep
      * being refused now and then until it shows. */
     char *log = NULL;
@@ -1155,8 +1142,7 @@ static void test_refusal_log_flood(void **state) {
                  "per second",
                  warnings, (long long)elapsed_s);
     if (!suppressed) fail_msg("no log line says how many refusal warnings were suppressed");
-    for (int i = 0; i < 4; i++)
-        th_close(held[i]);
+    for (int i = 0; i < 4; i++) th_close(held[i]);
     stop_clean(p);
 }
 
@@ -1185,8 +1171,7 @@ static void test_pipeline_10000(void **state) {
     enum { N = 10000 };
     static char all[N * sizeof GET_HEALTH];
     size_t one = strlen(GET_HEALTH), total = N * one, sent = 0;
-    for (size_t i = 0; i < N; i++)
-        memcpy(all + i * one, GET_HEALTH, one);
+    for (size_t i = 0; i < N; i++) memcpy(all + i * one, GET_HEALTH, one);
     int fd = xconnect(shared.port);
     static char in[1 << 20];
     size_t have = 0;

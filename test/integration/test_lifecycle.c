@@ -32,8 +32,8 @@
 #include "harness.h"
 #include "rivet/common.h"
 
-#define TO 5000          /* ms: the longest any single answer or step may take */
-#define START_TO 10000   /* ms: start-up, generous for sanitizer builds */
+#define TO          5000  /* ms: the longest any single answer or step may take */
+#define START_TO    10000 /* ms: start-up, generous for sanitizer builds */
 #define HEALTH_BODY "{\"status\":\"healthy\",\"service\":\"rivet-api\"}"
 
 extern char **environ;
@@ -59,15 +59,46 @@ static th_proc_t *slot(void) {
 /* Variables the test's own environment must not hand to rivetd: the systemd protocols and every
  * configuration key (a test sets what it means). */
 static const char *const scrubbed[] = {
-    "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID", "LISTEN_FDS",
-    "LISTEN_FDNAMES", "STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET", "STRIPE_PRICE_BASIC",
-    "STRIPE_PRICE_PRO", "STRIPE_PRICE_ENTERPRISE", "STRIPE_PUBLISHABLE_KEY", "STRIPE_API_BASE",
-    "STRIPE_API_VERSION", "STRIPE_TIMEOUT_MS", "STRIPE_MAX_RETRIES", "WEBHOOK_TOLERANCE",
-    "APP_URL", "API_URL", "REDIRECT_ORIGINS", "CORS_ORIGINS", "TELEGRAM_BOT", "RIVET_API_TOKEN",
-    "LISTEN", "ADMIN_LISTEN", "WORKERS", "RATE_LIMIT_PER_MIN", "TRUST_PROXY", "REDIS_URL",
-    "REDIS_STREAM", "REDIS_DEDUPE_TTL", "REDIS_TIMEOUT_MS", "MAX_BODY_BYTES", "MAX_HEADER_BYTES",
-    "MAX_CONNECTIONS", "HEADER_TIMEOUT_MS", "BODY_TIMEOUT_MS", "IDLE_TIMEOUT_MS",
-    "SHUTDOWN_TIMEOUT_MS", "LOG_LEVEL",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_PID",
+    "LISTEN_FDS",
+    "LISTEN_FDNAMES",
+    "STRIPE_SECRET_KEY",
+    "STRIPE_WEBHOOK_SECRET",
+    "STRIPE_PRICE_BASIC",
+    "STRIPE_PRICE_PRO",
+    "STRIPE_PRICE_ENTERPRISE",
+    "STRIPE_PUBLISHABLE_KEY",
+    "STRIPE_API_BASE",
+    "STRIPE_API_VERSION",
+    "STRIPE_TIMEOUT_MS",
+    "STRIPE_MAX_RETRIES",
+    "WEBHOOK_TOLERANCE",
+    "APP_URL",
+    "API_URL",
+    "REDIRECT_ORIGINS",
+    "CORS_ORIGINS",
+    "TELEGRAM_BOT",
+    "RIVET_API_TOKEN",
+    "LISTEN",
+    "ADMIN_LISTEN",
+    "WORKERS",
+    "RATE_LIMIT_PER_MIN",
+    "TRUST_PROXY",
+    "REDIS_URL",
+    "REDIS_STREAM",
+    "REDIS_DEDUPE_TTL",
+    "REDIS_TIMEOUT_MS",
+    "MAX_BODY_BYTES",
+    "MAX_HEADER_BYTES",
+    "MAX_CONNECTIONS",
+    "HEADER_TIMEOUT_MS",
+    "BODY_TIMEOUT_MS",
+    "IDLE_TIMEOUT_MS",
+    "SHUTDOWN_TIMEOUT_MS",
+    "LOG_LEVEL",
 };
 
 /* The required keys with the harness's test values, as one list for both the environment and a
@@ -134,7 +165,7 @@ typedef struct start_s {
     int admin_port;         /* ADMIN_LISTEN's port; 0: a free one */
     int fds[2];             /* listening sockets to pass as descriptors 3 and 4 */
     int nfds;
-    int activate;           /* LISTEN_PID=<the child's pid> and LISTEN_FDS=nfds */
+    int activate; /* LISTEN_PID=<the child's pid> and LISTEN_FDS=nfds */
 } start_t;
 
 /* A private directory and log file for a process about to start (th_stop removes both). */
@@ -232,10 +263,10 @@ static void show_log(const th_proc_t *p) {
     fclose(f);
 }
 
-#define fail_log(p, ...)                                                                       \
-    do {                                                                                       \
-        show_log(p);                                                                           \
-        fail_msg(__VA_ARGS__);                                                                 \
+#define fail_log(p, ...)                                                                           \
+    do {                                                                                           \
+        show_log(p);                                                                               \
+        fail_msg(__VA_ARGS__);                                                                     \
     } while (0)
 
 static int not_alive(void *ud) { return !th_alive(ud); }
@@ -276,8 +307,7 @@ static notify_t *notify_open(int abstract) {
     socklen_t len;
     if (abstract) {
         n->dir[0] = '\0';
-        snprintf(n->name, sizeof n->name, "@rivet-lc-%d-%lld", (int)getpid(),
-                 (long long)mono_ms());
+        snprintf(n->name, sizeof n->name, "@rivet-lc-%d-%lld", (int)getpid(), (long long)mono_ms());
         size_t nl = strlen(n->name);
         memcpy(sun.sun_path + 1, n->name + 1, nl - 1);
         len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + nl);
@@ -502,8 +532,8 @@ static void notify_lifecycle(int abstract) {
     if (beats > 8) fail_log(p, "%d WATCHDOG=1 within 1 s: far more often than every 200 ms", beats);
     if (beats >= 3) {
         int64_t avg = (last - first) / (beats - 1);
-        if (avg < 100 || avg > 350) fail_log(p, "WATCHDOG=1 every %lld ms, expected ~200",
-                                             (long long)avg);
+        if (avg < 100 || avg > 350)
+            fail_log(p, "WATCHDOG=1 every %lld ms, expected ~200", (long long)avg);
     }
 
     /* SIGTERM: STOPPING=1, then a clean exit. */
@@ -598,8 +628,8 @@ static void activation_two_sockets(void **state) {
     int unused1 = th_free_port(), unused2 = th_free_port();
     int l1 = tcp_listener(&pub_port), l2 = tcp_listener(&adm_port);
     th_proc_t *p = slot();
-    start_t o = {.listen_port = unused1, .admin_port = unused2, .fds = {l1, l2}, .nfds = 2,
-                 .activate = 1};
+    start_t o = {
+        .listen_port = unused1, .admin_port = unused2, .fds = {l1, l2}, .nfds = 2, .activate = 1};
     prepare(p);
     spawn_rivetd(p, &o);
     close(l1);
@@ -637,7 +667,7 @@ static void activation_for_another_pid(void **state) {
 
 /* ---- metrics on the admin listener ----------------------------------------------------------- */
 
-#define PUBLIC_HEALTH_200                                                                     \
+#define PUBLIC_HEALTH_200                                                                          \
     "rivet_http_requests_total{listener=\"public\",route=\"health\",status=\"200\"}"
 
 static void admin_metrics(void **state) {
@@ -653,7 +683,8 @@ static void admin_metrics(void **state) {
         assert_int_equal(th_request(p->port, "POST", "/api/webhooks/stripe",
                                     "Content-Type: application/json\r\n"
                                     "Stripe-Signature: t=1700000000,v1=00ff\r\n",
-                                    body, &r), 0);
+                                    body, &r),
+                         0);
         assert_int_equal(r.status, 400);
         th_response_free(&r);
     }
@@ -670,12 +701,18 @@ static void admin_metrics(void **state) {
     expect_types_once(m);
     expect_metric(m, PUBLIC_HEALTH_200, 3);
     expect_metric(m, "rivet_webhook_events_total{type=\"unknown\",outcome=\"rejected\"}", 2);
-    expect_metric(m, "rivet_http_requests_total{listener=\"public\",route=\"none\","
-                     "status=\"404\"}", 1);
-    expect_metric(m, "rivet_http_request_duration_seconds_count{listener=\"public\","
-                     "route=\"health\"}", 3);
-    expect_metric(m, "rivet_http_request_duration_seconds_bucket{listener=\"public\","
-                     "route=\"health\",le=\"+Inf\"}", 3);
+    expect_metric(m,
+                  "rivet_http_requests_total{listener=\"public\",route=\"none\","
+                  "status=\"404\"}",
+                  1);
+    expect_metric(m,
+                  "rivet_http_request_duration_seconds_count{listener=\"public\","
+                  "route=\"health\"}",
+                  3);
+    expect_metric(m,
+                  "rivet_http_request_duration_seconds_bucket{listener=\"public\","
+                  "route=\"health\",le=\"+Inf\"}",
+                  3);
     expect_metric(m, "rivet_build_info{version=\"" RV_VERSION "\"}", 1);
     expect_metric(m, "rivet_redis_up", 0);
     double v;
@@ -690,8 +727,10 @@ static void admin_metrics(void **state) {
     expect_health(p->port2);
     assert_int_equal(status_of(p->port2, "GET", "/ready", NULL), 503);
     m = scrape(p->port2);
-    expect_metric(m, "rivet_http_requests_total{listener=\"admin\",route=\"health\","
-                     "status=\"200\"}", 1);
+    expect_metric(m,
+                  "rivet_http_requests_total{listener=\"admin\",route=\"health\","
+                  "status=\"200\"}",
+                  1);
     /* Admin requests are their own series: the public count is unchanged. */
     expect_metric(m, PUBLIC_HEALTH_200, 3);
     free(m);
@@ -961,7 +1000,7 @@ static int children_of(pid_t parent, pid_t *out, int max) {
 
 typedef struct workers_wait_s {
     pid_t parent;
-    pid_t gone;     /* a pid that must no longer be a child, or 0 */
+    pid_t gone; /* a pid that must no longer be a child, or 0 */
     pid_t kids[8];
     int want;
     int health_port; /* when set, /health must answer 200 on every poll */
@@ -1096,8 +1135,7 @@ static void workers_metrics_whole_daemon(void **state) {
             "rivet_http_requests_total{listener=\"public\",route=\"health\",status=\"200\"}";
         /* wait_health may have counted a few of its own before the 60. */
         if (metric(text, key, &v) != 0 || v < 60 || v > 70)
-            fail_log(p, "scrape %d: %s is %g, expected the 60 answered by both workers", k, key,
-                     v);
+            fail_log(p, "scrape %d: %s is %g, expected the 60 answered by both workers", k, key, v);
         expect_metric(text, "rivet_workers", 2);
         free(text);
     }

@@ -27,9 +27,9 @@
 #include "rivet/log.h"
 #include "rivet/queue.h"
 
-#define STREAM "rivet:test:provisioning"
-#define DEAD STREAM ":dead"
-#define TTL 1000
+#define STREAM  "rivet:test:provisioning"
+#define DEAD    STREAM ":dead"
+#define TTL     1000
 #define WAIT_MS 10000
 
 typedef struct fixture_s {
@@ -78,8 +78,7 @@ static void on_enqueued(void *data, int err, int result, const char *stream_id) 
 static void on_closed(void *data) { *(int *)data = 1; }
 
 static rv_queue_t *queue_open(fixture_t *f, const char *url, uint64_t timeout_ms) {
-    rv_queue_opts_t o = {.url = url, .stream = STREAM, .dedupe_ttl = TTL,
-                         .timeout_ms = timeout_ms};
+    rv_queue_opts_t o = {.url = url, .stream = STREAM, .dedupe_ttl = TTL, .timeout_ms = timeout_ms};
     rv_queue_t *q = NULL;
     assert_int_equal(rv_queue_init(&f->loop, &o, &q), 0);
     assert_non_null(q);
@@ -192,9 +191,7 @@ static result_t expect_result(fixture_t *f, const evspec_t *s, int want) {
     return expect_result_on(f, f->q, s, RV_APPLY_EVENT, "webhook", want);
 }
 
-static void expect_added(fixture_t *f, const evspec_t *s) {
-    expect_result(f, s, RV_ENQ_ADDED);
-}
+static void expect_added(fixture_t *f, const evspec_t *s) { expect_result(f, s, RV_ENQ_ADDED); }
 
 /* ---- blocking Redis helpers ---------------------------------------------------------------- */
 
@@ -270,8 +267,8 @@ static const char *dstr(const cJSON *o, const char *key) {
 /* data.entitlement says exactly this: tier, status and sub NULL mean null; period_end 0 means
  * null; cap is cancel_at_period_end; no Telegram chat is linked. */
 static void expect_entitlement(const cJSON *data, const char *cust, const char *tier,
-                               const char *status, int active, const char *sub,
-                               int64_t period_end, int cap) {
+                               const char *status, int active, const char *sub, int64_t period_end,
+                               int cap) {
     const cJSON *e = cJSON_GetObjectItemCaseSensitive(data, "entitlement");
     if (!cJSON_IsObject(e)) fail_msg("the entry has no entitlement");
     assert_int_equal(cJSON_GetArraySize(e), 9);
@@ -324,8 +321,7 @@ static void expect_entry(int port, const char *entry, const char *type, const ch
 /* HGET rivet:customer:<cust> field must be want ("(nil)": absent). */
 static void expect_hash(int port, const char *cust, const char *field, const char *want) {
     char out[256];
-    assert_int_equal(th_redis(port, out, sizeof out, "HGET rivet:customer:%s %s", cust, field),
-                     0);
+    assert_int_equal(th_redis(port, out, sizeof out, "HGET rivet:customer:%s %s", cust, field), 0);
     if (strcmp(out, want) != 0) {
         fail_msg("rivet:customer:%s %s is \"%s\", want \"%s\"", cust, field, out, want);
     }
@@ -438,19 +434,19 @@ static void test_dead_letter(void **state) {
     /* Raw bytes, NULs, CR LF and invalid UTF-8 included, are kept as they are. */
     static const char body[] = "{\"id\":\"evt_dl1\"}\x00\r\nFLUSHALL\r\n\xff\xc0\xaf";
     const char *reason = "customer id is not a Stripe id";
-    result_t r = dead_wait(f, "evt_dl1", "customer.subscription.created", reason, body,
-                           sizeof body - 1);
+    result_t r =
+        dead_wait(f, "evt_dl1", "customer.subscription.created", reason, body, sizeof body - 1);
     assert_int_equal(r.err, 0);
     assert_int_equal(r.result, RV_ENQ_ADDED);
     assert_non_null(strchr(r.id, '-'));
-    expect_dead_entry(f->redis.port, r.id, "evt_dl1", "customer.subscription.created", reason,
-                      body, sizeof body - 1);
+    expect_dead_entry(f->redis.port, r.id, "evt_dl1", "customer.subscription.created", reason, body,
+                      sizeof body - 1);
     long long ttl = redis_int(f->redis.port, "TTL %s", "rivet:event:evt_dl1");
     assert_true(ttl > TTL - 30 && ttl <= TTL);
 
     /* Stripe's redelivery of the same event: nothing more. */
-    result_t d = dead_wait(f, "evt_dl1", "customer.subscription.created", reason, body,
-                           sizeof body - 1);
+    result_t d =
+        dead_wait(f, "evt_dl1", "customer.subscription.created", reason, body, sizeof body - 1);
     assert_int_equal(d.err, 0);
     assert_int_equal(d.result, RV_ENQ_DUPLICATE);
     assert_string_equal(d.id, "");
@@ -499,8 +495,7 @@ static void test_dead_letter_refused(void **state) {
     assert_int_equal(rv_queue_dead_letter(q, "evt_r", "t", "why", "b", 1, NULL, &r), RV_EINVAL);
     assert_int_equal(rv_queue_dead_letter(q, "evt_r", "t", NULL, "b", 1, on_enqueued, &r),
                      RV_EINVAL);
-    assert_int_equal(rv_queue_dead_letter(q, "evt_r", "t", "", "b", 1, on_enqueued, &r),
-                     RV_EINVAL);
+    assert_int_equal(rv_queue_dead_letter(q, "evt_r", "t", "", "b", 1, on_enqueued, &r), RV_EINVAL);
     assert_int_equal(rv_queue_dead_letter(q, "evt_r", "t", big, "b", 1, on_enqueued, &r),
                      RV_EINVAL);
     assert_int_equal(rv_queue_dead_letter(q, "evt_r", big, "why", "b", 1, on_enqueued, &r),
@@ -513,8 +508,7 @@ static void test_dead_letter_refused(void **state) {
         assert_int_equal(rv_queue_dead_letter(q, bad_ids[i], "t", "why", "b", 1, on_enqueued, &r),
                          RV_EINVAL);
     }
-    assert_int_equal(rv_queue_dead_letter(q, big, "t", "why", "b", 1, on_enqueued, &r),
-                     RV_EINVAL);
+    assert_int_equal(rv_queue_dead_letter(q, big, "t", "why", "b", 1, on_enqueued, &r), RV_EINVAL);
 
     /* The same holds for the ids the enqueue script turns into keys, and for a status that
      * would shift the fields of a subscription's state. */
@@ -523,9 +517,17 @@ static void test_dead_letter_refused(void **state) {
         {.id = "evt_ok", .created = 1, .cust = "cus\r\nFLUSHALL", .sub = "sub_1", .state = 1},
         {.id = "evt_ok", .created = 1, .sub = "sub 1"},
         {.id = "evt_ok", .created = 1, .sub = "sub_*"},
-        {.id = "evt_ok", .created = 1, .cust = "cus_1", .session = "cs_\r\nDEL x",
-         .type = "user.provision", .fulfills = 1},
-        {.id = "evt_ok", .created = 1, .cust = "cus_1", .sub = "sub_1", .state = 1,
+        {.id = "evt_ok",
+         .created = 1,
+         .cust = "cus_1",
+         .session = "cs_\r\nDEL x",
+         .type = "user.provision",
+         .fulfills = 1},
+        {.id = "evt_ok",
+         .created = 1,
+         .cust = "cus_1",
+         .sub = "sub_1",
+         .state = 1,
          .status = "active|pro"},
     };
     for (size_t i = 0; i < RV_ARRAY_LEN(bad_events); i++) {
@@ -598,9 +600,15 @@ static void test_added_then_duplicate(void **state) {
     assert_int_equal(rv_queue_state(f->q), RV_QUEUE_CONNECTED);
     assert_int_equal(rv_queue_reconnects(f->q), 0);
 
-    evspec_t s = {.id = "evt_dup_1", .type = "subscription.created", .created = 1700000000,
-                  .cust = "cus_A", .sub = "sub_A", .state = 1, .tier = "pro",
-                  .status = "active", .period_end = 1702592000};
+    evspec_t s = {.id = "evt_dup_1",
+                  .type = "subscription.created",
+                  .created = 1700000000,
+                  .cust = "cus_A",
+                  .sub = "sub_A",
+                  .state = 1,
+                  .tier = "pro",
+                  .status = "active",
+                  .period_end = 1702592000};
     result_t r = enqueue_wait(f, f->q, &s);
     assert_int_equal(r.err, 0);
     assert_int_equal(r.result, RV_ENQ_ADDED);
@@ -651,16 +659,29 @@ static void test_ordering(void **state) {
     snprintf(url, sizeof url, "redis://localhost:%d", f->redis.port);
     queue_open_ready(f, url);
     int port = f->redis.port;
-    const evspec_t o1 = {.id = "evt_o1", .created = 200, .cust = "cus_O", .sub = "sub_O",
-                         .state = 1, .tier = "pro", .status = "active", .period_end = 5000};
+    const evspec_t o1 = {.id = "evt_o1",
+                         .created = 200,
+                         .cust = "cus_O",
+                         .sub = "sub_O",
+                         .state = 1,
+                         .tier = "pro",
+                         .status = "active",
+                         .period_end = 5000};
     expect_added(f, &o1);
     redis_str(port, out, sizeof out, "HGET rivet:customer:cus_O %s", "s:sub_O");
     assert_string_equal(out, "200|pro|active|5000|0");
 
     /* Older than what was applied: appended, remembered, and the record is not moved back. */
-    const evspec_t old = {.id = "evt_o0", .type = "subscription.created", .created = 100,
-                          .cust = "cus_O", .sub = "sub_O", .state = 1, .tier = "basic",
-                          .status = "incomplete", .period_end = 4000, .cap = 1};
+    const evspec_t old = {.id = "evt_o0",
+                          .type = "subscription.created",
+                          .created = 100,
+                          .cust = "cus_O",
+                          .sub = "sub_O",
+                          .state = 1,
+                          .tier = "basic",
+                          .status = "incomplete",
+                          .period_end = 4000,
+                          .cap = 1};
     result_t r = expect_result(f, &old, RV_ENQ_ADDED);
     assert_int_equal(redis_int(port, "XLEN %s", STREAM), 2);
     redis_str(port, out, sizeof out, "GET %s", "rivet:event:evt_o0");
@@ -682,14 +703,25 @@ static void test_ordering(void **state) {
     assert_int_equal(redis_int(port, "XLEN %s", STREAM), 2);
 
     /* The same second with the same state agrees with what is there: nothing to ask. */
-    expect_added(f, &(evspec_t){.id = "evt_o2", .created = 200, .cust = "cus_O", .sub = "sub_O",
-                                .state = 1, .tier = "pro", .status = "active",
+    expect_added(f, &(evspec_t){.id = "evt_o2",
+                                .created = 200,
+                                .cust = "cus_O",
+                                .sub = "sub_O",
+                                .state = 1,
+                                .tier = "pro",
+                                .status = "active",
                                 .period_end = 5000});
     /* Newer: applied. */
     r = expect_result(f,
-                      &(evspec_t){.id = "evt_o3", .created = 300, .cust = "cus_O",
-                                  .sub = "sub_O", .state = 1, .tier = "enterprise",
-                                  .status = "active", .period_end = 6000, .cap = 1},
+                      &(evspec_t){.id = "evt_o3",
+                                  .created = 300,
+                                  .cust = "cus_O",
+                                  .sub = "sub_O",
+                                  .state = 1,
+                                  .tier = "enterprise",
+                                  .status = "active",
+                                  .period_end = 6000,
+                                  .cap = 1},
                       RV_ENQ_ADDED);
     expect_hash(port, "cus_O", "tier", "enterprise");
     expect_hash(port, "cus_O", "current_period_end", "6000");
@@ -700,9 +732,13 @@ static void test_ordering(void **state) {
 
     /* An invoice says nothing of the state: appended, whatever its time, and moves nothing. */
     r = expect_result(f,
-                      &(evspec_t){.id = "evt_o4", .type = "payment.succeeded",
-                                  .stripe_type = "invoice.payment_succeeded", .created = 250,
-                                  .cust = "cus_O", .sub = "sub_O", .tier = "basic",
+                      &(evspec_t){.id = "evt_o4",
+                                  .type = "payment.succeeded",
+                                  .stripe_type = "invoice.payment_succeeded",
+                                  .created = 250,
+                                  .cust = "cus_O",
+                                  .sub = "sub_O",
+                                  .tier = "basic",
                                   .status = "paid"},
                       RV_ENQ_ADDED);
     redis_str(port, out, sizeof out, "HGET rivet:customer:cus_O %s", "s:sub_O");
@@ -712,8 +748,13 @@ static void test_ordering(void **state) {
 
     /* Another customer's subscription is its own; an event without a customer touches no
      * record and its entry says where it came from, without an entitlement. */
-    expect_added(f, &(evspec_t){.id = "evt_o5", .created = 50, .cust = "cus_P", .sub = "sub_P",
-                                .state = 1, .tier = "basic", .status = "active"});
+    expect_added(f, &(evspec_t){.id = "evt_o5",
+                                .created = 50,
+                                .cust = "cus_P",
+                                .sub = "sub_P",
+                                .state = 1,
+                                .tier = "basic",
+                                .status = "active"});
     expect_hash(port, "cus_P", "tier", "basic");
     expect_hash(port, "cus_O", "tier", "enterprise");
     r = expect_result(f, &(evspec_t){.id = "evt_o6", .created = 10}, RV_ENQ_ADDED);
@@ -737,8 +778,13 @@ static void test_customer_hash(void **state) {
     int port = f->redis.port;
 
     /* The first event has no email. */
-    expect_added(f, &(evspec_t){.id = "evt_h1", .created = 100, .cust = "cus_H", .sub = "sub_H",
-                                .state = 1, .tier = "basic", .status = "active",
+    expect_added(f, &(evspec_t){.id = "evt_h1",
+                                .created = 100,
+                                .cust = "cus_H",
+                                .sub = "sub_H",
+                                .state = 1,
+                                .tier = "basic",
+                                .status = "active",
                                 .period_end = 1000});
     expect_hash(port, "cus_H", "customer_id", "cus_H");
     expect_hash(port, "cus_H", "tier", "basic");
@@ -752,17 +798,27 @@ static void test_customer_hash(void **state) {
     assert_int_equal(redis_int(port, "TTL %s", key), -1);
 
     /* Newer: the subscription's new state replaces the old one. */
-    expect_added(f, &(evspec_t){.id = "evt_h2", .created = 200, .cust = "cus_H", .sub = "sub_H",
-                                .state = 1, .tier = "pro", .status = "active",
+    expect_added(f, &(evspec_t){.id = "evt_h2",
+                                .created = 200,
+                                .cust = "cus_H",
+                                .sub = "sub_H",
+                                .state = 1,
+                                .tier = "pro",
+                                .status = "active",
                                 .period_end = 2000});
     expect_hash(port, "cus_H", "tier", "pro");
     expect_hash(port, "cus_H", "current_period_end", "2000");
 
     /* Older, arriving late: fills the missing email, rolls nothing back. */
     result_t r = expect_result(f,
-                               &(evspec_t){.id = "evt_h0", .created = 150, .cust = "cus_H",
-                                           .email = "a@example.com", .sub = "sub_H", .state = 1,
-                                           .tier = "enterprise", .status = "past_due"},
+                               &(evspec_t){.id = "evt_h0",
+                                           .created = 150,
+                                           .cust = "cus_H",
+                                           .email = "a@example.com",
+                                           .sub = "sub_H",
+                                           .state = 1,
+                                           .tier = "enterprise",
+                                           .status = "past_due"},
                                RV_ENQ_ADDED);
     expect_hash(port, "cus_H", "email", "a@example.com");
     expect_hash(port, "cus_H", "email_v", "150");
@@ -777,22 +833,38 @@ static void test_customer_hash(void **state) {
     cJSON_Delete(d);
 
     /* An email is replaced by a newer one only. */
-    expect_added(f, &(evspec_t){.id = "evt_h5", .type = "payment.succeeded", .created = 300,
-                                .cust = "cus_H", .sub = "sub_H", .email = "b@example.com"});
+    expect_added(f, &(evspec_t){.id = "evt_h5",
+                                .type = "payment.succeeded",
+                                .created = 300,
+                                .cust = "cus_H",
+                                .sub = "sub_H",
+                                .email = "b@example.com"});
     expect_hash(port, "cus_H", "email", "b@example.com");
-    expect_added(f, &(evspec_t){.id = "evt_h6", .type = "payment.succeeded", .created = 250,
-                                .cust = "cus_H", .sub = "sub_H", .email = "c@example.com"});
+    expect_added(f, &(evspec_t){.id = "evt_h6",
+                                .type = "payment.succeeded",
+                                .created = 250,
+                                .cust = "cus_H",
+                                .sub = "sub_H",
+                                .email = "c@example.com"});
     expect_hash(port, "cus_H", "email", "b@example.com");
     expect_hash(port, "cus_H", "email_v", "300");
 
     /* An invoice's status is not the subscription's: the record keeps what it has. */
-    expect_added(f, &(evspec_t){.id = "evt_h3", .type = "payment.failed", .created = 400,
-                                .cust = "cus_H", .sub = "sub_H", .status = "canceled"});
+    expect_added(f, &(evspec_t){.id = "evt_h3",
+                                .type = "payment.failed",
+                                .created = 400,
+                                .cust = "cus_H",
+                                .sub = "sub_H",
+                                .status = "canceled"});
     expect_hash(port, "cus_H", "status", "active");
 
     /* A record needs a customer. */
-    expect_added(f, &(evspec_t){.id = "evt_h4", .created = 500, .sub = "sub_Z", .state = 1,
-                                .tier = "basic", .status = "active"});
+    expect_added(f, &(evspec_t){.id = "evt_h4",
+                                .created = 500,
+                                .sub = "sub_Z",
+                                .state = 1,
+                                .tier = "basic",
+                                .status = "active"});
     assert_int_equal(redis_int(port, "EXISTS %s", "rivet:customer:"), 0);
     assert_int_equal(redis_int(port, "EXISTS %s", "rivet:none"), 0);
     expect_hash(port, "cus_H", "tier", "pro");
@@ -811,24 +883,39 @@ static void test_upgrade_after_newer_invoice(void **state) {
 
     /* The checkout names a subscription nobody has seen: provisional, and Stripe is asked. */
     result_t r = expect_result(f,
-                               &(evspec_t){.id = "evt_u1", .type = "user.provision",
+                               &(evspec_t){.id = "evt_u1",
+                                           .type = "user.provision",
                                            .stripe_type = "checkout.session.completed",
-                                           .created = t, .cust = "cus_U", .sub = "sub_U",
-                                           .session = "cs_U", .tier = "pro", .status = "paid",
+                                           .created = t,
+                                           .cust = "cus_U",
+                                           .sub = "sub_U",
+                                           .session = "cs_U",
+                                           .tier = "pro",
+                                           .status = "paid",
                                            .fulfills = 1},
                                RV_ENQ_ADDED | RV_ENQ_ASK_STRIPE);
     expect_entry(port, r.id, "user.provision", "webhook", "cus_U", "pro", "active", 1, "sub_U");
     expect_result(f,
-                  &(evspec_t){.id = "evt_u3", .type = "payment.succeeded",
-                              .stripe_type = "invoice.payment_succeeded", .created = t + 302,
-                              .cust = "cus_U", .sub = "sub_U", .tier = "pro", .status = "paid"},
+                  &(evspec_t){.id = "evt_u3",
+                              .type = "payment.succeeded",
+                              .stripe_type = "invoice.payment_succeeded",
+                              .created = t + 302,
+                              .cust = "cus_U",
+                              .sub = "sub_U",
+                              .tier = "pro",
+                              .status = "paid"},
                   RV_ENQ_ADDED);
     expect_hash(port, "cus_U", "tier", "pro");
 
     r = expect_result(f,
-                      &(evspec_t){.id = "evt_u2", .created = t + 300, .cust = "cus_U",
-                                  .sub = "sub_U", .state = 1, .tier = "enterprise",
-                                  .status = "active", .period_end = t + 2592000},
+                      &(evspec_t){.id = "evt_u2",
+                                  .created = t + 300,
+                                  .cust = "cus_U",
+                                  .sub = "sub_U",
+                                  .state = 1,
+                                  .tier = "enterprise",
+                                  .status = "active",
+                                  .period_end = t + 2592000},
                       RV_ENQ_ADDED);
     expect_hash(port, "cus_U", "tier", "enterprise");
     expect_hash(port, "cus_U", "active", "true");
@@ -839,12 +926,18 @@ static void test_upgrade_after_newer_invoice(void **state) {
 
     /* The subscription's creation, older, arriving last, does not undo the upgrade. */
     r = expect_result(f,
-                      &(evspec_t){.id = "evt_u0", .type = "subscription.created",
-                                  .created = t + 1, .cust = "cus_U", .sub = "sub_U", .state = 1,
-                                  .tier = "pro", .status = "active", .period_end = t + 2592000},
+                      &(evspec_t){.id = "evt_u0",
+                                  .type = "subscription.created",
+                                  .created = t + 1,
+                                  .cust = "cus_U",
+                                  .sub = "sub_U",
+                                  .state = 1,
+                                  .tier = "pro",
+                                  .status = "active",
+                                  .period_end = t + 2592000},
                       RV_ENQ_ADDED);
-    expect_entry(port, r.id, "subscription.created", "webhook", "cus_U", "enterprise", "active",
-                 1, "sub_U");
+    expect_entry(port, r.id, "subscription.created", "webhook", "cus_U", "enterprise", "active", 1,
+                 "sub_U");
     expect_hash(port, "cus_U", "tier", "enterprise");
     assert_int_equal(redis_int(port, "XLEN %s", STREAM), 4);
 }
@@ -858,20 +951,37 @@ static void test_late_checkout_after_deletion(void **state) {
     int port = f->redis.port;
     const int64_t t = 1750000000;
 
-    expect_added(f, &(evspec_t){.id = "evt_l1", .type = "subscription.created", .created = t,
-                                .cust = "cus_L", .sub = "sub_L", .state = 1, .tier = "pro",
-                                .status = "active", .period_end = t + 1000});
-    expect_added(f, &(evspec_t){.id = "evt_l2", .type = "user.deprovision", .created = t + 100,
-                                .cust = "cus_L", .sub = "sub_L", .state = 1, .tier = "pro",
-                                .status = "canceled", .period_end = t + 1000});
+    expect_added(f, &(evspec_t){.id = "evt_l1",
+                                .type = "subscription.created",
+                                .created = t,
+                                .cust = "cus_L",
+                                .sub = "sub_L",
+                                .state = 1,
+                                .tier = "pro",
+                                .status = "active",
+                                .period_end = t + 1000});
+    expect_added(f, &(evspec_t){.id = "evt_l2",
+                                .type = "user.deprovision",
+                                .created = t + 100,
+                                .cust = "cus_L",
+                                .sub = "sub_L",
+                                .state = 1,
+                                .tier = "pro",
+                                .status = "canceled",
+                                .period_end = t + 1000});
     expect_hash(port, "cus_L", "active", "false");
 
     /* Its one user.provision is still appended (once per session), saying the truth. */
     result_t r = expect_result(f,
-                               &(evspec_t){.id = "evt_l0", .type = "user.provision",
+                               &(evspec_t){.id = "evt_l0",
+                                           .type = "user.provision",
                                            .stripe_type = "checkout.session.completed",
-                                           .created = t - 5, .cust = "cus_L", .sub = "sub_L",
-                                           .session = "cs_L", .tier = "pro", .status = "paid",
+                                           .created = t - 5,
+                                           .cust = "cus_L",
+                                           .sub = "sub_L",
+                                           .session = "cs_L",
+                                           .tier = "pro",
+                                           .status = "paid",
                                            .fulfills = 1},
                                RV_ENQ_ADDED);
     cJSON *d = entry_data(port, r.id, NULL, 0);
@@ -889,8 +999,13 @@ static void test_same_second_asks_stripe(void **state) {
     snprintf(url, sizeof url, "redis://127.0.0.1:%d", f->redis.port);
     queue_open_ready(f, url);
     int port = f->redis.port;
-    evspec_t s = {.id = "evt_s1", .created = 700, .cust = "cus_S", .sub = "sub_S", .state = 1,
-                  .tier = "pro", .status = "active"};
+    evspec_t s = {.id = "evt_s1",
+                  .created = 700,
+                  .cust = "cus_S",
+                  .sub = "sub_S",
+                  .state = 1,
+                  .tier = "pro",
+                  .status = "active"};
     expect_result(f, &s, RV_ENQ_ADDED);
     s.id = "evt_s2";
     s.tier = "enterprise";
@@ -922,9 +1037,15 @@ static void test_unknown_subscription_asks_stripe(void **state) {
     snprintf(url, sizeof url, "redis://127.0.0.1:%d", f->redis.port);
     queue_open_ready(f, url);
     int port = f->redis.port;
-    evspec_t in = {.id = "evt_i1", .type = "payment.succeeded",
-                   .stripe_type = "invoice.payment_succeeded", .created = 900, .cust = "cus_I",
-                   .sub = "sub_I", .tier = "pro", .status = "paid", .email = "i@example.com"};
+    evspec_t in = {.id = "evt_i1",
+                   .type = "payment.succeeded",
+                   .stripe_type = "invoice.payment_succeeded",
+                   .created = 900,
+                   .cust = "cus_I",
+                   .sub = "sub_I",
+                   .tier = "pro",
+                   .status = "paid",
+                   .email = "i@example.com"};
     result_t r = expect_result(f, &in, RV_ENQ_ADDED | RV_ENQ_ASK_STRIPE);
     /* The record knows the customer and nothing of an entitlement. */
     cJSON *d = entry_data(port, r.id, NULL, 0);
@@ -936,8 +1057,13 @@ static void test_unknown_subscription_asks_stripe(void **state) {
     expect_hash(port, "cus_I", "s:sub_I", "(nil)");
 
     /* Once the subscription is known an invoice needs nothing more. */
-    expect_added(f, &(evspec_t){.id = "evt_i2", .type = "subscription.created", .created = 899,
-                                .cust = "cus_I", .sub = "sub_I", .state = 1, .tier = "pro",
+    expect_added(f, &(evspec_t){.id = "evt_i2",
+                                .type = "subscription.created",
+                                .created = 899,
+                                .cust = "cus_I",
+                                .sub = "sub_I",
+                                .state = 1,
+                                .tier = "pro",
                                 .status = "active"});
     in.id = "evt_i3";
     expect_result(f, &in, RV_ENQ_ADDED);
@@ -955,14 +1081,19 @@ static void test_one_provision_per_session(void **state) {
     snprintf(url, sizeof url, "redis://127.0.0.1:%d", f->redis.port);
     queue_open_ready(f, url);
     int port = f->redis.port;
-    evspec_t cs = {.type = "user.provision", .stripe_type = "checkout.session.completed",
-                   .created = 1000, .cust = "cus_F", .sub = "sub_F", .session = "cs_F",
-                   .tier = "basic", .status = "paid", .fulfills = 1};
+    evspec_t cs = {.type = "user.provision",
+                   .stripe_type = "checkout.session.completed",
+                   .created = 1000,
+                   .cust = "cus_F",
+                   .sub = "sub_F",
+                   .session = "cs_F",
+                   .tier = "basic",
+                   .status = "paid",
+                   .fulfills = 1};
 
     /* The success page first: the subscription is unknown, so Stripe is asked too. */
-    result_t r =
-        expect_result_on(f, f->q, &cs, RV_APPLY_FULFILL, "success_page",
-                         RV_ENQ_ADDED | RV_ENQ_ASK_STRIPE);
+    result_t r = expect_result_on(f, f->q, &cs, RV_APPLY_FULFILL, "success_page",
+                                  RV_ENQ_ADDED | RV_ENQ_ASK_STRIPE);
     expect_entry(port, r.id, "user.provision", "success_page", "cus_F", "basic", "active", 1,
                  "sub_F");
     redis_str(port, out, sizeof out, "GET %s", "rivet:checkout:cs_F");
@@ -984,14 +1115,18 @@ static void test_one_provision_per_session(void **state) {
     /* Recovery finds the same session under async_payment_succeeded: still one. */
     cs.id = "evt_F2";
     cs.stripe_type = "checkout.session.async_payment_succeeded";
-    expect_result_on(f, f->q, &cs, RV_APPLY_EVENT, "recovery",
-                     RV_ENQ_RECORDED | RV_ENQ_ASK_STRIPE);
+    expect_result_on(f, f->q, &cs, RV_APPLY_EVENT, "recovery", RV_ENQ_RECORDED | RV_ENQ_ASK_STRIPE);
     assert_int_equal(redis_int(port, "XLEN %s", STREAM), 1);
 
     /* An unpaid completed session is recorded without an entry, and gives no access. */
-    evspec_t unpaid = {.id = "evt_G1", .type = "user.provision",
-                       .stripe_type = "checkout.session.completed", .created = 2000,
-                       .cust = "cus_G", .sub = "sub_G", .session = "cs_G", .tier = "pro",
+    evspec_t unpaid = {.id = "evt_G1",
+                       .type = "user.provision",
+                       .stripe_type = "checkout.session.completed",
+                       .created = 2000,
+                       .cust = "cus_G",
+                       .sub = "sub_G",
+                       .session = "cs_G",
+                       .tier = "pro",
                        .status = "unpaid"};
     expect_result(f, &unpaid, RV_ENQ_RECORDED | RV_ENQ_ASK_STRIPE);
     assert_int_equal(redis_int(port, "XLEN %s", STREAM), 1);
@@ -1019,9 +1154,15 @@ static void test_state_from_stripe(void **state) {
     snprintf(url, sizeof url, "redis://127.0.0.1:%d", f->redis.port);
     queue_open_ready(f, url);
     int port = f->redis.port;
-    evspec_t sub = {.id = "evt_st1", .type = "subscription.created", .created = 3000,
-                    .cust = "cus_T", .sub = "sub_T", .state = 1, .tier = "pro",
-                    .status = "active", .period_end = 9000};
+    evspec_t sub = {.id = "evt_st1",
+                    .type = "subscription.created",
+                    .created = 3000,
+                    .cust = "cus_T",
+                    .sub = "sub_T",
+                    .state = 1,
+                    .tier = "pro",
+                    .status = "active",
+                    .period_end = 9000};
     expect_added(f, &sub);
 
     /* What rivetd has already: recorded, no entry. */
@@ -1064,8 +1205,11 @@ static void test_past_due_active(void **state) {
     snprintf(url, sizeof url, "redis://127.0.0.1:%d", f->redis.port);
     int port = f->redis.port;
     for (int pda = 0; pda < 2; pda++) {
-        rv_queue_opts_t o = {.url = url, .stream = STREAM, .dedupe_ttl = TTL,
-                             .timeout_ms = 2000, .past_due_active = pda};
+        rv_queue_opts_t o = {.url = url,
+                             .stream = STREAM,
+                             .dedupe_ttl = TTL,
+                             .timeout_ms = 2000,
+                             .past_due_active = pda};
         /* Held by the fixture, so that a failure below still closes it. */
         assert_int_equal(rv_queue_init(&f->loop, &o, &f->q), 0);
         rv_queue_t *q = f->q;
@@ -1073,8 +1217,13 @@ static void test_past_due_active(void **state) {
         char id[32], cust[32];
         snprintf(id, sizeof id, "evt_pd%d", pda);
         snprintf(cust, sizeof cust, "cus_PD%d", pda);
-        evspec_t s = {.id = id, .created = 100, .cust = cust, .sub = "sub_PD", .state = 1,
-                      .tier = "pro", .status = "past_due"};
+        evspec_t s = {.id = id,
+                      .created = 100,
+                      .cust = cust,
+                      .sub = "sub_PD",
+                      .state = 1,
+                      .tier = "pro",
+                      .status = "past_due"};
         result_t r = expect_result_on(f, q, &s, RV_APPLY_EVENT, "webhook", RV_ENQ_ADDED);
         expect_entry(port, r.id, "subscription.updated", "webhook", cust, "pro", "past_due", pda,
                      "sub_PD");
@@ -1115,12 +1264,22 @@ static void test_two_subscriptions(void **state) {
         snprintf(cust, sizeof cust, "cus_two%d", variant);
         snprintf(id[0], sizeof id[0], "evt_two%d_a", variant);
         snprintf(id[1], sizeof id[1], "evt_two%d_b", variant);
-        const evspec_t active = {.id = id[order], .created = 5000, .cust = cust, .sub = live,
-                                 .state = 1, .tier = "basic", .status = "active",
+        const evspec_t active = {.id = id[order],
+                                 .created = 5000,
+                                 .cust = cust,
+                                 .sub = live,
+                                 .state = 1,
+                                 .tier = "basic",
+                                 .status = "active",
                                  .period_end = 8000};
-        const evspec_t canceled = {.id = id[1 - order], .type = "user.deprovision",
-                                   .created = 6000, .cust = cust, .sub = gone, .state = 1,
-                                   .tier = "enterprise", .status = "canceled",
+        const evspec_t canceled = {.id = id[1 - order],
+                                   .type = "user.deprovision",
+                                   .created = 6000,
+                                   .cust = cust,
+                                   .sub = gone,
+                                   .state = 1,
+                                   .tier = "enterprise",
+                                   .status = "canceled",
                                    .period_end = 7000};
         result_t r;
         if (order == 0) {
@@ -1145,11 +1304,21 @@ static void test_two_subscriptions(void **state) {
         char cust[32], id[32];
         snprintf(cust, sizeof cust, "cus_inactive%d", swap);
         snprintf(id, sizeof id, "evt_inactive%d_a", swap);
-        expect_added(f, &(evspec_t){.id = id, .created = 100, .cust = cust, .sub = subs[swap],
-                                    .state = 1, .tier = "pro", .status = "canceled"});
+        expect_added(f, &(evspec_t){.id = id,
+                                    .created = 100,
+                                    .cust = cust,
+                                    .sub = subs[swap],
+                                    .state = 1,
+                                    .tier = "pro",
+                                    .status = "canceled"});
         snprintf(id, sizeof id, "evt_inactive%d_b", swap);
-        expect_added(f, &(evspec_t){.id = id, .created = 50, .cust = cust, .sub = subs[1 - swap],
-                                    .state = 1, .tier = "basic", .status = "unpaid"});
+        expect_added(f, &(evspec_t){.id = id,
+                                    .created = 50,
+                                    .cust = cust,
+                                    .sub = subs[1 - swap],
+                                    .state = 1,
+                                    .tier = "basic",
+                                    .status = "unpaid"});
         expect_hash(port, cust, "subscription_id", subs[swap]);
         expect_hash(port, cust, "status", "canceled");
     }
@@ -1231,8 +1400,10 @@ static void test_not_ready_and_bad_input(void **state) {
 
     /* Names would be resolved synchronously: refused. So are bad URLs and options. */
     rv_queue_t *q2 = NULL;
-    rv_queue_opts_t o = {.url = "redis://redis.example.com:6379", .stream = STREAM,
-                         .dedupe_ttl = TTL, .timeout_ms = 100};
+    rv_queue_opts_t o = {.url = "redis://redis.example.com:6379",
+                         .stream = STREAM,
+                         .dedupe_ttl = TTL,
+                         .timeout_ms = 100};
     assert_int_equal(rv_queue_init(&f->loop, &o, &q2), RV_EINVAL);
     o.url = "redis://127.0.0.1:0";
     assert_int_equal(rv_queue_init(&f->loop, &o, &q2), RV_EINVAL);
@@ -1384,8 +1555,8 @@ static void test_durability_warning(void **state) {
     assert_null(strstr(log, "maxmemory-policy is"));
     free(log);
 
-    assert_int_equal(th_redis(f->redis.port, out, sizeof out,
-                              "CONFIG SET maxmemory-policy allkeys-lru"), 0);
+    assert_int_equal(
+        th_redis(f->redis.port, out, sizeof out, "CONFIG SET maxmemory-policy allkeys-lru"), 0);
     assert_int_equal(th_redis(f->redis.port, out, sizeof out, "CONFIG SET appendonly yes"), 0);
     log = capture_stderr_ready(f, url);
     assert_non_null(strstr(log, "redis: maxmemory-policy is allkeys-lru"));
@@ -1538,8 +1709,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_ordering, setup_redis, teardown),
         cmocka_unit_test_setup_teardown(test_customer_hash, setup_redis, teardown),
         cmocka_unit_test_setup_teardown(test_upgrade_after_newer_invoice, setup_redis, teardown),
-        cmocka_unit_test_setup_teardown(test_late_checkout_after_deletion, setup_redis,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(test_late_checkout_after_deletion, setup_redis, teardown),
         cmocka_unit_test_setup_teardown(test_same_second_asks_stripe, setup_redis, teardown),
         cmocka_unit_test_setup_teardown(test_unknown_subscription_asks_stripe, setup_redis,
                                         teardown),

@@ -29,9 +29,9 @@
 #include "harness.h"
 #include "rivet/common.h"
 
-#define TO 5000 /* ms: the longest any single answer may take */
+#define TO          5000 /* ms: the longest any single answer may take */
 #define HEALTH_BODY "{\"status\":\"healthy\",\"service\":\"rivet-api\"}"
-#define GET_HEALTH "GET /health HTTP/1.1\r\nHost: t\r\n\r\n"
+#define GET_HEALTH  "GET /health HTTP/1.1\r\nHost: t\r\n\r\n"
 
 /* The shared daemon: small header and body limits, default timeouts. */
 static th_proc_t shared;
@@ -674,7 +674,8 @@ static void test_invalid_header_characters(void **state) {
     static const char *const reqs[] = {
         "GET /health HTTP/1.1\r\nHost: t\r\nBad@Header: v\r\n\r\n",
         "GET /health HTTP/1.1\r\nHost: t\r\nX-Ctl\x01: v\r\n\r\n",
-        "GET /health HTTP/1.1\r\nHost: t\r\nX-Val: a\x01" "b\r\n\r\n",
+        "GET /health HTTP/1.1\r\nHost: t\r\nX-Val: a\x01"
+        "b\r\n\r\n",
         "GET /health HTTP/1.1\r\nHost: t\r\nBad Header: v\r\n\r\n",
         "GET /health HTTP/1.1\r\nHost: t\r\n: empty-name\r\n\r\n",
     };
@@ -1100,7 +1101,8 @@ static void test_sigterm_idle(void **state) {
 #define CHK_ENV                                                                                    \
     "STRIPE_SECRET_KEY=sk_live_CHKsecretKEY12345", "STRIPE_WEBHOOK_SECRET=whsec_CHKwebhookSECRET", \
         "STRIPE_PRICE_BASIC=price_chk_basic", "STRIPE_PRICE_PRO=price_chk_pro",                    \
-        "RIVET_API_TOKEN=CHKapiTOKEN0123456789", "REDIS_URL=redis://:CHKredisPASS@127.0.0.1:6390/1"
+        "RIVET_API_TOKEN=CHKapiTOKEN0123456789",                                                   \
+        "REDIS_URL=redis://:CHKredisPASS@127.0.0.1:6390/1"
 
 static void assert_no_chk_secret(const char *out) {
     static const char *const marks[] = {"CHKsecretKEY", "CHKwebhookSECRET", "CHKapiTOKEN",
@@ -1110,17 +1112,19 @@ static void assert_no_chk_secret(const char *out) {
 }
 
 static void test_check_config(void **state) {
-    const char *const env[] = {CHK_ENV, "STRIPE_PRICE_ENTERPRISE=price_chk_ent", "WORKERS=3",
-                               NULL};
+    const char *const env[] = {CHK_ENV, "STRIPE_PRICE_ENTERPRISE=price_chk_ent", "WORKERS=3", NULL};
     const char *const args[] = {"--check-config", NULL};
     char out[16384];
     int st = run_rivetd(args, env, out, sizeof out);
     if (st != 0) fail_msg("--check-config exited %d:\n%s", st, out);
     assert_no_chk_secret(out);
     static const char *const shown[] = {"STRIPE_PRICE_BASIC=price_chk_basic\n",
-                                        "STRIPE_PRICE_ENTERPRISE=price_chk_ent\n", "WORKERS=3\n",
-                                        "STRIPE_SECRET_KEY=", "STRIPE_WEBHOOK_SECRET=",
-                                        "RIVET_API_TOKEN=", "REDIS_URL="};
+                                        "STRIPE_PRICE_ENTERPRISE=price_chk_ent\n",
+                                        "WORKERS=3\n",
+                                        "STRIPE_SECRET_KEY=",
+                                        "STRIPE_WEBHOOK_SECRET=",
+                                        "RIVET_API_TOKEN=",
+                                        "REDIS_URL="};
     for (size_t i = 0; i < RV_ARRAY_LEN(shown); i++)
         if (strstr(out, shown[i]) == NULL) fail_msg("output lacks %s:\n%s", shown[i], out);
     const char *redis = strstr(out, "REDIS_URL=");
@@ -1272,12 +1276,15 @@ static void test_ipv6_listen(void **state) {
     snprintf(listen_kv, sizeof listen_kv, "LISTEN=[::1]:%d", port);
     snprintf(admin_kv, sizeof admin_kv, "ADMIN_LISTEN=[::1]:%d", aport);
     snprintf(bin, sizeof bin, "%s/rivetd", th_build_dir());
-    const char *const env[] = {listen_kv, admin_kv, "STRIPE_SECRET_KEY=" TH_STRIPE_KEY,
+    const char *const env[] = {listen_kv,
+                               admin_kv,
+                               "STRIPE_SECRET_KEY=" TH_STRIPE_KEY,
                                "STRIPE_WEBHOOK_SECRET=" TH_WEBHOOK_SECRET,
                                "STRIPE_PRICE_BASIC=" TH_PRICE_BASIC,
                                "STRIPE_PRICE_PRO=" TH_PRICE_PRO,
                                "STRIPE_PRICE_ENTERPRISE=" TH_PRICE_ENTERPRISE,
-                               "REDIS_URL=redis://127.0.0.1:1/0", NULL};
+                               "REDIS_URL=redis://127.0.0.1:1/0",
+                               NULL};
     const char *const argv[] = {bin, NULL};
     th_proc_t *p = proc_slot();
     if (th_spawn(p, argv, env) != 0) fail_msg("cannot start %s", bin);

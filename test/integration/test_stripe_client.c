@@ -21,7 +21,7 @@
 #include "rivet/stripe.h"
 
 #define API_VERSION "2024-06-20"
-#define LIMIT_MS 30000 /* a watchdog, far beyond anything a passing test needs */
+#define LIMIT_MS    30000 /* a watchdog, far beyond anything a passing test needs */
 
 static th_proc_t fake;
 static char api_base[64];
@@ -265,9 +265,8 @@ static void test_get_after_post(void **state) {
 
     /* An unknown id: Stripe's 404, not retried. */
     outcome_t missing = {0};
-    assert_int_equal(rv_stripe_get(stripe, "/v1/checkout/sessions/cs_test_nope", on_result,
-                                   &missing, NULL),
-                     0);
+    assert_int_equal(
+        rv_stripe_get(stripe, "/v1/checkout/sessions/cs_test_nope", on_result, &missing, NULL), 0);
     run_until(&missing.called, 1);
     assert_int_equal(missing.err, 0);
     assert_int_equal(missing.status, 404);
@@ -302,9 +301,8 @@ static void test_retry_after_two_500s(void **state) {
 static void test_400_not_retried(void **state) {
     /* No success_url: Stripe refuses the parameters. */
     outcome_t o = {0};
-    assert_int_equal(rv_stripe_post(stripe, "/v1/checkout/sessions", checkout, 3, NULL,
-                                    on_result, &o, NULL),
-                     0);
+    assert_int_equal(
+        rv_stripe_post(stripe, "/v1/checkout/sessions", checkout, 3, NULL, on_result, &o, NULL), 0);
     run_until(&o.called, 1);
     assert_int_equal(o.err, 0);
     assert_int_equal(o.status, 400);
@@ -399,7 +397,7 @@ static void test_hang_hits_deadline(void **state) {
 typedef struct cancel_ctx_s {
     rv_stripe_call_t *call;
     int cancelled;
-    int in_try;  /* http requests in flight when cancelled */
+    int in_try; /* http requests in flight when cancelled */
     uv_timer_t timer;
 } cancel_ctx_t;
 
@@ -531,9 +529,9 @@ static void test_invalid_arguments(void **state) {
     /* Refused calls never call back. */
     assert_int_equal(rv_stripe_post(stripe, "v1/no-slash", checkout, 1, NULL, on_result, &o, NULL),
                      RV_EINVAL);
-    assert_int_equal(rv_stripe_post(stripe, "/v1/x\r\nX-Evil: 1", checkout, 1, NULL, on_result,
-                                    &o, NULL),
-                     RV_EINVAL);
+    assert_int_equal(
+        rv_stripe_post(stripe, "/v1/x\r\nX-Evil: 1", checkout, 1, NULL, on_result, &o, NULL),
+        RV_EINVAL);
     assert_int_equal(rv_stripe_post(stripe, "/v1/checkout/sessions", checkout, 1, "bad\r\nkey",
                                     on_result, &o, NULL),
                      RV_EINVAL);
@@ -572,8 +570,8 @@ static void test_concurrent_calls(void **state) {
     fake_config("{\"latency_ms\":100}");
     memset(&many, 0, sizeof many);
     for (int i = 0; i < NCONCURRENT; i++) {
-        assert_int_equal(rv_stripe_post(stripe, "/v1/checkout/sessions", checkout, NCHECKOUT,
-                                        NULL, on_many, &many.each[i], NULL),
+        assert_int_equal(rv_stripe_post(stripe, "/v1/checkout/sessions", checkout, NCHECKOUT, NULL,
+                                        on_many, &many.each[i], NULL),
                          0);
     }
     assert_int_equal(rv_stripe_inflight(stripe), NCONCURRENT);

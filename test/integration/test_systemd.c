@@ -25,14 +25,40 @@
 
 /* Every configuration key of the design, each of which the example must show exactly once. */
 static const char *const config_keys[] = {
-    "STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET", "STRIPE_PRICE_BASIC", "STRIPE_PRICE_PRO",
-    "STRIPE_PRICE_ENTERPRISE", "STRIPE_PUBLISHABLE_KEY", "STRIPE_API_BASE", "STRIPE_API_VERSION",
-    "STRIPE_TIMEOUT_MS", "STRIPE_MAX_RETRIES", "WEBHOOK_TOLERANCE", "APP_URL", "API_URL",
-    "REDIRECT_ORIGINS", "CORS_ORIGINS", "TELEGRAM_BOT", "RIVET_API_TOKEN", "LISTEN",
-    "ADMIN_LISTEN", "WORKERS", "RATE_LIMIT_PER_MIN", "TRUST_PROXY", "REDIS_URL", "REDIS_STREAM",
-    "REDIS_DEDUPE_TTL", "REDIS_TIMEOUT_MS", "MAX_BODY_BYTES", "MAX_HEADER_BYTES",
-    "MAX_CONNECTIONS", "HEADER_TIMEOUT_MS", "BODY_TIMEOUT_MS", "IDLE_TIMEOUT_MS",
-    "SHUTDOWN_TIMEOUT_MS", "LOG_LEVEL",
+    "STRIPE_SECRET_KEY",
+    "STRIPE_WEBHOOK_SECRET",
+    "STRIPE_PRICE_BASIC",
+    "STRIPE_PRICE_PRO",
+    "STRIPE_PRICE_ENTERPRISE",
+    "STRIPE_PUBLISHABLE_KEY",
+    "STRIPE_API_BASE",
+    "STRIPE_API_VERSION",
+    "STRIPE_TIMEOUT_MS",
+    "STRIPE_MAX_RETRIES",
+    "WEBHOOK_TOLERANCE",
+    "APP_URL",
+    "API_URL",
+    "REDIRECT_ORIGINS",
+    "CORS_ORIGINS",
+    "TELEGRAM_BOT",
+    "RIVET_API_TOKEN",
+    "LISTEN",
+    "ADMIN_LISTEN",
+    "WORKERS",
+    "RATE_LIMIT_PER_MIN",
+    "TRUST_PROXY",
+    "REDIS_URL",
+    "REDIS_STREAM",
+    "REDIS_DEDUPE_TTL",
+    "REDIS_TIMEOUT_MS",
+    "MAX_BODY_BYTES",
+    "MAX_HEADER_BYTES",
+    "MAX_CONNECTIONS",
+    "HEADER_TIMEOUT_MS",
+    "BODY_TIMEOUT_MS",
+    "IDLE_TIMEOUT_MS",
+    "SHUTDOWN_TIMEOUT_MS",
+    "LOG_LEVEL",
 };
 
 /* ---- helpers ------------------------------------------------------------------------------- */
@@ -178,15 +204,26 @@ static void test_security_exposure(void **state) {
 static void test_unit_settings(void **state) {
     char *svc = xread_file("systemd/rivetd.service");
     static const char *const want[] = {
-        "Type=notify", "NotifyAccess=main", "WatchdogSec=30s", "Restart=on-failure",
+        "Type=notify",
+        "NotifyAccess=main",
+        "WatchdogSec=30s",
+        "Restart=on-failure",
         "ExecStart=/usr/local/bin/rivetd --config /run/rivetd/rivet.conf",
         "ExecReload=/bin/kill -HUP $MAINPID",
         "ExecReload=+/usr/bin/install -m 0644 /etc/rivet/rivet.conf /run/rivetd/rivet.conf",
         "RuntimeDirectoryMode=0700",
-        "EnvironmentFile=/etc/rivet/rivet.conf", "DynamicUser=yes", "Requires=rivetd.socket",
-        "CapabilityBoundingSet=", "AmbientCapabilities=", "NoNewPrivileges=yes",
-        "ProtectSystem=strict", "PrivateUsers=yes", "MemoryDenyWriteExecute=yes",
-        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6", "LimitNOFILE=65536", "UMask=0077",
+        "EnvironmentFile=/etc/rivet/rivet.conf",
+        "DynamicUser=yes",
+        "Requires=rivetd.socket",
+        "CapabilityBoundingSet=",
+        "AmbientCapabilities=",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "PrivateUsers=yes",
+        "MemoryDenyWriteExecute=yes",
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+        "LimitNOFILE=65536",
+        "UMask=0077",
     };
     for (size_t i = 0; i < RV_ARRAY_LEN(want); i++)
         if (!has_line(svc, want[i])) fail_msg("rivetd.service lacks the line %s", want[i]);
@@ -384,12 +421,8 @@ static void test_config_example(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        T(test_security_exposure),
-        T(test_unit_settings),
-        T(test_verify_installed_units),
-        T(test_install_uninstall_destdir),
-        T(test_install_prefix),
-        T(test_config_example),
+        T(test_security_exposure),         T(test_unit_settings),  T(test_verify_installed_units),
+        T(test_install_uninstall_destdir), T(test_install_prefix), T(test_config_example),
     };
     const char *filter = getenv("RIVET_TEST_FILTER");
     if (filter && *filter) cmocka_set_test_filter(filter);

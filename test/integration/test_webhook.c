@@ -23,22 +23,22 @@
 #include "rivet/common.h"
 #include "rivet/webhook_sig.h"
 
-#define STREAM "rivet:provisioning"
-#define DEAD STREAM ":dead"
-#define WEBHOOK "/api/webhooks/stripe"
-#define WAIT_MS 10000
-#define STOP_MS 5000
+#define STREAM         "rivet:provisioning"
+#define DEAD           STREAM ":dead"
+#define WEBHOOK        "/api/webhooks/stripe"
+#define WAIT_MS        10000
+#define STOP_MS        5000
 #define MAX_EVENT_FILE (1024 * 1024)
-#define MAX_ENTRIES 16
+#define MAX_ENTRIES    16
 
 /* The price ids of the example events in test/events/, which conf/rivet.local.env uses too. */
-#define PRICE_BASIC "price_basic_local"
-#define PRICE_PRO "price_pro_local"
+#define PRICE_BASIC      "price_basic_local"
+#define PRICE_PRO        "price_pro_local"
 #define PRICE_ENTERPRISE "price_enterprise_local"
 /* Customer and subscription of the example events in test/events/. */
-#define EV_CUSTOMER "cus_QXg1o8vcGmoR32"
-#define EV_SUBSCRIPTION "sub_1Pgc6rB7WZ01zgkWNy0Cn5nw"
-#define EV_SESSION "cs_test_a1YS1URlnyQCN5fUUduORoQ7Pw41PJqDWkIVQCpJPqkfIhd6tVY8XB1OLY"
+#define EV_CUSTOMER      "cus_QXg1o8vcGmoR32"
+#define EV_SUBSCRIPTION  "sub_1Pgc6rB7WZ01zgkWNy0Cn5nw"
+#define EV_SESSION       "cs_test_a1YS1URlnyQCN5fUUduORoQ7Pw41PJqDWkIVQCpJPqkfIhd6tVY8XB1OLY"
 
 #define SECRET_OLD "whsec_rotation_old_0123456789abcdef"
 #define SECRET_NEW "whsec_rotation_new_fedcba9876543210"
@@ -78,8 +78,9 @@ static int rivetd_start(th_proc_t *p, int redis_port, const char *const extra[])
 static void redis_spawn(th_proc_t *p, int port) {
     char portstr[16];
     snprintf(portstr, sizeof portstr, "%d", port);
-    const char *argv[] = {"redis-server", "--port", portstr, "--bind", "127.0.0.1", "--save", "",
-                          "--appendonly", "no", "--daemonize", "no", NULL};
+    const char *argv[] = {"redis-server", "--port",      portstr, "--bind",
+                          "127.0.0.1",    "--save",      "",      "--appendonly",
+                          "no",           "--daemonize", "no",    NULL};
     assert_int_equal(th_spawn(p, argv, NULL), 0);
     p->port = port;
     if (th_wait_port(port, WAIT_MS) != 0) fail_msg("redis-server did not listen on %d", port);
@@ -103,9 +104,7 @@ static long long redis_int(int port, const char *fmt, const char *arg) {
     return v;
 }
 
-static long long xlen(int port, const char *stream) {
-    return redis_int(port, "XLEN %s", stream);
-}
+static long long xlen(int port, const char *stream) { return redis_int(port, "XLEN %s", stream); }
 
 /* HGET key field into out ("(nil)" when absent). */
 static void hget(int port, const char *key, const char *field, char *out, size_t outlen) {
@@ -196,8 +195,8 @@ static void check_data(const char *data, const char *type, const char *event_id,
     if (!cJSON_IsObject(ent)) fail_msg("data has no entitlement: %s", data);
     const cJSON *owner = cJSON_GetObjectItemCaseSensitive(ent, "customer_id");
     assert_true(cJSON_IsString(owner) && strcmp(owner->valuestring, EV_CUSTOMER) == 0);
-    const char *keys[] = {"type",        "stripe_event_id", "stripe_event_type",
-                          "customer_id", "tier",            "source"};
+    const char *keys[] = {"type", "stripe_event_id", "stripe_event_type", "customer_id",
+                          "tier", "source"};
     const char *want[] = {type, event_id, stripe_type, EV_CUSTOMER, tier, "webhook"};
     for (size_t i = 0; i < RV_ARRAY_LEN(keys); i++) {
         if (want[i] == NULL) continue;
@@ -224,8 +223,10 @@ static void check_entitlement(const char *data, const char *tier, const char *st
     int ok = 1;
     for (size_t i = 0; i < RV_ARRAY_LEN(strs); i++) {
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(e, strs[i].key);
-        if (strs[i].want == NULL) ok &= cJSON_IsNull(v);
-        else ok &= cJSON_IsString(v) && strcmp(v->valuestring, strs[i].want) == 0;
+        if (strs[i].want == NULL)
+            ok &= cJSON_IsNull(v);
+        else
+            ok &= cJSON_IsString(v) && strcmp(v->valuestring, strs[i].want) == 0;
     }
     const cJSON *a = cJSON_GetObjectItemCaseSensitive(e, "active");
     ok &= cJSON_IsBool(a) && cJSON_IsTrue(a) == active;
@@ -284,8 +285,8 @@ static cJSON *load_event(const char *stripe_type, const char *id, int64_t create
 }
 
 static cJSON *object_of(cJSON *ev) {
-    cJSON *o = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(ev, "data"),
-                                                "object");
+    cJSON *o =
+        cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(ev, "data"), "object");
     assert_true(cJSON_IsObject(o));
     return o;
 }
@@ -298,8 +299,8 @@ static void set_string(cJSON *o, const char *key, const char *value) {
 static void set_subscription(cJSON *ev, const char *price, const char *status) {
     cJSON *o = object_of(ev);
     set_string(o, "status", status);
-    cJSON *items = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(o, "items"),
-                                                    "data");
+    cJSON *items =
+        cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(o, "items"), "data");
     cJSON *price_obj = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(items, 0), "price");
     assert_true(cJSON_IsObject(price_obj));
     set_string(price_obj, "id", price);
@@ -383,9 +384,7 @@ static void expect_detail(th_response_t *r, int status, const char *detail) {
     th_response_free(r);
 }
 
-static void expect_bad_signature(th_response_t *r) {
-    expect_detail(r, 400, "Invalid signature");
-}
+static void expect_bad_signature(th_response_t *r) { expect_detail(r, 400, "Invalid signature"); }
 
 static int get_status(int port, const char *path) {
     th_response_t r;
@@ -541,8 +540,8 @@ static void test_six_types_map(void **state) {
         }
         assert_string_equal(e[i].event_id, ids[i]);
         check_data(e[i].data, cases[i].type, ids[i], cases[i].stripe_type, cases[i].tier);
-        check_entitlement(e[i].data, cases[i].ent_tier, cases[i].ent_status,
-                          cases[i].ent_active, EV_SUBSCRIPTION);
+        check_entitlement(e[i].data, cases[i].ent_tier, cases[i].ent_status, cases[i].ent_active,
+                          EV_SUBSCRIPTION);
     }
     entries_free(e, n);
 
@@ -878,8 +877,7 @@ static void check_dead(const dead_t *d, const char *body, size_t len, const char
 
 /* Nothing under the keys a mapped event would have written. */
 static void expect_no_entitlement_keys(int port) {
-    static const char *const patterns[] = {"rivet:customer:*", "rivet:checkout:*",
-                                           "rivet:email:*"};
+    static const char *const patterns[] = {"rivet:customer:*", "rivet:checkout:*", "rivet:email:*"};
     for (size_t i = 0; i < RV_ARRAY_LEN(patterns); i++) {
         char out[512];
         if (th_redis(port, out, sizeof out, "KEYS %s", patterns[i]) != 0) {
@@ -904,8 +902,8 @@ static void expect_ack(th_response_t *r) {
 /* POST len bytes (which may hold NULs) signed with the shared secret, on a new connection. */
 static void post_bytes(int port, const char *body, size_t len, th_response_t *r) {
     char sig[128], head[512];
-    assert_int_equal(rv_webhook_sign(TH_WEBHOOK_SECRET, (int64_t)time(NULL), body, len, sig,
-                                     sizeof sig), 0);
+    assert_int_equal(
+        rv_webhook_sign(TH_WEBHOOK_SECRET, (int64_t)time(NULL), body, len, sig, sizeof sig), 0);
     snprintf(head, sizeof head,
              "POST " WEBHOOK " HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n"
              "Content-Type: application/json\r\nStripe-Signature: %s\r\n"
@@ -1005,13 +1003,17 @@ static void test_malformed_content_dead_lettered(void **state) {
         /* A subscription-mode checkout nobody can be provisioned from. */
         {"checkout.session.completed", {"customer"}, NULL, "customer"},
         /* Overlong UTF-8 for '/', in the newer place of a checkout's email. */
-        {"checkout.session.completed", {"customer_details", "email"}, "\xC0\xAFx@example.com",
+        {"checkout.session.completed",
+         {"customer_details", "email"},
+         "\xC0\xAFx@example.com",
          "email"},
         /* A UTF-16 surrogate encoded in UTF-8, in the older place of an invoice's email. */
         {"invoice.payment_failed", {"customer_email"}, "x\xED\xA0\x80@example.com", "email"},
         /* A subscription id with a blank, in the newer place of an invoice's subscription. */
-        {"invoice.payment_succeeded", {"parent", "subscription_details", "subscription"},
-         "sub_1 2", "subscription"},
+        {"invoice.payment_succeeded",
+         {"parent", "subscription_details", "subscription"},
+         "sub_1 2",
+         "subscription"},
         /* A customer id that is not ASCII. */
         {"customer.subscription.updated", {"customer"}, "cus_\xC3\xBC", "customer"},
         /* A status with a C1 control character (NEL). */

@@ -21,19 +21,19 @@
 
 /* Recognisable secrets: no error text or dump may ever contain them. */
 #define SECRET_KEY "sk_test_SEKRETkeyVALUE4242"
-#define WH_SECRET "whsec_SEKRETwebhookVALUE4242"
+#define WH_SECRET  "whsec_SEKRETwebhookVALUE4242"
 #define WH_SECRET2 "whsec_SEKRETrotatedVALUE4343"
-#define API_TOKEN "tok_SEKRETapiTOKEN4242abcdef"
+#define API_TOKEN  "tok_SEKRETapiTOKEN4242abcdef"
 #define REDIS_PASS "SEKRETredisPASS4242"
 
 static const char *const secret_marks[] = {
-    "SEKRETkeyVALUE", "SEKRETwebhookVALUE", "SEKRETrotatedVALUE", "SEKRETapiTOKEN",
-    "SEKRETredisPASS",
+    "SEKRETkeyVALUE", "SEKRETwebhookVALUE", "SEKRETrotatedVALUE",
+    "SEKRETapiTOKEN", "SEKRETredisPASS",
 };
 
 static const char *const base_env[] = {
-    "STRIPE_SECRET_KEY=" SECRET_KEY,        "STRIPE_WEBHOOK_SECRET=" WH_SECRET,
-    "STRIPE_PRICE_BASIC=price_basic_1",     "STRIPE_PRICE_PRO=price_pro_1",
+    "STRIPE_SECRET_KEY=" SECRET_KEY,       "STRIPE_WEBHOOK_SECRET=" WH_SECRET,
+    "STRIPE_PRICE_BASIC=price_basic_1",    "STRIPE_PRICE_PRO=price_pro_1",
     "STRIPE_PRICE_ENTERPRISE=price_ent_1",
 };
 #define NBASE RV_ARRAY_LEN(base_env)
@@ -310,7 +310,7 @@ static void test_file_alone(void **state) {
 
 static void test_unknown_environment_ignored(void **state) {
     fx_t *f = *state;
-    const char *const extra[] = {"PATH=/usr/bin:/bin", "HOME=/root", "NOEQUALSIGN",
+    const char *const extra[] = {"PATH=/usr/bin:/bin",         "HOME=/root", "NOEQUALSIGN",
                                  "OPENAI_API_KEY=sk-whatever", "=empty_key", NULL};
     int rc = load_with(f, NULL, extra, NULL);
     if (rc) fail_msg("rejected: %s", f->err);
@@ -470,10 +470,9 @@ static void test_required_keys(void **state) {
 
 static void test_secret_key_prefixes(void **state) {
     fx_t *f = *state;
-    static const char *const good[] = {"STRIPE_SECRET_KEY=sk_test_abcdef123456",
-                                       "STRIPE_SECRET_KEY=sk_live_abcdef123456",
-                                       "STRIPE_SECRET_KEY=rk_live_abcdef123456",
-                                       "STRIPE_SECRET_KEY=rk_test_abcdef123456"};
+    static const char *const good[] = {
+        "STRIPE_SECRET_KEY=sk_test_abcdef123456", "STRIPE_SECRET_KEY=sk_live_abcdef123456",
+        "STRIPE_SECRET_KEY=rk_live_abcdef123456", "STRIPE_SECRET_KEY=rk_test_abcdef123456"};
     for (size_t i = 0; i < RV_ARRAY_LEN(good); i++) {
         expect_accept(f, good[i]);
         assert_string_equal(f->cfg.stripe_secret_key, strchr(good[i], '=') + 1);
@@ -513,17 +512,27 @@ static void test_secrets_never_in_errors(void **state) {
 static void test_numeric_keys_reject_bad_values(void **state) {
     fx_t *f = *state;
     static const char *const keys[] = {
-        "STRIPE_TIMEOUT_MS", "STRIPE_MAX_RETRIES", "WEBHOOK_TOLERANCE", "WORKERS",
-        "RATE_LIMIT_PER_MIN", "REDIS_DEDUPE_TTL", "REDIS_TIMEOUT_MS", "MAX_BODY_BYTES",
-        "MAX_HEADER_BYTES", "MAX_CONNECTIONS", "HEADER_TIMEOUT_MS", "BODY_TIMEOUT_MS",
-        "IDLE_TIMEOUT_MS", "SHUTDOWN_TIMEOUT_MS",
+        "STRIPE_TIMEOUT_MS",  "STRIPE_MAX_RETRIES",  "WEBHOOK_TOLERANCE", "WORKERS",
+        "RATE_LIMIT_PER_MIN", "REDIS_DEDUPE_TTL",    "REDIS_TIMEOUT_MS",  "MAX_BODY_BYTES",
+        "MAX_HEADER_BYTES",   "MAX_CONNECTIONS",     "HEADER_TIMEOUT_MS", "BODY_TIMEOUT_MS",
+        "IDLE_TIMEOUT_MS",    "SHUTDOWN_TIMEOUT_MS",
     };
     /* Junk, negative, overflow of 64 bits, and a value no key allows (it also overflows the
      * unsigned int of the keys stored as unsigned, where truncation must not turn it into a
      * small valid number). */
     static const char *const bad[] = {
-        "abc", "12abc", "1.5", "0x10", "-1", "-0", "+5", " 5", "",
-        "99999999999999999999999", "18446744073709551616", "18446744073709551615",
+        "abc",
+        "12abc",
+        "1.5",
+        "0x10",
+        "-1",
+        "-0",
+        "+5",
+        " 5",
+        "",
+        "99999999999999999999999",
+        "18446744073709551616",
+        "18446744073709551615",
         "4294967297",
     };
     for (size_t k = 0; k < RV_ARRAY_LEN(keys); k++) {
@@ -539,9 +548,9 @@ static void test_numeric_out_of_range(void **state) {
     fx_t *f = *state;
     /* Zero is meaningless for these: no time to wait, no room, nobody served. */
     static const char *const zero_bad[] = {
-        "STRIPE_TIMEOUT_MS=0", "WEBHOOK_TOLERANCE=0", "WORKERS=0", "REDIS_TIMEOUT_MS=0",
-        "MAX_BODY_BYTES=0", "MAX_HEADER_BYTES=0", "MAX_CONNECTIONS=0", "HEADER_TIMEOUT_MS=0",
-        "BODY_TIMEOUT_MS=0", "IDLE_TIMEOUT_MS=0", "REDIS_DEDUPE_TTL=0",
+        "STRIPE_TIMEOUT_MS=0", "WEBHOOK_TOLERANCE=0", "WORKERS=0",          "REDIS_TIMEOUT_MS=0",
+        "MAX_BODY_BYTES=0",    "MAX_HEADER_BYTES=0",  "MAX_CONNECTIONS=0",  "HEADER_TIMEOUT_MS=0",
+        "BODY_TIMEOUT_MS=0",   "IDLE_TIMEOUT_MS=0",   "REDIS_DEDUPE_TTL=0",
     };
     for (size_t i = 0; i < RV_ARRAY_LEN(zero_bad); i++) {
         char key[64];
@@ -580,9 +589,10 @@ static void test_listen_addresses(void **state) {
     assert_addr(&f->cfg.admin_addr, AF_INET6, "::1", 9001);
 
     static const char *const bad[] = {
-        "127.0.0.1",       "127.0.0.1:",    "127.0.0.1:65536", "127.0.0.1:-1", "127.0.0.1:8a",
-        ":8000",           "::1:8000",      "[::1]8000",       "[::1]",        "[::1:8000",
-        "256.0.0.1:80",    "1.2.3:80",      "[127.0.0.1]:80",  "",
+        "127.0.0.1",      "127.0.0.1:", "127.0.0.1:65536", "127.0.0.1:-1",
+        "127.0.0.1:8a",   ":8000",      "::1:8000",        "[::1]8000",
+        "[::1]",          "[::1:8000",  "256.0.0.1:80",    "1.2.3:80",
+        "[127.0.0.1]:80", "",
     };
     for (size_t i = 0; i < RV_ARRAY_LEN(bad); i++) {
         char entry[64];
@@ -759,21 +769,27 @@ static void test_dump_redacts(void **state) {
     assert_no_secret(b.data);
     /* Non-secret values are shown as they are. */
     static const char *const shown[] = {
-        "STRIPE_PRICE_BASIC=price_basic_1\n", "STRIPE_PRICE_PRO=price_pro_1\n",
+        "STRIPE_PRICE_BASIC=price_basic_1\n",
+        "STRIPE_PRICE_PRO=price_pro_1\n",
         "STRIPE_PRICE_ENTERPRISE=price_ent_1\n",
         "STRIPE_PUBLISHABLE_KEY=pk_live_visibleToEveryone1\n",
-        "REDIS_STREAM=prov:stream\n", "LISTEN=127.0.0.1:9555\n", "MAX_CONNECTIONS=77\n",
-        "ADMIN_LISTEN=127.0.0.1:8001\n", "TELEGRAM_BOT=RivetCEO_bot\n",
-        "STRIPE_API_BASE=https://api.stripe.com\n", "APP_URL=https://rivet.io\n",
+        "REDIS_STREAM=prov:stream\n",
+        "LISTEN=127.0.0.1:9555\n",
+        "MAX_CONNECTIONS=77\n",
+        "ADMIN_LISTEN=127.0.0.1:8001\n",
+        "TELEGRAM_BOT=RivetCEO_bot\n",
+        "STRIPE_API_BASE=https://api.stripe.com\n",
+        "APP_URL=https://rivet.io\n",
         "CORS_ORIGINS=https://rivet.io,https://www.rivet.io,http://localhost:3000\n",
-        "LOG_LEVEL=info\n", "IDLE_TIMEOUT_MS=60000\n",
+        "LOG_LEVEL=info\n",
+        "IDLE_TIMEOUT_MS=60000\n",
     };
     for (size_t i = 0; i < RV_ARRAY_LEN(shown); i++)
         if (strstr(b.data, shown[i]) == NULL)
             fail_msg("dump lacks %s-- dump:\n%s", shown[i], b.data);
     /* The secret keys are present (as redacted lines), and Redis shows where it points. */
-    static const char *const keys[] = {"\nSTRIPE_WEBHOOK_SECRET=", "\nRIVET_API_TOKEN=",
-                                       "\nREDIS_URL="};
+    static const char *const keys[] = {
+        "\nSTRIPE_WEBHOOK_SECRET=", "\nRIVET_API_TOKEN=", "\nREDIS_URL="};
     for (size_t i = 0; i < RV_ARRAY_LEN(keys); i++)
         if (strstr(b.data, keys[i]) == NULL) fail_msg("dump lacks %s", keys[i] + 1);
     assert_true(strncmp(b.data, "STRIPE_SECRET_KEY=", 18) == 0 ||
@@ -970,17 +986,33 @@ static void test_dump_exact(void **state) {
 
 /* The keys a reload must keep (sockets, processes, Redis, HTTP limits) and some it must apply. */
 static const char *const start_only_keys[] = {
-    "LISTEN",           "ADMIN_LISTEN",     "WORKERS",         "REDIS_URL",
+    "LISTEN",           "ADMIN_LISTEN",     "WORKERS",          "REDIS_URL",
     "REDIS_STREAM",     "REDIS_DEDUPE_TTL", "REDIS_TIMEOUT_MS", "MAX_BODY_BYTES",
-    "MAX_HEADER_BYTES", "MAX_BODY_BUFFER",  "MAX_CONNECTIONS", "HEADER_TIMEOUT_MS",
+    "MAX_HEADER_BYTES", "MAX_BODY_BUFFER",  "MAX_CONNECTIONS",  "HEADER_TIMEOUT_MS",
     "BODY_TIMEOUT_MS",  "IDLE_TIMEOUT_MS",
 };
 static const char *const reloadable_keys[] = {
-    "STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET", "STRIPE_PRICE_BASIC", "STRIPE_PRICE_PRO",
-    "STRIPE_PRICE_ENTERPRISE", "STRIPE_PUBLISHABLE_KEY", "STRIPE_API_BASE", "STRIPE_API_VERSION",
-    "STRIPE_TIMEOUT_MS", "STRIPE_MAX_RETRIES", "WEBHOOK_TOLERANCE", "APP_URL", "API_URL",
-    "REDIRECT_ORIGINS", "CORS_ORIGINS", "TELEGRAM_BOT", "RIVET_API_TOKEN", "RATE_LIMIT_PER_MIN",
-    "TRUST_PROXY", "SHUTDOWN_TIMEOUT_MS", "LOG_LEVEL",
+    "STRIPE_SECRET_KEY",
+    "STRIPE_WEBHOOK_SECRET",
+    "STRIPE_PRICE_BASIC",
+    "STRIPE_PRICE_PRO",
+    "STRIPE_PRICE_ENTERPRISE",
+    "STRIPE_PUBLISHABLE_KEY",
+    "STRIPE_API_BASE",
+    "STRIPE_API_VERSION",
+    "STRIPE_TIMEOUT_MS",
+    "STRIPE_MAX_RETRIES",
+    "WEBHOOK_TOLERANCE",
+    "APP_URL",
+    "API_URL",
+    "REDIRECT_ORIGINS",
+    "CORS_ORIGINS",
+    "TELEGRAM_BOT",
+    "RIVET_API_TOKEN",
+    "RATE_LIMIT_PER_MIN",
+    "TRUST_PROXY",
+    "SHUTDOWN_TIMEOUT_MS",
+    "LOG_LEVEL",
 };
 
 /* The table's entry for name; fails the test when there is none. */
@@ -1079,14 +1111,28 @@ static void test_table_defaults_are_real(void **state) {
 
 /* A configuration with every start-only and every reloadable key away from its default. */
 static const char *const changed_env[] = {
-    "LISTEN=127.0.0.1:9100", "ADMIN_LISTEN=[::1]:9101", "WORKERS=3",
-    "REDIS_URL=redis://127.0.0.1:6390/2", "REDIS_STREAM=other:stream", "REDIS_DEDUPE_TTL=86400",
-    "REDIS_TIMEOUT_MS=500", "MAX_BODY_BYTES=2048", "MAX_HEADER_BYTES=4096",
-    "MAX_BODY_BUFFER=1048576", "MAX_CONNECTIONS=7", "HEADER_TIMEOUT_MS=300",
-    "BODY_TIMEOUT_MS=301", "IDLE_TIMEOUT_MS=302",
+    "LISTEN=127.0.0.1:9100",
+    "ADMIN_LISTEN=[::1]:9101",
+    "WORKERS=3",
+    "REDIS_URL=redis://127.0.0.1:6390/2",
+    "REDIS_STREAM=other:stream",
+    "REDIS_DEDUPE_TTL=86400",
+    "REDIS_TIMEOUT_MS=500",
+    "MAX_BODY_BYTES=2048",
+    "MAX_HEADER_BYTES=4096",
+    "MAX_BODY_BUFFER=1048576",
+    "MAX_CONNECTIONS=7",
+    "HEADER_TIMEOUT_MS=300",
+    "BODY_TIMEOUT_MS=301",
+    "IDLE_TIMEOUT_MS=302",
     /* Reloadable. */
-    "TELEGRAM_BOT=Next_bot", "CORS_ORIGINS=https://next.example", "SHUTDOWN_TIMEOUT_MS=5",
-    "LOG_LEVEL=error", "STRIPE_PRICE_PRO=price_pro_next", "RATE_LIMIT_PER_MIN=9", NULL,
+    "TELEGRAM_BOT=Next_bot",
+    "CORS_ORIGINS=https://next.example",
+    "SHUTDOWN_TIMEOUT_MS=5",
+    "LOG_LEVEL=error",
+    "STRIPE_PRICE_PRO=price_pro_next",
+    "RATE_LIMIT_PER_MIN=9",
+    NULL,
 };
 
 static void test_keep_start_only(void **state) {
@@ -1160,7 +1206,7 @@ static void test_start_only_changed(void **state) {
     assert_int_equal(load_with(f, NULL, reloadable, NULL), 0);
     assert_int_equal(rv_config_start_only_changed(&f->cfg, &a, names, sizeof names), 0);
 
-    const char *const some[] = {"WORKERS=2", "REDIS_TIMEOUT_MS=100", "IDLE_TIMEOUT_MS=99",
+    const char *const some[] = {"WORKERS=2",     "REDIS_TIMEOUT_MS=100",  "IDLE_TIMEOUT_MS=99",
                                 "ADMIN_LISTEN=", "TELEGRAM_BOT=Next_bot", NULL};
     assert_int_equal(load_with(f, NULL, some, NULL), 0);
     assert_int_equal(rv_config_start_only_changed(&f->cfg, &a, names, sizeof names), 4);
@@ -1188,8 +1234,8 @@ static void test_start_only_changed(void **state) {
 /* ---- the table: documentation ---------------------------------------------------------------- */
 
 /* The tests run from the repository's root. */
-#define EXAMPLE_PATH "conf/rivet.conf.example"
-#define README_PATH "README.md"
+#define EXAMPLE_PATH  "conf/rivet.conf.example"
+#define README_PATH   "README.md"
 #define README_HEADER "| key | default | meaning |\n"
 
 static char *read_text(const char *path) {
@@ -1329,8 +1375,8 @@ static void test_docs_generated_from_table(void **state) {
                  README_PATH, write_expected("config-table.md", md.data));
     /* No generated line is wider than the 100 columns of the sources (the README's rows may be). */
     for (const char *l = env.data; *l; l += strcspn(l, "\n") + 1)
-        if (strcspn(l, "\n") > 100) fail_msg("%s: line over 100 columns: %.*s", EXAMPLE_PATH,
-                                             (int)strcspn(l, "\n"), l);
+        if (strcspn(l, "\n") > 100)
+            fail_msg("%s: line over 100 columns: %.*s", EXAMPLE_PATH, (int)strcspn(l, "\n"), l);
     free(example);
     free(readme);
     rv_buf_free(&md);

@@ -144,16 +144,34 @@ static void test_escape_invalid_utf8_replaced(void **state) {
         const char *prefix;
         const char *suffix;
     } cases[] = {
-        {"a\xff" "b", "a", "b"},               /* never valid */
-        {"a\x80" "b", "a", "b"},               /* lone continuation byte */
-        {"a\xc0\xaf" "b", "a", "b"},           /* overlong '/' */
-        {"a\xe0\x80\xaf" "b", "a", "b"},       /* overlong, 3 bytes */
-        {"a\xed\xa0\x80" "b", "a", "b"},       /* UTF-16 surrogate */
-        {"a\xf4\x90\x80\x80" "b", "a", "b"},   /* past U+10FFFF */
-        {"a\xf8\x88\x80\x80\x80" "b", "a", "b"}, /* 5-byte form */
-        {"end\xe2\x82", "end", ""},            /* truncated at the end of the string */
-        {"\xc3" "A", "", "A"},                 /* lead byte, then ASCII */
-        {"x\xe2\x82\xac\xe2\x82" "\xc3\xa9", "x\xe2\x82\xac", "\xc3\xa9"}, /* between valid */
+        {"a\xff"
+         "b",
+         "a", "b"}, /* never valid */
+        {"a\x80"
+         "b",
+         "a", "b"}, /* lone continuation byte */
+        {"a\xc0\xaf"
+         "b",
+         "a", "b"}, /* overlong '/' */
+        {"a\xe0\x80\xaf"
+         "b",
+         "a", "b"}, /* overlong, 3 bytes */
+        {"a\xed\xa0\x80"
+         "b",
+         "a", "b"}, /* UTF-16 surrogate */
+        {"a\xf4\x90\x80\x80"
+         "b",
+         "a", "b"}, /* past U+10FFFF */
+        {"a\xf8\x88\x80\x80\x80"
+         "b",
+         "a", "b"},                 /* 5-byte form */
+        {"end\xe2\x82", "end", ""}, /* truncated at the end of the string */
+        {"\xc3"
+         "A",
+         "", "A"}, /* lead byte, then ASCII */
+        {"x\xe2\x82\xac\xe2\x82"
+         "\xc3\xa9",
+         "x\xe2\x82\xac", "\xc3\xa9"}, /* between valid */
     };
     static const char fffd[] = "\xef\xbf\xbd";
     for (size_t i = 0; i < RV_ARRAY_LEN(cases); i++) {
@@ -231,8 +249,7 @@ static void assert_verr(cJSON *item, const char *const *loc, size_t nloc, const 
 static void test_validation_two_errors(void **state) {
     rv_json_verr_t errs[2] = {
         {{"body", "email", NULL, NULL}, "value is not a valid email address", "value_error"},
-        {{"body", "tier", "\"x\"", "3"}, "Input should be 'basic', 'pro' or 'enterprise'",
-         "enum"},
+        {{"body", "tier", "\"x\"", "3"}, "Input should be 'basic', 'pro' or 'enterprise'", "enum"},
     };
     rv_buf_t b = RV_BUF_INIT;
     assert_int_equal(rv_json_validation(&b, errs, 2), 0);

@@ -155,8 +155,7 @@ static double value_of(const expo_t *e, const char *key) {
 static size_t count_samples(const expo_t *e, const char *name, const char *needle) {
     size_t n = 0;
     for (size_t i = 0; i < e->n; i++)
-        if (strcmp(e->s[i].name, name) == 0 && (needle == NULL || strstr(e->s[i].key, needle)))
-            n++;
+        if (strcmp(e->s[i].name, name) == 0 && (needle == NULL || strstr(e->s[i].key, needle))) n++;
     return n;
 }
 
@@ -200,8 +199,7 @@ static void counter_families_typed_once(void **state) {
     }
     assert_int_equal(count_lines(e.text, "# TYPE rivet_http_request_duration_seconds histogram"),
                      1);
-    assert_int_equal(count_lines(e.text, "# TYPE rivet_stripe_call_duration_seconds histogram"),
-                     1);
+    assert_int_equal(count_lines(e.text, "# TYPE rivet_stripe_call_duration_seconds histogram"), 1);
     assert_int_equal(e.n, 0);
     expo_free(&e);
 }
@@ -213,8 +211,8 @@ static void counter_values(void **state) {
     expo_t e;
     render(&e, NULL, 0);
     assert_true(value_of(&e, "rivet_http_requests_total{" REQ_LABELS "}") == 8);
-    assert_true(value_of(&e, "rivet_stripe_retries_total{operation=\"checkout.sessions.create\"}")
-                == 2);
+    assert_true(
+        value_of(&e, "rivet_stripe_retries_total{operation=\"checkout.sessions.create\"}") == 2);
     /* One series per label set: nothing else appears. */
     assert_int_equal(e.n, 2);
     /* HELP and TYPE still once each with samples present, and before them. */
@@ -254,8 +252,8 @@ static void label_sets_kept_apart(void **state) {
     assert_true(value_of(&e, "rivet_http_requests_total{listener=\"admin\",route=\"health\","
                              "status=\"200\"}") == 2);
     assert_true(value_of(&e, "rivet_webhook_events_total{type=\"invoice\",outcome=\"ok\"}") == 1);
-    assert_true(value_of(&e, "rivet_webhook_events_total{type=\"invoice.paid\",outcome=\"ok\"}")
-                == 4);
+    assert_true(value_of(&e, "rivet_webhook_events_total{type=\"invoice.paid\",outcome=\"ok\"}") ==
+                4);
     assert_true(value_of(&e, "rivet_stripe_calls_total{listener=\"public\",route=\"health\","
                              "status=\"200\"}") == 7);
     assert_int_equal(e.n, 6);

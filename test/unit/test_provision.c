@@ -18,16 +18,16 @@
 #define FIXTURES "test/fixtures/stripe/"
 
 #define PRICE_BASIC "price_basic_test_0001"
-#define PRICE_PRO "price_1PgafmB7WZ01zgkW6dKueIc5" /* the price in Stripe's example objects */
-#define PRICE_ENT "price_enterprise_test_0003"
+#define PRICE_PRO   "price_1PgafmB7WZ01zgkW6dKueIc5" /* the price in Stripe's example objects */
+#define PRICE_ENT   "price_enterprise_test_0003"
 
 static const rv_prices_t prices = {PRICE_BASIC, PRICE_PRO, PRICE_ENT};
 
 /* Fixture values the assertions rely on, as they appear in Stripe's example objects. */
-#define FX_CUSTOMER "cus_QXg1o8vcGmoR32"
-#define FX_SUB "sub_1Pgc6rB7WZ01zgkWNy0Cn5nw"
-#define FX_CHECKOUT "cs_test_a1YS1URlnyQCN5fUUduORoQ7Pw41PJqDWkIVQCpJPqkfIhd6tVY8XB1OLY"
-#define FX_INVOICE "in_1Pgc6tB7WZ01zgkWu9fdqL6I"
+#define FX_CUSTOMER        "cus_QXg1o8vcGmoR32"
+#define FX_SUB             "sub_1Pgc6rB7WZ01zgkWNy0Cn5nw"
+#define FX_CHECKOUT        "cs_test_a1YS1URlnyQCN5fUUduORoQ7Pw41PJqDWkIVQCpJPqkfIhd6tVY8XB1OLY"
+#define FX_INVOICE         "in_1Pgc6tB7WZ01zgkWu9fdqL6I"
 #define FX_ITEM_PERIOD_END 976287773
 
 static cJSON *load_fixture(const char *name) {
@@ -782,8 +782,11 @@ static void test_ignored_types(void **state) {
     assert_string_equal(ev.stripe_type, "plan.created");
     rv_prov_event_free(&ev);
 
-    const char *types[] = {"customer.created", "invoice.paid", "checkout.session.expired",
-                           "customer.subscription.trial_will_end", "invoice.payment_succeeded.x",
+    const char *types[] = {"customer.created",
+                           "invoice.paid",
+                           "checkout.session.expired",
+                           "customer.subscription.trial_will_end",
+                           "invoice.payment_succeeded.x",
                            "customer.subscription"};
     for (size_t i = 0; i < RV_ARRAY_LEN(types); i++) {
         assert_int_equal(map_obj(types[i], load_fixture("subscription"), &ev), RV_EIGNORED);
@@ -803,7 +806,7 @@ static void expect_payload(const char *json) {
     rv_prov_event_free(&ev);
 }
 
-#define OBJ "{\"object\":\"subscription\",\"id\":\"sub_1\",\"customer\":\"cus_1\"}"
+#define OBJ  "{\"object\":\"subscription\",\"id\":\"sub_1\",\"customer\":\"cus_1\"}"
 #define TYPE "\"type\":\"customer.subscription.updated\""
 
 static void test_malformed(void **state) {
@@ -976,8 +979,17 @@ static void test_malformed_ids(void **state) {
     memcpy(longid, "cus_", 4);
     longid[256] = '\0';
     const char *bad[] = {
-        "cus\r\nFLUSHALL", "cus 1", "cus_\xC3\xBC", "cus_\xE2\x80\x8B", "cus-1", "cus:1",
-        "cus*",           "cus_1\t", "\x7f",        "cus_\xff",         longid,
+        "cus\r\nFLUSHALL",
+        "cus 1",
+        "cus_\xC3\xBC",
+        "cus_\xE2\x80\x8B",
+        "cus-1",
+        "cus:1",
+        "cus*",
+        "cus_1\t",
+        "\x7f",
+        "cus_\xff",
+        longid,
     };
     for (size_t i = 0; i < RV_ARRAY_LEN(bad); i++) {
         const char *b = bad[i];
@@ -1040,25 +1052,25 @@ static void test_malformed_ids(void **state) {
 
 static void test_malformed_utf8(void **state) {
     static const char *const bad[] = {
-        "\xC0\xAF",             /* overlong '/' in two bytes */
-        "\xC1\xBF",             /* overlong in two bytes */
-        "\xE0\x80\xAF",         /* overlong '/' in three bytes */
-        "\xE0\x9F\xBF",         /* overlong U+07FF */
-        "\xF0\x80\x80\xAF",     /* overlong '/' in four bytes */
-        "\xF0\x8F\xBF\xBF",     /* overlong U+FFFF */
-        "\xED\xA0\x80",         /* high surrogate U+D800 */
-        "\xED\xBF\xBF",         /* low surrogate U+DFFF */
+        "\xC0\xAF",                 /* overlong '/' in two bytes */
+        "\xC1\xBF",                 /* overlong in two bytes */
+        "\xE0\x80\xAF",             /* overlong '/' in three bytes */
+        "\xE0\x9F\xBF",             /* overlong U+07FF */
+        "\xF0\x80\x80\xAF",         /* overlong '/' in four bytes */
+        "\xF0\x8F\xBF\xBF",         /* overlong U+FFFF */
+        "\xED\xA0\x80",             /* high surrogate U+D800 */
+        "\xED\xBF\xBF",             /* low surrogate U+DFFF */
         "\xED\xA0\xBD\xED\xB8\x80", /* a surrogate pair in CESU-8 */
-        "\xF4\x90\x80\x80",     /* beyond U+10FFFF */
-        "\xF5\x80\x80\x80",     /* beyond U+10FFFF */
-        "\xE2\x82",             /* truncated three-byte sequence at the end */
-        "\xE2\x82x",            /* truncated three-byte sequence before ASCII */
-        "\xF0\x9F\x98",         /* truncated four-byte sequence */
-        "\xC3",                 /* truncated two-byte sequence */
-        "\x80",                 /* lone continuation byte */
-        "\xBF\xBF",             /* lone continuation bytes */
-        "\xFE",                 /* never in UTF-8 */
-        "\xFF",                 /* never in UTF-8 */
+        "\xF4\x90\x80\x80",         /* beyond U+10FFFF */
+        "\xF5\x80\x80\x80",         /* beyond U+10FFFF */
+        "\xE2\x82",                 /* truncated three-byte sequence at the end */
+        "\xE2\x82x",                /* truncated three-byte sequence before ASCII */
+        "\xF0\x9F\x98",             /* truncated four-byte sequence */
+        "\xC3",                     /* truncated two-byte sequence */
+        "\x80",                     /* lone continuation byte */
+        "\xBF\xBF",                 /* lone continuation bytes */
+        "\xFE",                     /* never in UTF-8 */
+        "\xFF",                     /* never in UTF-8 */
     };
     char email[64];
     for (size_t i = 0; i < RV_ARRAY_LEN(bad); i++) {
@@ -1093,9 +1105,9 @@ static void test_malformed_utf8(void **state) {
 
     /* Well-formed UTF-8 of every length is kept as it is. */
     static const char *const good[] = {
-        "j\xC3\xB6rg@example.com",                                  /* two bytes */
+        "j\xC3\xB6rg@example.com", /* two bytes */
         "\xE7\x94\xA8\xE6\x88\xB7@\xE4\xBE\x8B\xE5\xAD\x90.\xE5\xB9\xBF\xE5\x91\x8A", /* three */
-        "\xF0\x9F\x98\x80@example.com",                             /* four */
+        "\xF0\x9F\x98\x80@example.com",                                               /* four */
         "\xF4\x8F\xBF\xBF\xEF\xBF\xBD\xED\x9F\xBF\xEE\x80\x80@x.y", /* the edges */
         "a\\u0000b@example.com", /* a backslash: "\\u0000" in the JSON text, not a NUL */
     };
@@ -1132,7 +1144,9 @@ static void test_malformed_controls(void **state) {
     }
     /* Just past the C1 range, and a no-break space, are text. */
     cJSON *cs = checkout_subscription();
-    set(cs, "customer_email", cJSON_CreateString("a\xC2\xA0" "b@example.com"));
+    set(cs, "customer_email",
+        cJSON_CreateString("a\xC2\xA0"
+                           "b@example.com"));
     expect_maps("checkout.session.completed", cs);
 }
 
@@ -1234,9 +1248,9 @@ static void test_map_object(void **state) {
     cJSON *cs = checkout_subscription();
     char *s = cJSON_PrintUnformatted(cs);
     cJSON_Delete(cs);
-    assert_int_equal(rv_provision_map_object(s, strlen(s), "checkout.session.completed", read_at,
-                                             &prices, &ev),
-                     0);
+    assert_int_equal(
+        rv_provision_map_object(s, strlen(s), "checkout.session.completed", read_at, &prices, &ev),
+        0);
     free(s);
     assert_string_equal(ev.type, "user.provision");
     assert_string_equal(ev.event_id, "");
@@ -1278,14 +1292,13 @@ static void test_map_object(void **state) {
     rv_prov_event_free(&ev);
 
     /* The type says what the object is; without it nothing can be mapped. */
-    assert_int_equal(rv_provision_map_object(s, strlen(s), NULL, read_at, &prices, &ev),
-                     RV_EINVAL);
+    assert_int_equal(rv_provision_map_object(s, strlen(s), NULL, read_at, &prices, &ev), RV_EINVAL);
     rv_prov_event_free(&ev);
     free(s);
     /* An event envelope handed over as the object is no subscription: it names no customer. */
     s = make_event("customer.subscription.updated", load_fixture("subscription"));
-    assert_int_equal(rv_provision_map_object(s, strlen(s), "customer.subscription.updated",
-                                             read_at, &prices, &ev),
+    assert_int_equal(rv_provision_map_object(s, strlen(s), "customer.subscription.updated", read_at,
+                                             &prices, &ev),
                      RV_EMALFORMED);
     assert_null(ev.data_json);
     rv_prov_event_free(&ev);
@@ -1296,9 +1309,9 @@ static void test_map_object(void **state) {
     set(cs, "mode", cJSON_CreateString("payment"));
     s = cJSON_PrintUnformatted(cs);
     cJSON_Delete(cs);
-    assert_int_equal(rv_provision_map_object(s, strlen(s), "checkout.session.completed", read_at,
-                                             &prices, &ev),
-                     RV_EIGNORED);
+    assert_int_equal(
+        rv_provision_map_object(s, strlen(s), "checkout.session.completed", read_at, &prices, &ev),
+        RV_EIGNORED);
     assert_null(ev.data_json);
     rv_prov_event_free(&ev);
     free(s);

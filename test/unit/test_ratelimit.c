@@ -46,8 +46,7 @@ static void burst_then_limit(void **state) {
     take_ok(rl, "198.51.100.7", T0, 20);
     assert_int_equal(take_limited(rl, "198.51.100.7", T0), 1);
     /* Being limited does not spend anything: still exactly one second to wait. */
-    for (int i = 0; i < 50; i++)
-        assert_int_equal(take_limited(rl, "198.51.100.7", T0), 1);
+    for (int i = 0; i < 50; i++) assert_int_equal(take_limited(rl, "198.51.100.7", T0), 1);
     rv_ratelimit_free(rl);
 }
 

@@ -227,10 +227,10 @@ static void test_overlong_fields(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_default_shape),   cmocka_unit_test(test_host_only),
-        cmocka_unit_test(test_port_and_db),     cmocka_unit_test(test_ipv6),
-        cmocka_unit_test(test_password_only),   cmocka_unit_test(test_user_and_password),
-        cmocka_unit_test(test_percent_decoding), cmocka_unit_test(test_unix),
+        cmocka_unit_test(test_default_shape),      cmocka_unit_test(test_host_only),
+        cmocka_unit_test(test_port_and_db),        cmocka_unit_test(test_ipv6),
+        cmocka_unit_test(test_password_only),      cmocka_unit_test(test_user_and_password),
+        cmocka_unit_test(test_percent_decoding),   cmocka_unit_test(test_unix),
         cmocka_unit_test(test_longest_fields_fit), cmocka_unit_test(test_rejections),
         cmocka_unit_test(test_overlong_fields),
     };

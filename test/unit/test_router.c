@@ -84,8 +84,9 @@ static void test_head_uses_get(void **state) {
 
 static void test_not_found(void **state) {
     static const char *const paths[] = {
-        "/nope", "/healthz", "/health/", "/heal", "/HEALTH", "//", "/api/checkout",
-        "/api/checkout/create/", "/health/x", "",
+        "/nope",     "/healthz", "/health/",      "/heal",
+        "/HEALTH",   "//",       "/api/checkout", "/api/checkout/create/",
+        "/health/x", "",
     };
     for (size_t i = 0; i < RV_ARRAY_LEN(paths); i++) {
         const rv_route_t *r = NULL;
@@ -153,18 +154,16 @@ static void test_path_len_honoured(void **state) {
     assert_ptr_equal(r, &routes[0]);
     /* The first 7 bytes of "/healthz" are "/health". */
     r = NULL;
-    assert_int_equal(rv_router_match(routes, NROUTES, "GET", "/healthz", 7, &r, allow,
-                                     sizeof allow),
-                     0);
+    assert_int_equal(
+        rv_router_match(routes, NROUTES, "GET", "/healthz", 7, &r, allow, sizeof allow), 0);
     assert_ptr_equal(r, &routes[0]);
     /* A shorter length is a different path. */
     assert_int_equal(rv_router_match(routes, NROUTES, "GET", "/health", 6, &r, allow, sizeof allow),
                      RV_ENOTFOUND);
     /* An unterminated path is read only up to path_len. */
     const char raw[7] = {'/', 'h', 'e', 'a', 'l', 't', 'h'};
-    assert_int_equal(rv_router_match(routes, NROUTES, "GET", raw, sizeof raw, &r, allow,
-                                     sizeof allow),
-                     0);
+    assert_int_equal(
+        rv_router_match(routes, NROUTES, "GET", raw, sizeof raw, &r, allow, sizeof allow), 0);
     assert_ptr_equal(r, &routes[0]);
     /* "/" with length 1 out of a longer buffer. */
     assert_int_equal(rv_router_match(routes, NROUTES, "GET", "/?x=1", 1, &r, allow, sizeof allow),

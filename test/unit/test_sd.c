@@ -23,8 +23,8 @@
 #include "rivet/sd.h"
 
 static void clear_env(void) {
-    static const char *const keys[] = {"NOTIFY_SOCKET", "WATCHDOG_USEC",  "WATCHDOG_PID",
-                                       "LISTEN_PID",    "LISTEN_FDS",     "LISTEN_FDNAMES"};
+    static const char *const keys[] = {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
+                                       "LISTEN_PID",    "LISTEN_FDS",    "LISTEN_FDNAMES"};
     for (size_t i = 0; i < RV_ARRAY_LEN(keys); i++) unsetenv(keys[i]);
 }
 
@@ -182,8 +182,8 @@ static void watchdog_usec(void **state) {
     assert_int_equal(rv_sd_watchdog_usec(), 0);
     unsetenv("WATCHDOG_PID");
 
-    static const char *const junk[] = {"", "0", "-400000", "abc", "400000x", " 400000",
-                                       "99999999999999999999999"};
+    static const char *const junk[] = {
+        "", "0", "-400000", "abc", "400000x", " 400000", "99999999999999999999999"};
     for (size_t i = 0; i < RV_ARRAY_LEN(junk); i++) {
         setenv("WATCHDOG_USEC", junk[i], 1);
         if (rv_sd_watchdog_usec() != 0) fail_msg("WATCHDOG_USEC='%s' was accepted", junk[i]);

@@ -163,8 +163,7 @@ static void test_should_retry_table(void **state) {
         int got = rv_stripe_should_retry(cases[i].err, cases[i].status, cases[i].hdr);
         if (got != cases[i].expect) {
             fail_msg("case %zu: err=%d status=%d hdr=%s: got %d, want %d", i, cases[i].err,
-                     cases[i].status, cases[i].hdr ? cases[i].hdr : "(null)", got,
-                     cases[i].expect);
+                     cases[i].status, cases[i].hdr ? cases[i].hdr : "(null)", got, cases[i].expect);
         }
     }
 }

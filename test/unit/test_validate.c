@@ -29,8 +29,7 @@
 static void make_email(char *out, size_t cap, size_t local, size_t total) {
     assert_true(total + 1 <= cap && local + 1 + 6 <= total);
     size_t k = 0;
-    for (size_t i = 0; i < local; i++)
-        out[k++] = 'l';
+    for (size_t i = 0; i < local; i++) out[k++] = 'l';
     out[k++] = '@';
     size_t body = total - local - 1 - 4;
     for (size_t i = 0; i < body; i++) {
@@ -176,9 +175,7 @@ static void customer_ids(void **state) {
 static char *origin_v[] = {"https://rivet.io", "https://www.rivet.io", "http://localhost:3000"};
 static const rv_strlist_t origins = {origin_v, 3};
 
-static int redirect_ok(const char *url) {
-    return rv_valid_redirect(url, &origins);
-}
+static int redirect_ok(const char *url) { return rv_valid_redirect(url, &origins); }
 
 static void redirect_allowed(void **state) {
     EXPECT_VALID(redirect_ok, "https://rivet.io");
