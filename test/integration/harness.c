@@ -39,10 +39,18 @@ extern char **environ;
 
 /* ---- time ------------------------------------------------------------------------------- */
 
-static int64_t now_ms(void) {
+int64_t th_now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t now_ms(void) { return th_now_ms(); }
+
+th_proc_t *th_free_slot(th_proc_t *procs, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (procs[i].pid <= 0 && procs[i].dir[0] == '\0') return &procs[i];
+    return NULL;
 }
 
 static void sleep_ms(int ms) {

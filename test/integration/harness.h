@@ -4,6 +4,7 @@
 #define RIVET_TEST_HARNESS_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 typedef struct th_proc_s {
@@ -14,6 +15,12 @@ typedef struct th_proc_s {
     char log_path[256]; /* where its stdout and stderr go */
     char dir[256];      /* a private temporary directory, removed by th_stop */
 } th_proc_t;
+
+/* Milliseconds of CLOCK_MONOTONIC: for deadlines and durations. */
+int64_t th_now_ms(void);
+
+/* The first of the n slots in procs that is not in use (no process, no directory), or NULL. */
+th_proc_t *th_free_slot(th_proc_t *procs, size_t n);
 
 /* A loopback TCP port that was free a moment ago. */
 int th_free_port(void);

@@ -43,12 +43,6 @@ static char api_base_env[64];
 
 /* ---- small utilities ---------------------------------------------------------------------- */
 
-static int64_t mono_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static void pause_ms(int ms) {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR) continue;
@@ -723,10 +717,10 @@ static void deadline(void **state) {
     const char *const env[] = {"STRIPE_TIMEOUT_MS=800", NULL};
     start_rivetd(env);
     fake_config("{\"hang_next\":1}");
-    int64_t t0 = mono_ms();
+    int64_t t0 = th_now_ms();
     th_response_t r;
     checkout(NULL, CHECKOUT_BODY, &r);
-    int64_t took = mono_ms() - t0;
+    int64_t took = th_now_ms() - t0;
     assert_detail(&r, 504);
     th_response_free(&r);
     if (took > 2000) fail_msg("504 after %lld ms, expected about 800", (long long)took);
@@ -811,7 +805,7 @@ static void thousand_in_flight(void **state) {
         if (fds[i] < 0) fail_msg("connection %d: %s", i, strerror(errno));
         if (th_send_str(fds[i], req) != 0) fail_msg("send %d: %s", i, strerror(errno));
     }
-    int64_t sent = mono_ms();
+    int64_t sent = th_now_ms();
     if (!th_eventually(fake_has_one, NULL, 5000)) fail_msg("no call reached the fake");
 
     /* /health on its own connection, while the calls wait on Stripe. */
@@ -819,13 +813,13 @@ static void thousand_in_flight(void **state) {
     assert_true(hfd >= 0);
     int64_t worst = 0;
     for (int i = 0; i < HEALTH_CHECKS; i++) {
-        int64_t t0 = mono_ms();
+        int64_t t0 = th_now_ms();
         assert_int_equal(th_send_str(hfd, "GET /health HTTP/1.1\r\nHost: t\r\n\r\n"), 0);
         th_response_t r;
         if (th_read_response(hfd, &r, 0, 1000) != 0)
             fail_msg("/health %d gave no answer within 1 s with %d checkouts in flight", i,
                      INFLIGHT);
-        int64_t took = mono_ms() - t0;
+        int64_t took = th_now_ms() - t0;
         if (took > worst) worst = took;
         assert_status(&r, 200);
         th_response_free(&r);
@@ -836,12 +830,12 @@ static void thousand_in_flight(void **state) {
     for (int i = 0; i < INFLIGHT; i++) pfds[i] = (struct pollfd){.fd = fds[i], .events = POLLIN};
     int ready = poll(pfds, INFLIGHT, 0);
     assert_true(ready < INFLIGHT);
-    int64_t health_done = mono_ms() - sent;
+    int64_t health_done = th_now_ms() - sent;
 
-    int64_t deadline = mono_ms() + 60000;
+    int64_t deadline = th_now_ms() + 60000;
     int ok = 0;
     for (int i = 0; i < INFLIGHT; i++) {
-        int64_t left = deadline - mono_ms();
+        int64_t left = deadline - th_now_ms();
         th_response_t r;
         if (left <= 0 || th_read_response(fds[i], &r, 0, (int)left) != 0)
             fail_msg("checkout %d: no answer (%d of %d answered)", i, ok, INFLIGHT);
@@ -855,7 +849,7 @@ static void thousand_in_flight(void **state) {
     }
     print_message("%d checkouts answered in %lld ms; %d /health checks done %lld ms after "
                   "sending, the slowest in %lld ms\n",
-                  ok, (long long)(mono_ms() - sent), HEALTH_CHECKS, (long long)health_done,
+                  ok, (long long)(th_now_ms() - sent), HEALTH_CHECKS, (long long)health_done,
                   (long long)worst);
     assert_int_equal(ok, INFLIGHT);
     assert_int_equal(fake_count("POST", SESSIONS), INFLIGHT);

@@ -83,12 +83,6 @@ static client_t clients[4];
 
 /* ---- small utilities ---------------------------------------------------------------------- */
 
-static int64_t mono_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static void pause_ms(int ms) {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR) continue;
@@ -473,11 +467,11 @@ static int caddy_start(void) {
         if (write_caddyfile(caddyfile, http_port, https_port, snippet) != 0) return -1;
         if (th_spawn(&E.caddy, argv, env) != 0) return -1;
         E.https_port = https_port;
-        int64_t deadline = mono_ms() + START_MS;
+        int64_t deadline = th_now_ms() + START_MS;
         CURLcode rc = CURLE_OK;
         reply_t r;
         memset(&r, 0, sizeof r);
-        while (mono_ms() < deadline && th_alive(&E.caddy)) {
+        while (th_now_ms() < deadline && th_alive(&E.caddy)) {
             /* The certificate is issued just after start: until then the handshake fails. */
             rc = https_try(NULL, "/health", NULL, NULL, 0, &r);
             if (rc == CURLE_OK && r.status == 200) return 0;
@@ -693,10 +687,10 @@ static void unready_instance_leaves_rotation(void **state) {
 
     /* Within one interval plus the check's timeout Caddy has seen it; until then B may still
      * answer (GET / needs no Redis). Twenty answers in a row from A mark the change. */
-    int64_t deadline = mono_ms() + 2 * E.health_interval_ms + E.health_timeout_ms + 1000;
+    int64_t deadline = th_now_ms() + 2 * E.health_interval_ms + E.health_timeout_ms + 1000;
     int run = 0;
     while (run < 20) {
-        if (mono_ms() > deadline) fail_msg("B still gets requests after its /ready failed");
+        if (th_now_ms() > deadline) fail_msg("B still gets requests after its /ready failed");
         run = get_root() == INST_A ? run + 1 : 0;
     }
     /* From then on A answers everything, webhooks included, and nothing fails. */
@@ -715,9 +709,9 @@ static void unready_instance_leaves_rotation(void **state) {
     assert_int_equal(th_redis(E.redis.port, out, sizeof out, "ACL SETUSER %s on", B_USER), 0);
     assert_string_equal(out, "OK");
     if (!wait_ready(&E.b, 200, 3 * TO / 2)) fail_msg("B's /ready never answered 200 again");
-    deadline = mono_ms() + 2 * E.health_interval_ms + E.health_timeout_ms + 1000;
+    deadline = th_now_ms() + 2 * E.health_interval_ms + E.health_timeout_ms + 1000;
     while (get_root() != INST_B) {
-        if (mono_ms() > deadline) fail_msg("B did not rejoin the rotation once ready");
+        if (th_now_ms() > deadline) fail_msg("B did not rejoin the rotation once ready");
         pause_ms(20);
     }
 }

@@ -52,12 +52,6 @@ static unsigned long long seed;
 
 /* ---- small utilities ---------------------------------------------------------------------- */
 
-static int64_t mono_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* A whole file as a malloc'd string (caller frees), or NULL. */
 static char *slurp(const char *path) {
     FILE *f = fopen(path, "r");
@@ -939,10 +933,10 @@ static void model_lifecycles(void **state) {
         plan[i] = plan[j];
         plan[j] = t;
     }
-    int64_t t0 = mono_ms();
+    int64_t t0 = th_now_ms();
     for (int i = 0; i < np; i++) deliver(&riv[0], plan[i]);
     printf("[ model    ] %d lives, %d events, %d deliveries in %lld ms\n", LIVES, total, np,
-           (long long)(mono_ms() - t0));
+           (long long)(th_now_ms() - t0));
     fflush(stdout);
     free(plan);
 
@@ -1344,11 +1338,11 @@ static void recovery_without_webhooks(void **state) {
     cJSON *all = fake_events();
     landed_t wa = {mapped_ids_of(all, cus, 2), "0"}; /* and the run stored its cursor */
     cJSON_Delete(all);
-    int64_t t0 = mono_ms();
+    int64_t t0 = th_now_ms();
     if (!th_eventually(all_landed, &wa, 20000))
         fail_msg("the events of phase A were not recovered");
     printf("[ recovery ] phase A recovered %d events after %lld ms\n", cJSON_GetArraySize(wa.ids),
-           (long long)(mono_ms() - t0));
+           (long long)(th_now_ms() - t0));
     long long c1 = redis_ll("GET %s", CURSOR_KEY);
     assert_true(c1 > 0);
     char c1s[32];
@@ -1366,11 +1360,11 @@ static void recovery_without_webhooks(void **state) {
     sub_do(sub[2], "cancel_at_period_end", "{\"value\": true}");
     all = fake_events();
     landed_t wb = {mapped_ids_of(all, cus, 3), c1s};
-    t0 = mono_ms();
+    t0 = th_now_ms();
     if (!th_eventually(all_landed, &wb, 15000))
         fail_msg("the events of phase B were not recovered, or the cursor did not advance");
-    printf("[ recovery ] phase B after %lld ms; cursor %lld -> %lld\n", (long long)(mono_ms() - t0),
-           c1, redis_ll("GET %s", CURSOR_KEY));
+    printf("[ recovery ] phase B after %lld ms; cursor %lld -> %lld\n",
+           (long long)(th_now_ms() - t0), c1, redis_ll("GET %s", CURSOR_KEY));
 
     agree_t ag = {cus, sub, 3, ""};
     if (!th_eventually(customers_agree, &ag, 5000)) fail_msg("after recovery: %s", ag.why);

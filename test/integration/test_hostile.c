@@ -49,17 +49,10 @@ static th_proc_t procs[4];
 
 /* ---- helpers -------------------------------------------------------------------------------- */
 
-static int64_t mono_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static th_proc_t *proc_slot(void) {
-    for (size_t i = 0; i < RV_ARRAY_LEN(procs); i++)
-        if (procs[i].pid <= 0) return &procs[i];
-    fail_msg("no free process slot");
-    return NULL;
+    th_proc_t *p = th_free_slot(procs, RV_ARRAY_LEN(procs));
+    if (p == NULL) fail_msg("no free process slot");
+    return p;
 }
 
 static th_proc_t *start(const char *const env[]) {
@@ -142,11 +135,11 @@ static void assert_health(const th_response_t *r, const char *what) {
 
 /* Read raw bytes until the peer closes or the deadline; *closed tells which. */
 static size_t read_until_close(int fd, char *buf, size_t cap, int timeout_ms, int *closed) {
-    int64_t deadline = mono_ms() + timeout_ms;
+    int64_t deadline = th_now_ms() + timeout_ms;
     size_t len = 0;
     *closed = 0;
     for (;;) {
-        int64_t left = deadline - mono_ms();
+        int64_t left = deadline - th_now_ms();
         if (left <= 0) break;
         struct pollfd pfd = {.fd = fd, .events = POLLIN};
         int rc = poll(&pfd, 1, (int)left);
@@ -820,8 +813,8 @@ static void test_budget_not_spent_by_announcements(void **state) {
     }
     /* Once the server has read every announcement (its receive queues are empty), it has
      * decided about each of them. */
-    int64_t deadline = mono_ms() + 3000;
-    while (server_rx_queued(p->port) != 0 && mono_ms() < deadline) poll(NULL, 0, 10);
+    int64_t deadline = th_now_ms() + 3000;
+    while (server_rx_queued(p->port) != 0 && th_now_ms() < deadline) poll(NULL, 0, 10);
     char what[160];
     snprintf(what, sizeof what,
              "%d connections announced %zu bytes of bodies and sent none (MAX_BODY_BUFFER=4 MiB)",
@@ -866,9 +859,9 @@ static void test_body_memory_bounded(void **state) {
     }
     /* Send until every client is done (or refused), then until the server has taken every byte
      * it will take: nothing left in the clients' send queues nor in its receive queues. */
-    int64_t deadline = mono_ms() + 6000;
+    int64_t deadline = th_now_ms() + 6000;
     int settled = 0;
-    while (!settled && mono_ms() < deadline) {
+    while (!settled && th_now_ms() < deadline) {
         struct pollfd pfd[N];
         for (int i = 0; i < N; i++) {
             pfd[i].fd = sent[i] < BODY ? fds[i] : -1;
@@ -1121,19 +1114,19 @@ static void test_refusal_log_flood(void **state) {
         assert_health(&r, "a held connection");
         th_response_free(&r);
     }
-    int64_t t0 = mono_ms();
+    int64_t t0 = th_now_ms();
     for (int i = 0; i < 300; i++) refused_once(p->port);
     /* The count of suppressed lines may be written with the next warning or on a timer: keep
      * being refused now and then until it shows. */
     char *log = NULL;
-    for (int64_t deadline = mono_ms() + 3000;;) {
+    for (int64_t deadline = th_now_ms() + 3000;;) {
         free(log);
         log = slurp(p->log_path, NULL);
-        if (has_suppressed_count(log) || mono_ms() >= deadline) break;
+        if (has_suppressed_count(log) || th_now_ms() >= deadline) break;
         refused_once(p->port);
         poll(NULL, 0, 100);
     }
-    int64_t elapsed_s = (mono_ms() - t0 + 999) / 1000;
+    int64_t elapsed_s = (th_now_ms() - t0 + 999) / 1000;
     int warnings = count_lines_with(log, "connection limit");
     int suppressed = has_suppressed_count(log);
     free(log);
@@ -1176,9 +1169,9 @@ static void test_pipeline_10000(void **state) {
     static char in[1 << 20];
     size_t have = 0;
     int got = 0;
-    int64_t deadline = mono_ms() + 15000;
+    int64_t deadline = th_now_ms() + 15000;
     /* All of it in one write as far as the kernel takes it; the rest as the server makes room. */
-    while (got < N && mono_ms() < deadline) {
+    while (got < N && th_now_ms() < deadline) {
         struct pollfd pfd = {.fd = fd, .events = POLLIN | (sent < total ? POLLOUT : 0)};
         if (poll(&pfd, 1, 100) < 0 && errno != EINTR) fail_msg("poll: %s", strerror(errno));
         if (pfd.revents & POLLOUT) {

@@ -38,22 +38,15 @@
 
 extern char **environ;
 
-static int64_t mono_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* ---- processes ----------------------------------------------------------------------------- */
 
 /* Everything a test starts lives here, so the teardown can stop what a failed test left. */
 static th_proc_t procs[4];
 
 static th_proc_t *slot(void) {
-    for (size_t i = 0; i < RV_ARRAY_LEN(procs); i++)
-        if (procs[i].pid <= 0 && procs[i].dir[0] == '\0') return &procs[i];
-    fail_msg("no free process slot");
-    return NULL;
+    th_proc_t *p = th_free_slot(procs, RV_ARRAY_LEN(procs));
+    if (p == NULL) fail_msg("no free process slot");
+    return p;
 }
 
 /* Variables the test's own environment must not hand to rivetd: the systemd protocols and every
@@ -307,7 +300,8 @@ static notify_t *notify_open(int abstract) {
     socklen_t len;
     if (abstract) {
         n->dir[0] = '\0';
-        snprintf(n->name, sizeof n->name, "@rivet-lc-%d-%lld", (int)getpid(), (long long)mono_ms());
+        snprintf(n->name, sizeof n->name, "@rivet-lc-%d-%lld", (int)getpid(),
+                 (long long)th_now_ms());
         size_t nl = strlen(n->name);
         memcpy(sun.sun_path + 1, n->name + 1, nl - 1);
         len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + nl);
@@ -338,9 +332,9 @@ static void notify_close(notify_t *n) {
 
 /* One datagram within timeout_ms into buf (NUL-terminated): its length, or -1. */
 static int notify_recv(notify_t *n, char *buf, size_t len, int timeout_ms) {
-    int64_t deadline = mono_ms() + timeout_ms;
+    int64_t deadline = th_now_ms() + timeout_ms;
     for (;;) {
-        int64_t left = deadline - mono_ms();
+        int64_t left = deadline - th_now_ms();
         struct pollfd pfd = {.fd = n->fd, .events = POLLIN};
         int rc = poll(&pfd, 1, left > 0 ? (int)left : 0);
         if (rc < 0 && errno == EINTR) continue;
@@ -368,9 +362,9 @@ static int has_line(const char *msg, const char *line, int prefix) {
  * the way are checked not to contain the line never (may be NULL). */
 static void notify_expect(notify_t *n, th_proc_t *p, const char *want, const char *never,
                           int timeout_ms, char *msg, size_t len) {
-    int64_t deadline = mono_ms() + timeout_ms;
+    int64_t deadline = th_now_ms() + timeout_ms;
     for (;;) {
-        int64_t left = deadline - mono_ms();
+        int64_t left = deadline - th_now_ms();
         if (left <= 0 || notify_recv(n, msg, len, (int)left) < 0)
             fail_log(p, "no %s notification within %d ms", want, timeout_ms);
         if (has_line(msg, want, 0)) return;
@@ -430,9 +424,9 @@ static void wait_health(th_proc_t *p, int port) {
 }
 
 static void wait_port(th_proc_t *p) {
-    int64_t deadline = mono_ms() + START_TO;
+    int64_t deadline = th_now_ms() + START_TO;
     while (th_wait_port(p->port, 50) != 0) {
-        if (!th_alive(p) || mono_ms() > deadline) fail_log(p, "rivetd did not start listening");
+        if (!th_alive(p) || th_now_ms() > deadline) fail_log(p, "rivetd did not start listening");
     }
 }
 
@@ -511,7 +505,7 @@ static void notify_lifecycle(int abstract) {
     /* The first message is readiness, with a status line, and by then the port accepts. */
     char msg[1024];
     if (notify_recv(n, msg, sizeof msg, START_TO) < 0) fail_log(p, "no notification at all");
-    int64_t t_ready = mono_ms();
+    int64_t t_ready = th_now_ms();
     if (!has_line(msg, "READY=1", 0) || !has_line(msg, "STATUS=", 1))
         fail_log(p, "first notification is not READY=1 with STATUS=: '%s'", msg);
     if (th_wait_port(p->port, 0) != 0) fail_log(p, "READY=1 sent before the port accepts");
@@ -521,11 +515,11 @@ static void notify_lifecycle(int abstract) {
     int beats = 0;
     int64_t first = 0, last = 0;
     for (;;) {
-        int64_t left = t_ready + 1000 - mono_ms();
+        int64_t left = t_ready + 1000 - th_now_ms();
         if (left <= 0 || notify_recv(n, msg, sizeof msg, (int)left) < 0) break;
         if (has_line(msg, "READY=1", 0)) fail_log(p, "READY=1 sent twice");
         if (!has_line(msg, "WATCHDOG=1", 0)) continue;
-        last = mono_ms();
+        last = th_now_ms();
         if (beats++ == 0) first = last;
     }
     if (beats < 2) fail_log(p, "%d WATCHDOG=1 within 1 s of READY=1, expected at least 2", beats);
@@ -559,9 +553,9 @@ static void watchdog_for_another_pid(void **state) {
     spawn_rivetd(p, &o);
     char msg[1024];
     notify_expect(n, p, "READY=1", NULL, START_TO, msg, sizeof msg);
-    int64_t end = mono_ms() + 500; /* five intervals of 100 ms */
+    int64_t end = th_now_ms() + 500; /* five intervals of 100 ms */
     for (;;) {
-        int64_t left = end - mono_ms();
+        int64_t left = end - th_now_ms();
         if (left <= 0 || notify_recv(n, msg, sizeof msg, (int)left) < 0) break;
         if (has_line(msg, "WATCHDOG=1", 0)) fail_log(p, "WATCHDOG=1 sent for another pid");
     }
@@ -956,9 +950,9 @@ static void sighup_fifo_never_blocks(void **state) {
     if (!th_eventually(log_reached, &lw, TO))
         fail_log(p, "no log line saying the reload was refused: a FIFO is not a regular file");
     for (int i = 0; i < 5; i++) {
-        int64_t t0 = mono_ms();
+        int64_t t0 = th_now_ms();
         expect_health(p->port);
-        if (mono_ms() - t0 > 1000) fail_log(p, "/health took over a second after SIGHUP");
+        if (th_now_ms() - t0 > 1000) fail_log(p, "/health took over a second after SIGHUP");
     }
     expect_preflight(p, "https://b.example", 204);
     assert_int_equal(unlink(path), 0);
@@ -1259,10 +1253,10 @@ static void sigterm_timeout_cuts_off(void **state) {
     th_proc_t *p = slot();
     int fd = checkout_in_flight(p, fake, "300");
 
-    int64_t t0 = mono_ms();
+    int64_t t0 = th_now_ms();
     kill(p->pid, SIGTERM);
     int st = wait_exit(p, 4000);
-    int64_t took = mono_ms() - t0;
+    int64_t took = th_now_ms() - t0;
     if (st != 0) fail_msg("rivetd exited with status %d, expected 0", st);
     if (took > 1500) fail_msg("exit took %lld ms with SHUTDOWN_TIMEOUT_MS=300", (long long)took);
     /* The client is cut off rather than answered with the result. */

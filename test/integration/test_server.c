@@ -39,21 +39,14 @@ static const char *const shared_env[] = {"MAX_HEADER_BYTES=4096", "MAX_BODY_BYTE
 
 /* ---- helpers -------------------------------------------------------------------------------- */
 
-static int64_t mono_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Daemons a test starts for itself live here, so that the per-test teardown can stop what a
  * failed test left running. */
 static th_proc_t procs[4];
 
 static th_proc_t *proc_slot(void) {
-    for (size_t i = 0; i < RV_ARRAY_LEN(procs); i++)
-        if (procs[i].pid <= 0) return &procs[i];
-    fail_msg("no free process slot");
-    return NULL;
+    th_proc_t *p = th_free_slot(procs, RV_ARRAY_LEN(procs));
+    if (p == NULL) fail_msg("no free process slot");
+    return p;
 }
 
 static void start(th_proc_t *p, const char *const env[]) {
@@ -122,11 +115,11 @@ static void assert_closes(int fd) {
 
 /* Read raw bytes until the peer closes or the deadline; *closed tells which. */
 static size_t read_until_close(int fd, char *buf, size_t cap, int timeout_ms, int *closed) {
-    int64_t deadline = mono_ms() + timeout_ms;
+    int64_t deadline = th_now_ms() + timeout_ms;
     size_t len = 0;
     *closed = 0;
     for (;;) {
-        int64_t left = deadline - mono_ms();
+        int64_t left = deadline - th_now_ms();
         if (left <= 0) break;
         struct pollfd pfd = {.fd = fd, .events = POLLIN};
         int rc = poll(&pfd, 1, (int)left);
@@ -801,15 +794,15 @@ static void test_pipelining_slow_reader_gets_every_answer(void **state) {
     /* Still without reading, wait until the server stops taking our bytes (its answers have
      * filled the buffers towards us): our send queue stops shrinking. */
     int outq = -1, stalled = 0;
-    for (int64_t since = mono_ms(), deadline = since + 5000; mono_ms() < deadline;) {
+    for (int64_t since = th_now_ms(), deadline = since + 5000; th_now_ms() < deadline;) {
         int q;
         if (ioctl(fd, SIOCOUTQ, &q) != 0) fail_msg("SIOCOUTQ: %s", strerror(errno));
         if (q != outq) {
             outq = q;
-            since = mono_ms();
+            since = th_now_ms();
         }
         if (q == 0) break;
-        if (mono_ms() - since >= 300) {
+        if (th_now_ms() - since >= 300) {
             stalled = 1;
             break;
         }
@@ -822,7 +815,7 @@ static void test_pipelining_slow_reader_gets_every_answer(void **state) {
     static char inbuf[1 << 20];
     stream_t st = {inbuf, 0, sizeof inbuf - 1};
     int got = 0;
-    int64_t last = mono_ms();
+    int64_t last = th_now_ms();
     while (got < N) {
         struct pollfd pfd = {.fd = fd, .events = POLLIN | (sent < total ? POLLOUT : 0)};
         int rc = poll(&pfd, 1, 100);
@@ -846,9 +839,9 @@ static void test_pipelining_slow_reader_gets_every_answer(void **state) {
                          "%zu before reading)",
                          got, status, rid, want, sent, total, phase1);
             got++;
-            last = mono_ms();
+            last = th_now_ms();
         }
-        if (mono_ms() - last > TO)
+        if (th_now_ms() - last > TO)
             fail_msg("no answer for %d ms after %d of %d (%zu of %zu bytes sent, %zu before "
                      "reading)",
                      TO, got, N, sent, total, phase1);
@@ -870,9 +863,9 @@ static void test_non_reading_client_bounded(void **state) {
     int fd = xconnect(p->port);
     size_t sent = 0, off = 0;
     long peak = before;
-    int64_t deadline = mono_ms() + 6000;
+    int64_t deadline = th_now_ms() + 6000;
     /* Up to 2 MB of requests, never reading an answer; stop once the server stops taking any. */
-    while (sent < 2 * 1024 * 1024 && mono_ms() < deadline) {
+    while (sent < 2 * 1024 * 1024 && th_now_ms() < deadline) {
         struct pollfd pfd = {.fd = fd, .events = POLLOUT};
         if (poll(&pfd, 1, 500) <= 0) break;
         ssize_t n = send(fd, block + off, blen - off, MSG_DONTWAIT | MSG_NOSIGNAL);
@@ -936,11 +929,11 @@ static void test_header_timeout(void **state) {
     th_proc_t *p = proc_slot();
     start(p, timeout_env);
     int fd = xconnect(p->port);
-    int64_t t0 = mono_ms();
+    int64_t t0 = th_now_ms();
     xsend(fd, "GET /health HTTP/1.1\r\nHost: t\r\n");
     th_response_t r;
     xread(fd, &r, 0);
-    int64_t waited = mono_ms() - t0;
+    int64_t waited = th_now_ms() - t0;
     assert_json_detail(&r, 408);
     assert_true(has_close(&r));
     th_response_free(&r);
@@ -954,11 +947,11 @@ static void test_body_timeout(void **state) {
     th_proc_t *p = proc_slot();
     start(p, timeout_env);
     int fd = xconnect(p->port);
-    int64_t t0 = mono_ms();
+    int64_t t0 = th_now_ms();
     xsend(fd, "POST /health HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n0123456789");
     th_response_t r;
     xread(fd, &r, 0);
-    int64_t waited = mono_ms() - t0;
+    int64_t waited = th_now_ms() - t0;
     assert_json_detail(&r, 408);
     th_response_free(&r);
     if (waited < 200) fail_msg("408 after %lld ms, before the 300 ms timeout", (long long)waited);
@@ -975,11 +968,11 @@ static void test_idle_timeout(void **state) {
     roundtrip(fd, GET_HEALTH, &r);
     assert_health(&r);
     th_response_free(&r);
-    int64_t t0 = mono_ms();
+    int64_t t0 = th_now_ms();
     char buf[1024];
     int closed;
     size_t n = read_until_close(fd, buf, sizeof buf, 3000, &closed);
-    int64_t waited = mono_ms() - t0;
+    int64_t waited = th_now_ms() - t0;
     if (!closed) fail_msg("idle keep-alive connection still open after 3 s");
     if (n != 0) fail_msg("idle connection got %zu bytes before closing: %s", n, buf);
     if (waited < 200)
@@ -1033,7 +1026,7 @@ static void test_max_connections(void **state) {
     /* A freed slot is usable again (once the server has seen the close). */
     th_close(fds[0]);
     int ok = 0;
-    for (int64_t deadline = mono_ms() + 3000; !ok && mono_ms() < deadline;) {
+    for (int64_t deadline = th_now_ms() + 3000; !ok && th_now_ms() < deadline;) {
         int fd = xconnect(p->port);
         if (th_send_str(fd, GET_HEALTH) == 0 && th_read_response(fd, &r, 0, 1000) == 0) {
             ok = r.status == 200;
@@ -1289,8 +1282,8 @@ static void test_ipv6_listen(void **state) {
     th_proc_t *p = proc_slot();
     if (th_spawn(p, argv, env) != 0) fail_msg("cannot start %s", bin);
     int fd = -1;
-    int64_t deadline = mono_ms() + 5000;
-    while ((fd = connect6(port)) < 0 && mono_ms() < deadline) usleep(20000);
+    int64_t deadline = th_now_ms() + 5000;
+    while ((fd = connect6(port)) < 0 && th_now_ms() < deadline) usleep(20000);
     if (fd < 0) fail_msg("nothing answers on [::1]:%d", port);
     static const char req[] = "GET /health HTTP/1.1\r\nHost: [::1]\r\nConnection: close\r\n\r\n";
     assert_int_equal(th_send(fd, req, sizeof req - 1), 0);

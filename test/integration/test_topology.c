@@ -61,12 +61,6 @@
 
 /* ---- small utilities ---------------------------------------------------------------------- */
 
-static int64_t mono_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static void nap_ms(int ms) {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
@@ -181,10 +175,10 @@ static int post_status(int port, const char *path, const char *headers, const ch
     free(req);
     char buf[8192];
     size_t got = 0;
-    int64_t deadline = mono_ms() + timeout_ms;
+    int64_t deadline = th_now_ms() + timeout_ms;
     for (;;) {
         ssize_t r = recv(fd, buf + got, sizeof buf - 1 - got, 0);
-        if (r < 0 && errno == EINTR && mono_ms() < deadline) continue;
+        if (r < 0 && errno == EINTR && th_now_ms() < deadline) continue;
         if (r <= 0) break;
         got += (size_t)r;
         if (got == sizeof buf - 1) break;
@@ -792,8 +786,9 @@ static void duplicate_waits(void **state) {
         fail_msg("acknowledged (%d, %d) while the replica could not have the event", st0, st1);
     /* Once the replica is back, the redelivery is acknowledged, and the event is there once. */
     int st = 0;
-    int64_t deadline = mono_ms() + 10000;
-    while ((st = post_signed(riv[1].port, body, 10000)) != 200 && mono_ms() < deadline) nap_ms(50);
+    int64_t deadline = th_now_ms() + 10000;
+    while ((st = post_signed(riv[1].port, body, 10000)) != 200 && th_now_ms() < deadline)
+        nap_ms(50);
     assert_int_equal(st, 200);
     tally_t t;
     stream_tally(repl.port, &t);
@@ -833,7 +828,7 @@ static void *sender(void *arg) {
         if (body == NULL) break;
         int st = post_signed(riv[n % 2].port, body, 5000);
         free(body);
-        int64_t now = mono_ms();
+        int64_t now = th_now_ms();
         sent_ev[n].at_ms = now;
         sent_ev[n].status = st;
         if (st == 200) {
@@ -897,31 +892,31 @@ static void failover(void **state) {
     /* Under load, the primary dies. */
     int want = 40;
     if (!th_eventually(enough_acks, &want, 15000)) fail_msg("no load before the failover");
-    int64_t t_kill = mono_ms();
+    int64_t t_kill = th_now_ms();
     kill(prim.p.pid, SIGKILL);
     th_stop(&prim.p, SIGKILL, 5000);
 
     moved_t to_replica = {repl.port};
     if (!th_eventually(sentinels_moved, &to_replica, 20000))
         fail_msg("the sentinels did not promote the replica");
-    int64_t t_promoted = mono_ms();
+    int64_t t_promoted = th_now_ms();
     if (!th_eventually(rivetd_moved, &to_replica, 15000))
         fail_msg("the instances did not move to the new primary");
-    int64_t t_followed = mono_ms();
+    int64_t t_followed = th_now_ms();
 
     /* The old primary comes back (same port, same directory: its AOF) as a primary of nothing;
      * the sentinels turn it into a replica of the new one. */
     node_start(&prim, 0);
-    int64_t t_restart = mono_ms();
+    int64_t t_restart = th_now_ms();
     if (!th_eventually(old_primary_rejoined, NULL, 30000))
         fail_msg("the old primary did not rejoin as a replica");
-    int64_t t_rejoined = mono_ms();
+    int64_t t_rejoined = th_now_ms();
     char role[256];
     redis_text(prim.port, role, sizeof role, "ROLE%s", "");
     if (strncmp(role, "slave\n", 6) != 0) fail_msg("ROLE on the old primary: %s", role);
 
     /* Acknowledged writes again, then the load stops. */
-    atomic_store(&mark_ms, mono_ms());
+    atomic_store(&mark_ms, th_now_ms());
     atomic_store(&acks_after, 0);
     want = 40;
     if (!th_eventually(enough_acks, &want, 20000))
@@ -948,7 +943,7 @@ static void failover(void **state) {
     }
 
     /* Stripe delivers again whatever was not acknowledged: until 200 (to the other instance). */
-    int64_t deadline = mono_ms() + 20000;
+    int64_t deadline = th_now_ms() + 20000;
     int redelivered = 0;
     for (int n = 0; n < total; n++) {
         if (sent_ev[n].status == 0 || sent_ev[n].status == 200) continue;
@@ -956,7 +951,8 @@ static void failover(void **state) {
         char *body = make_event("fo", n, id, sizeof id);
         assert_non_null(body);
         int st;
-        while ((st = post_signed(riv[(n + 1) % 2].port, body, 5000)) != 200 && mono_ms() < deadline)
+        while ((st = post_signed(riv[(n + 1) % 2].port, body, 5000)) != 200 &&
+               th_now_ms() < deadline)
             nap_ms(50);
         free(body);
         if (st != 200) fail_msg("event %s: redelivery answered %d", id, st);
