@@ -259,6 +259,25 @@ int rv_url_origin(const char *url, char *out, size_t outlen) {
         if (!(isalnum(c) || c == '.' || c == '-' || c == ':' || c == '[' || c == ']'))
             return RV_EINVAL;
     }
+    /* The authority is a host, a name or an address ("[v6]" in brackets), then an optional
+     * ":port" of digits: "http://:80" names no host, and "http://a:b" no port. */
+    size_t host_end = n;
+    if (p[0] == '[') {
+        const char *close = memchr(p, ']', n);
+        if (close == NULL || close == p + 1) return RV_EINVAL;
+        host_end = (size_t)(close - p) + 1;
+        if (host_end < n && p[host_end] != ':') return RV_EINVAL;
+    } else {
+        const char *colon = memchr(p, ':', n);
+        if (colon != NULL) host_end = (size_t)(colon - p);
+        if (host_end == 0 || memchr(p, '[', n) != NULL || memchr(p, ']', n) != NULL)
+            return RV_EINVAL;
+    }
+    if (host_end < n) {
+        if (host_end + 1 == n) return RV_EINVAL;
+        for (size_t i = host_end + 1; i < n; i++)
+            if (!isdigit((unsigned char)p[i])) return RV_EINVAL;
+    }
     size_t k = 0;
     for (size_t i = 0; i < slen; i++) out[k++] = (char)tolower((unsigned char)url[i]);
     memcpy(out + k, "://", 3);

@@ -710,6 +710,15 @@ static void test_url_origin(void **state) {
         {"https:///path", NULL},
         {"https:example.com", NULL},
         {"", NULL},
+        /* An authority with no host, or a port that is not digits (found by fuzzing). */
+        {"http://:80", NULL},
+        {"https://:8443/x", NULL},
+        {"http://example.com:", NULL},
+        {"http://example.com:8o", NULL},
+        {"http://a:1:2", NULL},
+        {"http://[]:80", NULL},
+        {"http://[::1]x", NULL},
+        {"http://exa[mple.com", NULL},
     };
     for (size_t i = 0; i < RV_ARRAY_LEN(cases); i++) {
         char out[256];
