@@ -25,8 +25,9 @@ static const char base_file[] = "STRIPE_SECRET_KEY=sk_test_fuzz_0123456789\n"
                                 "STRIPE_PRICE_ENTERPRISE=price_enterprise\n";
 
 static const char *const env_extra[] = {
-    "LOG_LEVEL=warn", "NO_EQUALS_SIGN", "UNRELATED_KEY=x", "STRIPE_PRICE_PRO=price_pro_env",
-    "WORKERS=2",      NULL,
+    "LOG_LEVEL=warn",  "NO_EQUALS_SIGN",
+    "UNRELATED_KEY=x", "STRIPE_PRICE_PRO=price_pro_env",
+    "WORKERS=2",       NULL,
 };
 
 typedef struct pairs_s {
@@ -147,9 +148,6 @@ static void check_loaded(rv_config_t *cfg) {
     FUZZ_CHECK(cfg->workers >= 1 && cfg->workers <= 64);
     FUZZ_CHECK(cfg->log_level >= 0 && cfg->log_level <= 3);
     FUZZ_CHECK(rv_config_price_of_tier(cfg, "pro") == cfg->price_pro);
-    FUZZ_CHECK(strcmp(rv_config_tier_of_price(cfg, cfg->price_enterprise), "enterprise") == 0 ||
-               strcmp(cfg->price_enterprise, cfg->price_basic) == 0 ||
-               strcmp(cfg->price_enterprise, cfg->price_pro) == 0);
 
     rv_buf_t d1 = RV_BUF_INIT, d2 = RV_BUF_INIT;
     FUZZ_CHECK(rv_config_dump(cfg, &d1) == 0);
@@ -157,20 +155,27 @@ static void check_loaded(rv_config_t *cfg) {
     /* The dump shows at most the kind of a secret key or token ("sk_live_", nine bytes) and
      * nothing of a webhook secret beyond the "whsec_" every one of them starts with. */
     char *key = cfg->stripe_secret_key, *token = cfg->api_token;
-    char *wh0 = cfg->webhook_secrets.v[0];
+    char *wh[8];
+    size_t nwh = cfg->webhook_secrets.n;
+    FUZZ_CHECK(nwh <= 8);
     cfg->stripe_secret_key = changed(key, 9);
     cfg->api_token = changed(token, 9);
-    cfg->webhook_secrets.v[0] = changed(wh0, 6);
+    for (size_t i = 0; i < nwh; i++) {
+        wh[i] = cfg->webhook_secrets.v[i];
+        cfg->webhook_secrets.v[i] = changed(wh[i], 6);
+    }
     FUZZ_CHECK(rv_config_dump(cfg, &d2) == 0);
     if (d1.len != d2.len || memcmp(d1.data, d2.data, d1.len) != 0)
         fprintf(stderr, "fuzz: the dump depends on a secret:\n%s\n---\n%s", d1.data, d2.data);
     FUZZ_CHECK(d1.len == d2.len && memcmp(d1.data, d2.data, d1.len) == 0);
     free(cfg->stripe_secret_key);
     free(cfg->api_token);
-    free(cfg->webhook_secrets.v[0]);
     cfg->stripe_secret_key = key;
     cfg->api_token = token;
-    cfg->webhook_secrets.v[0] = wh0;
+    for (size_t i = 0; i < nwh; i++) {
+        free(cfg->webhook_secrets.v[i]);
+        cfg->webhook_secrets.v[i] = wh[i];
+    }
     rv_buf_free(&d1);
     rv_buf_free(&d2);
 }

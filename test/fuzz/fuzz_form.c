@@ -14,11 +14,11 @@
 #include "rivet/stripe.h"
 
 #define MAX_PAIRS 64
-#define PREFIX "prefix-kept&"
+#define PREFIX    "prefix-kept&"
 
 static int unreserved(unsigned char c) {
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-           c == '-' || c == '.' || c == '_' || c == '~';
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '.' || c == '_' || c == '~';
 }
 
 static int upper_hex(char c) {

@@ -25,12 +25,12 @@
 #include "rivet/server.h"
 #include "rivet/validate.h"
 
-#define MAX_BODY 8192
-#define MAX_HEADER 4096
+#define MAX_BODY       8192
+#define MAX_HEADER     4096
 /* A loop iteration that makes no progress at all is impossible while the client is open: the
  * server's timers bound every wait. So many iterations mean the server is stuck. */
 #define MAX_ITERATIONS 100000
-#define WAIT_MS 2
+#define WAIT_MS        2
 #define CLIENT_BUF_MAX (4 * 1024 * 1024)
 
 static uv_loop_t loop;
@@ -156,8 +156,7 @@ static void client_closed(uv_handle_t *h) {
 
 static void client_close(client_t *c) {
     if (!uv_is_closing((uv_handle_t *)&c->tcp)) uv_close((uv_handle_t *)&c->tcp, client_closed);
-    if (!uv_is_closing((uv_handle_t *)&c->timer))
-        uv_close((uv_handle_t *)&c->timer, client_closed);
+    if (!uv_is_closing((uv_handle_t *)&c->timer)) uv_close((uv_handle_t *)&c->timer, client_closed);
 }
 
 static void client_shutdown(client_t *c) {

@@ -153,8 +153,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (text != NULL && memmem(json, size, "\\u0000", 6) == NULL) {
         rc2 = rv_provision_map(text, strlen(text), &prices, &again);
         if (!same_event(rc, &ev, rc2, &again))
-            fprintf(stderr, "fuzz: reformatted event maps differently (%d, %d): %s / %s\n", rc,
-                    rc2, ev.reason, again.reason);
+            fprintf(stderr, "fuzz: reformatted event maps differently (%d, %d): %s / %s\n", rc, rc2,
+                    ev.reason, again.reason);
         FUZZ_CHECK(same_event(rc, &ev, rc2, &again));
         rv_prov_event_free(&again);
     }

@@ -91,8 +91,10 @@ static int redirect_within(const char *url) {
         size_t ol = strlen(o);
         if (strncasecmp(url, o, ol) != 0) continue;
         const char *rest = url + ol;
-        if (strncmp(o, "https:", 6) == 0 && strncmp(rest, ":443", 4) == 0) rest += 4;
-        else if (strncmp(o, "http:", 5) == 0 && strncmp(rest, ":80", 3) == 0) rest += 3;
+        if (strncmp(o, "https:", 6) == 0 && strncmp(rest, ":443", 4) == 0)
+            rest += 4;
+        else if (strncmp(o, "http:", 5) == 0 && strncmp(rest, ":80", 3) == 0)
+            rest += 3;
         if (*rest == '\0' || *rest == '/' || *rest == '?' || *rest == '#') return 1;
     }
     return 0;

@@ -14,7 +14,7 @@
 #include "rivet/common.h"
 #include "rivet/webhook_sig.h"
 
-#define NOW ((int64_t)1700000000)
+#define NOW          ((int64_t)1700000000)
 #define FIXED_SECRET "whsec_fuzz_0123456789abcdef"
 
 /* Split off the part of [*p, end) up to the next newline; the rest starts after it. */
@@ -108,8 +108,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         /* A body with one byte changed no longer matches. */
         if (body_len > 0) {
             body[body_len - 1] ^= 0x01;
-            FUZZ_CHECK(rv_webhook_verify(signed_hdr, sl, body, body_len, mine, 1, t, 0) ==
-                       RV_ESIG);
+            FUZZ_CHECK(rv_webhook_verify(signed_hdr, sl, body, body_len, mine, 1, t, 0) == RV_ESIG);
             body[body_len - 1] ^= 0x01;
         }
 

@@ -75,9 +75,15 @@ for name in "$@"; do
     # The last status line ("#N DONE cov: ... ft: ... corp: ...") carries coverage and corpus.
     last=$(grep -E '^#[0-9]+.*cov: ' "$log" | tail -n 1)
     field() { echo "$last" | sed -n "s/.* $1: *\([^ ]*\).*/\1/p"; }
+    execs=$(stat number_of_executed_units)
+    rate=$(stat average_exec_per_sec)
+    if [ -z "$execs" ]; then
+        # Fork mode prints no final statistics: take the count from the last status line.
+        execs=$(echo "$last" | sed -n 's/^#\([0-9]*\).*/\1/p')
+        [ -n "$execs" ] && rate=$((execs / seconds))
+    fi
     printf 'fuzz %-12s %s: %s execs, %s exec/s, cov %s, ft %s, corpus %s, %s s\n' "$name" \
-        "$status" "$(stat number_of_executed_units)" "$(stat average_exec_per_sec)" \
-        "$(field cov)" "$(field ft)" "$(field corp)" "$seconds"
+        "$status" "$execs" "$rate" "$(field cov)" "$(field ft)" "$(field corp)" "$seconds"
     [ "$status" = ok ] || failed="$failed $name"
 done
 
