@@ -77,12 +77,14 @@ static const cJSON *first_of(const cJSON *list) {
     return cJSON_IsObject(first) ? first : NULL;
 }
 
-/* An integral JSON number that a double holds exactly; 0 when present and valid. */
+/* An integral JSON number of at most 15 digits; 0 when present and valid. Stripe's times and
+ * amounts are far shorter, and cJSON writes a number with 15 significant digits: a longer one
+ * would reach the entry changed (found by fuzzing). */
 static int get_int(const cJSON *o, const char *key, int64_t *out) {
     const cJSON *v = get(o, key);
     if (!cJSON_IsNumber(v)) return -1;
     double d = v->valuedouble;
-    if (!isfinite(d) || d != floor(d) || fabs(d) > 9007199254740992.0) return -1;
+    if (!isfinite(d) || d != floor(d) || fabs(d) > 999999999999999.0) return -1;
     *out = (int64_t)d;
     return 0;
 }
