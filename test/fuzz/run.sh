@@ -2,8 +2,10 @@
 # Run libFuzzer harnesses one after another and print one line per harness from libFuzzer's final
 # statistics; fail if any harness crashed, leaked, timed out or had a sanitizer report.
 # Usage: run.sh <fuzz build dir> <seconds> <fresh|keep> <name>...
-#   fresh: new inputs go to an emptied scratch directory (smoke runs are independent);
-#   keep:  new inputs accumulate in the scratch directory across runs (long runs build on the last).
+#   fresh: new inputs go to an emptied scratch directory, <build>/smoke/<name>/corpus (smoke runs
+#          are independent of each other);
+#   keep:  new inputs accumulate in <build>/work/<name>/corpus across runs (long runs build on
+#          the last, and a smoke run meanwhile does not touch them).
 # Before fuzzing, every file under test/fuzz/regressions/<name>/ is replayed once.
 # New inputs never go into test/fuzz/corpus: that directory is only read.
 # FUZZ_FLAGS in the environment adds libFuzzer options to the timed runs.
@@ -38,7 +40,7 @@ dict_of() {
 failed=""
 for name in "$@"; do
     bin="$build/fuzz_$name"
-    work="$build/work/$name"
+    if [ "$scratch_mode" = fresh ]; then work="$build/smoke/$name"; else work="$build/work/$name"; fi
     corpus="$work/corpus"
     artifacts="$work/artifacts/"
     log="$work/fuzz.log"
@@ -88,7 +90,7 @@ for name in "$@"; do
 done
 
 if [ -n "$failed" ]; then
-    echo "fuzz: FAILED:$failed (logs and inputs under $build/work/<name>/)"
+    echo "fuzz: FAILED:$failed (logs and inputs under ${work%/*}/<name>/)"
     exit 1
 fi
 echo "fuzz: OK: $# harnesses"
