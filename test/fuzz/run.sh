@@ -40,7 +40,8 @@ dict_of() {
 failed=""
 for name in "$@"; do
     bin="$build/fuzz_$name"
-    if [ "$scratch_mode" = fresh ]; then work="$build/smoke/$name"; else work="$build/work/$name"; fi
+    work="$build/work/$name"
+    [ "$scratch_mode" = fresh ] && work="$build/smoke/$name"
     corpus="$work/corpus"
     artifacts="$work/artifacts/"
     log="$work/fuzz.log"
