@@ -9,12 +9,13 @@
 -- ARGV: 1 seconds to keep event and checkout keys, 2 mode: "event" (a Stripe event, from a
 --       webhook or from recovery), "fulfill" (a paid Checkout Session read by the success page),
 --       "state" (a subscription read from Stripe), 3 entry type ("" for none), 4 Stripe event id,
---       5 the entry's data (a JSON object), 6 the version of the information: the event's
---       created, or the time of the read, 7 customer id, 8 email, 9 subscription id,
---       10 the subscription's whole state "tier|status|period_end|cancel_at_period_end" when the
---       object is a subscription, else "", 11 the plan of a checkout (its provisional state when
---       the subscription is not known yet), else "", 12 "1" when the object fulfills its
---       Checkout Session (paid, or free), 13 "1" when past_due counts as active, 14 the source
+--       5 the entry's data, a JSON object without its closing brace (the script adds the
+--       entitlement and closes it), 6 the version of the information: the event's created, or
+--       the time of the read, 7 customer id, 8 email, 9 subscription id, 10 the subscription's
+--       whole state "tier|status|period_end|cancel_at_period_end" when the object is a
+--       subscription, else "", 11 the plan of a checkout (its provisional state when the
+--       subscription is not known yet), else "", 12 "1" when the object fulfills its Checkout
+--       Session (paid, or free), 13 "1" when past_due counts as active, 14 the source
 --       ("webhook", "recovery", "success_page", "stripe"), 15 a new start token (used only if
 --       the customer needs one), 16 the deep link's prefix ("https://t.me/<bot>?start="),
 --       17 seconds a start token lives, 18 now (Unix seconds).
@@ -25,161 +26,214 @@
 -- telegram, for a provisioned session: the deep link to give the customer, "linked" once a chat
 -- is linked, else "".
 --
+-- The event key holds the source that first brought the event ("dead" for a dead letter).
+--
 -- Telegram: the first user.provision of a customer that has no linked chat issues the start
 -- token (kept as rivet:tg:start:<token> -> customer for ARGV[17] seconds, and as tg_token and
 -- tg_token_exp in the hash); a later provision, or the success page, gives the same token while
--- it lives and a fresh one once it expired or was used. The entitlement is also kept whole as
--- JSON in the hash field "ent", which the bot's look-ups answer as it is.
+-- it lives and a fresh one once it expired or was used.
 --
 -- The customer hash keeps each subscription as a field "s:<id>" = "version|tier|status|
--- period_end|cancel_at_period_end", replaced only by a newer version, and the entitlement derived
--- from them: an active subscription before an inactive one, then the newest. Entries carry that
--- entitlement as it stands after the event, so a consumer that applies them in order, or only
--- the last one of a customer, ends in the right state.
+-- period_end|cancel_at_period_end", replaced only by a newer version; "subs" counts them and "pd"
+-- is the past_due rule they were last derived under. From them comes the entitlement: an active
+-- subscription before an inactive one, then the newest, kept as the fields subscription_id,
+-- tier, status, active, current_period_end, cancel_at_period_end, and whole as the JSON "ent",
+-- which entries carry and the bot's look-ups answer as it is. An entry carries the entitlement
+-- as it stands after its event, so a consumer that applies entries in order, or only the last
+-- one of a customer, ends in the right state.
+--
+-- Cost: what is written to Lua's heap is what the garbage collector pays for, so the common
+-- case, an event of a customer with one subscription, reads seven fields, builds the entitlement
+-- only when something in it may have changed, and builds the entry's data in one concatenation.
 
 local mode = ARGV[2]
-if mode == 'event' and redis.call('EXISTS', KEYS[1]) == 1 then return {2, '', 0, ''} end
-local ttl = tonumber(ARGV[1])
-local version = tonumber(ARGV[6])
-local cust, sub, state = ARGV[7], ARGV[9], ARGV[10]
-local ask = 0
-local changed = false
-local entitlement = nil
-local telegram = ''
-
--- A JSON string: most values need no escaping, and quoting them is far cheaper than encoding.
-local function jstr(s)
-  if s == nil or s == '' then return 'null' end
-  if not s:find('[%c"\\/\128-\255]') then return '"' .. s .. '"' end
-  return cjson.encode(s)
+-- The event is marked first, in the script's first write: if Redis refuses writes (out of memory),
+-- nothing is written. Should anything after it fail, the mark is taken back, so that Stripe's
+-- next delivery is applied in full.
+if mode == 'event' and not redis.call('SET', KEYS[1], ARGV[14], 'NX', 'EX', ARGV[1]) then
+  return {2, '', 0, ''}
 end
 
-if cust ~= '' then
-  local flat = redis.call('HGETALL', KEYS[3])
-  local rec = {}
-  for i = 1, #flat, 2 do rec[flat[i]] = flat[i + 1] end
-  local set = {}
-  if rec.customer_id == nil then set.customer_id = cust end
+local function apply()
+  local cust, sub = ARGV[7], ARGV[9]
+  local ask, changed, entitlement, telegram = 0, false, false, ''
+  if cust ~= '' then
+    local version, state, past_due = tonumber(ARGV[6]), ARGV[10], ARGV[13]
+    local field = sub ~= '' and 's:' .. sub or 'ent'
+    local r = redis.call('HMGET', KEYS[3], 'ent', 'subs', 'pd', field, 'email', 'email_v',
+      'telegram_user_id')
+    local old_ent, subs, email = r[1], tonumber(r[2]), r[5]
+    if old_ent == '' then old_ent = false end
+    local args, n = {}, 0
+    local fresh = not old_ent
+    if fresh then args[1], args[2], n, subs = 'customer_id', cust, 2, 0 end
+    -- A record kept before its subscriptions were counted, or derived under another past_due
+    -- rule, is derived again from all of them.
+    local whole = not fresh and (not subs or r[3] ~= past_due)
 
-  local email = ARGV[8]
-  if email ~= '' and email ~= rec.email and
-      (rec.email_v == nil or version >= tonumber(rec.email_v)) then
-    set.email = email
-    set.email_v = ARGV[6]
-    -- The bot may look a customer up by email: the newest customer of an address wins.
-    redis.call('SET', KEYS[6], cust)
-  end
-
-  if sub ~= '' then
-    local field = 's:' .. sub
-    local cur = rec[field]
-    local cur_v, cur_state = -1, nil
-    if cur then
-      local bar = cur:find('|', 1, true)
-      cur_v = tonumber(cur:sub(1, bar - 1))
-      cur_state = cur:sub(bar + 1)
+    local e = ARGV[8]
+    local rebuild = fresh
+    if e ~= '' and e ~= email and (not r[6] or tonumber(ARGV[6]) >= tonumber(r[6])) then
+      args[n + 1], args[n + 2], args[n + 3], args[n + 4], n = 'email', e, 'email_v', ARGV[6], n + 4
+      email, rebuild = e, true
+      -- The bot may look a customer up by email: the newest customer of an address wins.
+      redis.call('SET', KEYS[6], cust)
     end
-    if state ~= '' then
-      if cur_v < version or (mode == 'state' and cur_v == version and cur_state ~= state) then
-        set[field] = ARGV[6] .. '|' .. state
-      elseif cur_v == version and cur_state ~= state then
+
+    local nv, same = false, false
+    if sub ~= '' then
+      local cur = r[4]
+      local cur_v, cur_state = -1, false
+      if cur then
+        local bar = cur:find('|', 1, true)
+        cur_v = tonumber(cur:sub(1, bar - 1))
+        cur_state = cur:sub(bar + 1)
+      end
+      if state ~= '' then
+        if cur_v < version or (mode == 'state' and cur_v == version and cur_state ~= state) then
+          nv, same = ARGV[6] .. '|' .. state, cur_state == state and not fresh
+        elseif cur_v == version and cur_state ~= state then
+          ask = 1
+        end
+      elseif ARGV[11] ~= '' and cur_v <= 0 then
+        -- Known only from a checkout: provisional (version 0) until Stripe says more.
+        local provisional = ARGV[11] .. (ARGV[12] == '1' and '|active||' or '|incomplete||')
+        if cur_state ~= provisional then nv = '0|' .. provisional end
+        ask = 1
+      elseif not cur then
         ask = 1
       end
-    elseif ARGV[11] ~= '' and cur_v <= 0 then
-      -- Known only from a checkout: provisional (version 0) until Stripe says more.
-      local status = ARGV[12] == '1' and 'active' or 'incomplete'
-      local provisional = ARGV[11] .. '|' .. status .. '||'
-      if cur_state ~= provisional then set[field] = '0|' .. provisional end
-      ask = 1
-    elseif cur == nil then
-      ask = 1
-    end
-  end
-
-  for k, v in pairs(set) do rec[k] = v end
-
-  local past_due = ARGV[13] == '1'
-  local best, best_v, best_active = nil, -1, false
-  for k, v in pairs(rec) do
-    if k:sub(1, 2) == 's:' then
-      local sv, tier, status, pe, cap = v:match('^([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
-      sv = tonumber(sv)
-      local active = status == 'active' or status == 'trialing' or
-          (past_due and status == 'past_due')
-      if best == nil or (active and not best_active) or
-          (active == best_active and (sv > best_v or (sv == best_v and k > best.field))) then
-        best = {field = k, tier = tier, status = status, pe = pe, cap = cap}
-        best_v, best_active = sv, active
+      if nv then
+        args[n + 1], args[n + 2], n = field, nv, n + 2
+        if not cur and subs then subs = subs + 1 end
       end
     end
-  end
-  if best then
-    local derived = {
-      subscription_id = best.field:sub(3), tier = best.tier, status = best.status,
-      active = best_active and 'true' or 'false', current_period_end = best.pe,
-      cancel_at_period_end = best.cap,
-    }
-    for k, v in pairs(derived) do
-      if rec[k] ~= v then
-        set[k] = v
-        rec[k] = v
+
+    -- The entitlement: an active subscription before an inactive one, then the newest. With one
+    -- subscription it is that one's state; with several, all of them are compared.
+    local best = false
+    if whole or (nv and subs > 1) then
+      local flat = redis.call('HGETALL', KEYS[3])
+      local best_k, best_v, best_active, seen = false, -1, false, false
+      subs = 0
+      local function consider(k, v)
+        local sv, status = v:match('^([^|]*)|[^|]*|([^|]*)')
+        sv = tonumber(sv)
+        local active = status == 'active' or status == 'trialing' or
+          (past_due == '1' and status == 'past_due')
+        subs = subs + 1
+        if not best_k or (active and not best_active) or
+            (active == best_active and (sv > best_v or (sv == best_v and k > best_k))) then
+          best_k, best_v, best_active, best = k, sv, active, v
+        end
+      end
+      for i = 1, #flat, 2 do
+        local k = flat[i]
+        if k:byte(1) == 115 and k:byte(2) == 58 then -- "s:"
+          if k == field and nv then
+            consider(k, nv)
+            seen = true
+          else
+            consider(k, flat[i + 1])
+          end
+        end
+      end
+      if nv and not seen then consider(field, nv) end
+      if best then best = best_k:sub(3) .. best:match('^[^|]*(|.*)$') end
+      args[n + 1], args[n + 2], args[n + 3], args[n + 4], n = 'subs', subs, 'pd', past_due, n + 4
+    elseif nv then
+      -- One subscription: its state is the entitlement, unchanged if only the version moved.
+      if not same then best = sub .. nv:match('^[^|]*(|.*)$') end
+      if subs ~= tonumber(r[2]) then args[n + 1], args[n + 2], n = 'subs', subs, n + 2 end
+      if fresh then args[n + 1], args[n + 2], n = 'pd', past_due, n + 2 end
+    elseif fresh then
+      args[n + 1], args[n + 2], args[n + 3], args[n + 4], n = 'subs', 0, 'pd', past_due, n + 4
+    end
+
+    local tg_user = r[7]
+    if best or rebuild then
+      local s, tier, status, active, pe, cap
+      if best then
+        s, tier, status, pe, cap = best:match('^([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
+        active = status == 'active' or status == 'trialing' or
+          (past_due == '1' and status == 'past_due')
+      else
+        local d = redis.call('HMGET', KEYS[3], 'subscription_id', 'tier', 'status', 'active',
+          'current_period_end', 'cancel_at_period_end')
+        s, tier, status, active, pe, cap = d[1], d[2], d[3], d[4] == 'true', d[5], d[6]
+      end
+      -- Ids, plan and status names and numbers were checked before they got here, so they need
+      -- no escaping; an email may.
+      local qe = 'null'
+      if email then
+        qe = email:find('[%c"\\/\128-\255]') and cjson.encode(email) or '"' .. email .. '"'
+      end
+      entitlement = '{"customer_id":"' .. cust .. '","email":' .. qe ..
+        ',"tier":' .. (tier and tier ~= '' and '"' .. tier .. '"' or 'null') ..
+        ',"status":' .. (status and status ~= '' and '"' .. status .. '"' or 'null') ..
+        ',"active":' .. (active and 'true' or 'false') ..
+        ',"subscription_id":' .. (s and s ~= '' and '"' .. s .. '"' or 'null') ..
+        ',"current_period_end":' .. (pe and pe ~= '' and pe or 'null') ..
+        ',"cancel_at_period_end":' .. (cap == '1' and 'true' or 'false') ..
+        ',"telegram_user_id":' .. (tg_user or 'null') .. '}'
+      if entitlement ~= old_ent then
         changed = true
+        if best then
+          args[n + 1], args[n + 2], args[n + 3], args[n + 4], args[n + 5], args[n + 6],
+            args[n + 7], args[n + 8], args[n + 9], args[n + 10], args[n + 11], args[n + 12], n =
+            'subscription_id', s, 'tier', tier, 'status', status, 'active',
+            active and 'true' or 'false', 'current_period_end', pe, 'cancel_at_period_end', cap,
+            n + 12
+        end
+        args[n + 1], args[n + 2], n = 'ent', entitlement, n + 2
       end
-    end
-  end
-
-  -- A provisioned session gives the customer a way into the bot, unless a chat is linked.
-  if ARGV[3] == 'user.provision' and ARGV[12] == '1' and ARGV[16] ~= '' then
-    if rec.telegram_user_id then
-      telegram = 'linked'
     else
-      local now = tonumber(ARGV[18])
-      if not (rec.tg_token and tonumber(rec.tg_token_exp or '0') > now) then
-        redis.call('SET', KEYS[5], cust, 'EX', ARGV[17])
-        set.tg_token = ARGV[15]
-        set.tg_token_exp = tostring(now + tonumber(ARGV[17]))
-        rec.tg_token = ARGV[15]
-      end
-      telegram = ARGV[16] .. rec.tg_token
+      entitlement = old_ent
     end
+
+    -- A provisioned session gives the customer a way into the bot, unless a chat is linked.
+    if ARGV[3] == 'user.provision' and ARGV[12] == '1' and ARGV[16] ~= '' then
+      if tg_user then
+        telegram = 'linked'
+      else
+        local now = tonumber(ARGV[18])
+        local t = redis.call('HMGET', KEYS[3], 'tg_token', 'tg_token_exp')
+        local token = t[1]
+        if not (token and tonumber(t[2] or '0') > now) then
+          redis.call('SET', KEYS[5], cust, 'EX', ARGV[17])
+          token = ARGV[15]
+          args[n + 1], args[n + 2], args[n + 3], args[n + 4], n =
+            'tg_token', token, 'tg_token_exp', now + tonumber(ARGV[17]), n + 4
+        end
+        telegram = ARGV[16] .. token
+      end
+    end
+    if n > 0 then redis.call('HSET', KEYS[3], unpack(args)) end
   end
 
-  local pe = rec.current_period_end
-  if pe == nil or pe == '' then pe = 'null' end
-  entitlement = '{"customer_id":"' .. cust .. '","email":' .. jstr(rec.email) ..
-      ',"tier":' .. jstr(rec.tier) .. ',"status":' .. jstr(rec.status) ..
-      ',"active":' .. (rec.active == 'true' and 'true' or 'false') ..
-      ',"subscription_id":' .. jstr(rec.subscription_id) .. ',"current_period_end":' .. pe ..
-      ',"cancel_at_period_end":' .. (rec.cancel_at_period_end == '1' and 'true' or 'false') ..
-      ',"telegram_user_id":' .. (rec.telegram_user_id or 'null') .. '}'
-  if rec.ent ~= entitlement then set.ent = entitlement end
-
-  local args = {}
-  for k, v in pairs(set) do
-    args[#args + 1] = k
-    args[#args + 1] = v
+  local type = ARGV[3]
+  local add = type ~= ''
+  if mode == 'state' then add = add and changed end
+  if type == 'user.provision' then
+    -- One user.provision per Checkout Session, whichever path comes first.
+    if ARGV[12] ~= '1' or redis.call('EXISTS', KEYS[4]) == 1 then add = false end
   end
-  if #args > 0 then redis.call('HSET', KEYS[3], unpack(args)) end
-end
+  if not add then return {3, '', ask, telegram} end
 
-local type = ARGV[3]
-local add = type ~= ''
-if mode == 'state' then add = add and changed end
-if type == 'user.provision' then
-  -- One user.provision per Checkout Session, whichever path comes first.
-  if ARGV[12] ~= '1' or redis.call('EXISTS', KEYS[4]) == 1 then add = false end
-end
-
-local id = ''
-if add then
-  local data = ARGV[5]:sub(1, -2) .. ',"source":"' .. ARGV[14] .. '"'
+  local link, ek = '', ''
   if telegram ~= '' and telegram ~= 'linked' then
-    data = data .. ',"telegram_link":' .. cjson.encode(telegram)
+    link = ',"telegram_link":' .. cjson.encode(telegram)
   end
-  if entitlement then data = data .. ',"entitlement":' .. entitlement end
-  data = data .. '}'
-  id = redis.call('XADD', KEYS[2], '*', 'type', type, 'stripe_event_id', ARGV[4], 'data', data)
-  if type == 'user.provision' then redis.call('SET', KEYS[4], id, 'EX', ttl) end
+  if entitlement then ek = ',"entitlement":' else entitlement = '' end
+  local id = redis.call('XADD', KEYS[2], '*', 'type', type, 'stripe_event_id', ARGV[4], 'data',
+    ARGV[5] .. link .. ek .. entitlement .. '}')
+  if type == 'user.provision' then redis.call('SET', KEYS[4], id, 'EX', ARGV[1]) end
+  return {1, id, ask, telegram}
 end
-if mode == 'event' then redis.call('SET', KEYS[1], add and id or 'recorded', 'EX', ttl) end
-return {add and 1 or 3, id, ask, telegram}
+
+local ok, res = pcall(apply)
+if not ok then
+  if mode == 'event' then redis.call('DEL', KEYS[1]) end
+  error(res)
+end
+return res

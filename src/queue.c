@@ -784,6 +784,7 @@ static int apply(rv_queue_t *q, const rv_prov_event_t *ev, int mode, const char 
     if (q->closing || !q->ready || !q->ac) return RV_EUNAVAIL;
     if (q->npending >= MAX_PENDING) return RV_EUNAVAIL;
 
+    static const char source_key[] = ",\"source\":\"";
     char version[24], state[400] = "", plan[40] = "";
     snprintf(version, sizeof version, "%lld", (long long)ev->created);
     if (ev->has_state) {
@@ -810,11 +811,11 @@ static int apply(rv_queue_t *q, const rv_prov_event_t *ev, int mode, const char 
     }
 
     const char *const copied[] = {
-        ev->type,  ev->event_id,        ev->data_json, version, ev->customer_id,
-        ev->email, ev->subscription_id, state,         plan,    token,
-        now};
+        ev->type, ev->event_id, version, ev->customer_id, ev->email, ev->subscription_id, state,
+        plan,     token,        now};
     size_t total = 4 * 64 + strlen(ev->event_id) + strlen(ev->customer_id) +
-                   strlen(ev->session_id) + 2 * el + 6;
+                   strlen(ev->session_id) + 2 * el + 6 + datalen + sizeof source_key +
+                   strlen(source) + 1;
     for (size_t i = 0; i < RV_ARRAY_LEN(copied); i++) total += strlen(copied[i]) + 1;
     cmd_t *c = cmd_new(q, total, data);
     if (!c) return RV_ENOMEM;
@@ -848,10 +849,22 @@ static int apply(rv_queue_t *q, const rv_prov_event_t *ev, int mode, const char 
         set_arg(c, ARG_KEY_EMAIL, DUMMY_KEY);
     set_arg(c, ARG_TTL, q->ttl);
     set_arg(c, ARG_MODE, mode_names[mode]);
-    static const int at[] = {ARG_TYPE, ARG_ID,    ARG_DATA, ARG_VERSION, ARG_CUST, ARG_EMAIL,
-                             ARG_SUB,  ARG_STATE, ARG_PLAN, ARG_TOKEN,   ARG_NOW};
+    static const int at[] = {ARG_TYPE, ARG_ID,    ARG_VERSION, ARG_CUST,  ARG_EMAIL,
+                             ARG_SUB,  ARG_STATE, ARG_PLAN,    ARG_TOKEN, ARG_NOW};
     for (size_t i = 0; i < RV_ARRAY_LEN(copied); i++)
         put_arg(c, &off, at[i], copied[i], strlen(copied[i]));
+    /* The data without its closing brace, with the source: the script adds the entitlement. */
+    size_t head = datalen - 1;
+    const char *sk = head > 1 ? source_key : source_key + 1; /* no comma after a bare "{" */
+    size_t skl = strlen(sk), sl = strlen(source);
+    char *d = c->strs + off;
+    memcpy(d, ev->data_json, head);
+    memcpy(d + head, sk, skl);
+    memcpy(d + head + skl, source, sl);
+    memcpy(d + head + skl + sl, "\"", 2);
+    c->argv[ARG_DATA] = d;
+    c->argvlen[ARG_DATA] = head + skl + sl + 1;
+    off += head + skl + sl + 2;
     set_arg(c, ARG_FULFILLS, ev->fulfills ? "1" : "0");
     set_arg(c, ARG_PAST_DUE, q->past_due_active ? "1" : "0");
     set_arg(c, ARG_SOURCE, source);

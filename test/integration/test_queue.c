@@ -636,9 +636,9 @@ static void test_added_then_duplicate(void **state) {
     assert_memory_equal(out, ent, strlen(out));
     redis_str(f->redis.port, out, sizeof out, "HGET rivet:customer:cus_A %s", "s:sub_A");
     assert_string_equal(out, "1700000000|pro|active|1702592000|0");
-    /* The event key remembers the entry, for the configured time. */
+    /* The event key remembers how the event came, for the configured time. */
     redis_str(f->redis.port, out, sizeof out, "GET %s", "rivet:event:evt_dup_1");
-    assert_string_equal(out, r.id);
+    assert_string_equal(out, "webhook");
     long long ttl = redis_int(f->redis.port, "TTL %s", "rivet:event:evt_dup_1");
     assert_true(ttl > TTL - 30 && ttl <= TTL);
 
@@ -685,7 +685,7 @@ static void test_ordering(void **state) {
     result_t r = expect_result(f, &old, RV_ENQ_ADDED);
     assert_int_equal(redis_int(port, "XLEN %s", STREAM), 2);
     redis_str(port, out, sizeof out, "GET %s", "rivet:event:evt_o0");
-    assert_string_equal(out, r.id);
+    assert_string_equal(out, "webhook");
     /* Its entry carries the newer state, which is what a consumer applying it must end with. */
     cJSON *d = entry_data(port, r.id, NULL, 0);
     assert_string_equal(dstr(d, "stripe_event_id"), "evt_o0");
@@ -1108,8 +1108,7 @@ static void test_one_provision_per_session(void **state) {
     cs.id = "evt_F";
     cs.created = 999;
     expect_result(f, &cs, RV_ENQ_RECORDED | RV_ENQ_ASK_STRIPE);
-    redis_str(port, out, sizeof out, "GET %s", "rivet:event:evt_F");
-    assert_string_equal(out, "recorded");
+    assert_int_equal(redis_int(port, "EXISTS %s", "rivet:event:evt_F"), 1);
     r = enqueue_wait(f, f->q, &cs);
     assert_int_equal(r.result, RV_ENQ_DUPLICATE);
     /* Recovery finds the same session under async_payment_succeeded: still one. */
@@ -1322,6 +1321,78 @@ static void test_two_subscriptions(void **state) {
         expect_hash(port, cust, "subscription_id", subs[swap]);
         expect_hash(port, cust, "status", "canceled");
     }
+}
+
+/* The script counts a customer's subscriptions and remembers the past_due rule it derived the
+ * entitlement under, so that most events read only a few fields. A changed rule, or a record
+ * kept without the count (as earlier versions kept it), is derived again from all the
+ * subscriptions by the next event of that customer, whatever the event says. */
+static void test_rule_change_and_older_records(void **state) {
+    fixture_t *f = *state;
+    char url[64];
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", f->redis.port);
+    int port = f->redis.port;
+    evspec_t s = {.id = "evt_rc0",
+                  .created = 100,
+                  .cust = "cus_RC",
+                  .sub = "sub_RC",
+                  .state = 1,
+                  .tier = "pro",
+                  .status = "past_due"};
+    for (int pda = 0; pda < 2; pda++) {
+        rv_queue_opts_t o = {.url = url,
+                             .stream = STREAM,
+                             .dedupe_ttl = TTL,
+                             .timeout_ms = 2000,
+                             .past_due_active = pda};
+        assert_int_equal(rv_queue_init(&f->loop, &o, &f->q), 0);
+        assert_true(run_until(f, is_ready, f->q, WAIT_MS));
+        if (pda == 0) {
+            result_t r = expect_result_on(f, f->q, &s, RV_APPLY_EVENT, "webhook", RV_ENQ_ADDED);
+            expect_entry(port, r.id, "subscription.updated", "webhook", "cus_RC", "pro", "past_due",
+                         0, "sub_RC");
+            expect_hash(port, "cus_RC", "subs", "1");
+        } else {
+            /* An older event changes no subscription, yet the entitlement follows the rule. */
+            s.id = "evt_rc1";
+            s.created = 50;
+            s.status = "active";
+            result_t r = expect_result_on(f, f->q, &s, RV_APPLY_EVENT, "webhook", RV_ENQ_ADDED);
+            expect_entry(port, r.id, "subscription.updated", "webhook", "cus_RC", "pro", "past_due",
+                         1, "sub_RC");
+            expect_hash(port, "cus_RC", "active", "true");
+            expect_hash(port, "cus_RC", "pd", "1");
+        }
+        queue_close(f, f->q);
+        f->q = NULL;
+    }
+
+    /* A record without the count, holding a canceled subscription as its entitlement and an
+     * active one beside it: the next event, even a stale one, puts the active one first. */
+    queue_open_ready(f, url);
+    char out[64];
+    assert_int_equal(th_redis(port, out, sizeof out,
+                              "HSET rivet:customer:cus_OLD customer_id cus_OLD "
+                              "s:sub_gone 300|enterprise|canceled|400|0 "
+                              "s:sub_live 200|basic|active|900|0 subscription_id sub_gone "
+                              "tier enterprise status canceled active false "
+                              "current_period_end 400 cancel_at_period_end 0 ent {}"),
+                     0);
+    result_t r = expect_result(f,
+                               &(evspec_t){.id = "evt_old1",
+                                           .created = 10,
+                                           .cust = "cus_OLD",
+                                           .sub = "sub_gone",
+                                           .state = 1,
+                                           .tier = "pro",
+                                           .status = "active"},
+                               RV_ENQ_ADDED);
+    cJSON *d = entry_data(port, r.id, NULL, 0);
+    expect_entitlement(d, "cus_OLD", "basic", "active", 1, "sub_live", 900, 0);
+    cJSON_Delete(d);
+    expect_hash(port, "cus_OLD", "subscription_id", "sub_live");
+    expect_hash(port, "cus_OLD", "subs", "2");
+    expect_hash(port, "cus_OLD", "s:sub_gone", "300|enterprise|canceled|400|0");
 }
 
 static void test_noscript_recovery(void **state) {
@@ -1716,6 +1787,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_one_provision_per_session, setup_redis, teardown),
         cmocka_unit_test_setup_teardown(test_state_from_stripe, setup_redis, teardown),
         cmocka_unit_test_setup_teardown(test_past_due_active, setup_redis, teardown),
+        cmocka_unit_test_setup_teardown(test_rule_change_and_older_records, setup_redis, teardown),
         cmocka_unit_test_setup_teardown(test_two_subscriptions, setup_redis, teardown),
         cmocka_unit_test_setup_teardown(test_noscript_recovery, setup_redis, teardown),
         cmocka_unit_test_setup_teardown(test_redis_error_reply, setup_redis, teardown),
