@@ -38,7 +38,12 @@ int rv_json_escape(rv_buf_t *out, const char *s) {
     int rc = rv_buf_append(out, "\"", 1);
     const unsigned char *p = (const unsigned char *)s;
     while (rc == 0 && *p) {
+        /* A run of printable ASCII goes in one piece. */
+        const unsigned char *run = p;
+        while (*p >= 0x20 && *p < 0x7f && *p != '"' && *p != '\\') p++;
+        if (p > run && (rc = rv_buf_append(out, run, (size_t)(p - run))) != 0) break;
         unsigned char c = *p;
+        if (c == '\0') break;
         if (c == '"' || c == '\\') {
             char e[2] = {'\\', (char)c};
             rc = rv_buf_append(out, e, 2);

@@ -11,11 +11,14 @@
 #include <cJSON.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "rivet/buf.h"
 #include "rivet/common.h"
+#include "rivet/json.h"
 
 /* Bound on strings copied into data_json that have no field in the struct (ids, currency). */
 #define MAX_EXTRA_STR 255
@@ -362,50 +365,74 @@ static int read_invoice(const cJSON *o, const rv_prices_t *prices, rv_prov_event
 }
 
 /* Helpers that add a member and remember whether any allocation failed. */
-static void add_str(cJSON *o, const char *k, const char *v, int *fail) {
-    if (cJSON_AddStringToObject(o, k, v) == NULL) *fail = 1;
+/* The entry's data is written directly: keys are literals, values are checked strings, integers
+ * of at most 15 digits and booleans, so no tree is needed to get it right. */
+typedef struct writer_s {
+    rv_buf_t b;
+    int fail;
+} writer_t;
+
+static void put_key(writer_t *w, const char *k) {
+    w->fail |= rv_buf_append(&w->b, w->b.len > 1 ? ",\"" : "\"", w->b.len > 1 ? 2 : 1);
+    w->fail |= rv_buf_puts(&w->b, k);
+    w->fail |= rv_buf_append(&w->b, "\":", 2);
 }
 
-static void add_num(cJSON *o, const char *k, int64_t v, int *fail) {
-    if (cJSON_AddNumberToObject(o, k, (double)v) == NULL) *fail = 1;
+static void add_str(writer_t *w, const char *k, const char *v) {
+    put_key(w, k);
+    w->fail |= rv_json_escape(&w->b, v);
 }
 
-static void add_bool(cJSON *o, const char *k, int v, int *fail) {
-    if (cJSON_AddBoolToObject(o, k, v) == NULL) *fail = 1;
+static void add_num(writer_t *w, const char *k, int64_t v) {
+    char digits[24], *p = digits + sizeof digits;
+    uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+    do *--p = (char)('0' + u % 10);
+    while ((u /= 10) != 0);
+    if (v < 0) *--p = '-';
+    put_key(w, k);
+    w->fail |= rv_buf_append(&w->b, p, (size_t)(digits + sizeof digits - p));
 }
 
-/* Write the stream entry's "data" object; absent values are left out, never written as null. */
+static void add_bool(writer_t *w, const char *k, int v) {
+    put_key(w, k);
+    w->fail |= rv_buf_puts(&w->b, v ? "true" : "false");
+}
+
+/* Write the stream entry's "data" object (malloc'd); absent values are left out, never written
+ * as null. */
 static char *build_data(const rv_prov_event_t *ev, const extra_t *x, kind_t kind) {
-    cJSON *d = cJSON_CreateObject();
-    if (d == NULL) return NULL;
-    int fail = 0;
-    add_num(d, "v", RV_PROVISION_DATA_VERSION, &fail);
-    add_str(d, "type", ev->type, &fail);
-    add_str(d, "stripe_event_id", ev->event_id, &fail);
-    add_str(d, "stripe_event_type", ev->stripe_type, &fail);
-    add_num(d, "created", ev->created, &fail);
-    add_bool(d, "livemode", ev->livemode, &fail);
-    add_str(d, "customer_id", ev->customer_id, &fail);
-    if (ev->email[0]) add_str(d, "email", ev->email, &fail);
-    if (ev->subscription_id[0]) add_str(d, "subscription_id", ev->subscription_id, &fail);
-    if (ev->tier[0]) add_str(d, "tier", ev->tier, &fail);
+    writer_t w = {RV_BUF_INIT, 0};
+    w.fail |= rv_buf_reserve(&w.b, 640);
+    w.fail |= rv_buf_append(&w.b, "{", 1);
+    add_num(&w, "v", RV_PROVISION_DATA_VERSION);
+    add_str(&w, "type", ev->type);
+    add_str(&w, "stripe_event_id", ev->event_id);
+    add_str(&w, "stripe_event_type", ev->stripe_type);
+    add_num(&w, "created", ev->created);
+    add_bool(&w, "livemode", ev->livemode);
+    add_str(&w, "customer_id", ev->customer_id);
+    if (ev->email[0]) add_str(&w, "email", ev->email);
+    if (ev->subscription_id[0]) add_str(&w, "subscription_id", ev->subscription_id);
+    if (ev->tier[0]) add_str(&w, "tier", ev->tier);
     /* Each status under its own name: only a subscription's is "status". */
     static const char *const status_name[] = {"payment_status", "status", "invoice_status"};
-    if (ev->status[0]) add_str(d, status_name[kind], ev->status, &fail);
-    if (ev->has_period_end) add_num(d, "current_period_end", ev->period_end, &fail);
-    if (ev->cancel_at_period_end >= 0) {
-        add_bool(d, "cancel_at_period_end", ev->cancel_at_period_end, &fail);
+    if (ev->status[0]) add_str(&w, status_name[kind], ev->status);
+    if (ev->has_period_end) add_num(&w, "current_period_end", ev->period_end);
+    if (ev->cancel_at_period_end >= 0)
+        add_bool(&w, "cancel_at_period_end", ev->cancel_at_period_end);
+    if (x->has_amount_total) add_num(&w, "amount_total", x->amount_total);
+    if (x->has_amount_paid) add_num(&w, "amount_paid", x->amount_paid);
+    if (x->has_amount_due) add_num(&w, "amount_due", x->amount_due);
+    if (x->currency) add_str(&w, "currency", x->currency);
+    if (x->invoice_id) add_str(&w, "invoice_id", x->invoice_id);
+    if (x->checkout_session_id) add_str(&w, "checkout_session_id", x->checkout_session_id);
+    if (x->has_attempt_count) add_num(&w, "attempt_count", x->attempt_count);
+    w.fail |= rv_buf_append(&w.b, "}", 1);
+    if (w.fail) {
+        rv_buf_free(&w.b);
+        return NULL;
     }
-    if (x->has_amount_total) add_num(d, "amount_total", x->amount_total, &fail);
-    if (x->has_amount_paid) add_num(d, "amount_paid", x->amount_paid, &fail);
-    if (x->has_amount_due) add_num(d, "amount_due", x->amount_due, &fail);
-    if (x->currency) add_str(d, "currency", x->currency, &fail);
-    if (x->invoice_id) add_str(d, "invoice_id", x->invoice_id, &fail);
-    if (x->checkout_session_id) add_str(d, "checkout_session_id", x->checkout_session_id, &fail);
-    if (x->has_attempt_count) add_num(d, "attempt_count", x->attempt_count, &fail);
-    char *text = fail ? NULL : cJSON_PrintUnformatted(d);
-    cJSON_Delete(d);
-    return text;
+    return rv_buf_steal(&w.b, NULL);
 }
 
 /* Everything after the envelope has been checked: find the route and read the object. */
@@ -527,7 +554,7 @@ static int map_event(const char *json, size_t len, const char *as_type, int64_t 
         out->customer_id[0] = out->subscription_id[0] = out->email[0] = '\0';
         out->tier[0] = out->status[0] = out->session_id[0] = '\0';
         out->has_state = out->has_period_end = out->fulfills = 0;
-        cJSON_free(out->data_json);
+        free(out->data_json);
         out->data_json = NULL;
     }
     cJSON_Delete(root);
@@ -563,16 +590,6 @@ static int map_in_arena(const char *json, size_t len, const char *as_type, int64
     arena_used = 0;
     cJSON_InitHooks(&hooks);
     int rc = map_event(json, len, as_type, created, prices, out);
-    if (out->data_json) {
-        /* The caller frees data_json with free(): move it out of the arena. */
-        char *text = strdup(out->data_json);
-        cJSON_free(out->data_json);
-        out->data_json = text;
-        if (text == NULL) {
-            out->type = NULL;
-            rc = RV_ENOMEM;
-        }
-    }
     cJSON_InitHooks(NULL);
     arena_used = 0;
     return rc;

@@ -16,29 +16,6 @@
  * own timer. */
 #include "rivet/queue.h"
 
-#include <uv.h>
-
-/* hiredis 0.14's libuv adapter returns from its poll callback on an error without telling
- * hiredis, and libuv has stopped the poll by then: a refused connect, or a connection reset
- * (a primary killed while commands were unread), would go unnoticed until a timer. Every
- * uv_poll_start of the adapter goes through here, so that an error is handed to hiredis as the
- * events it waits for: it reads or writes, meets the error and disconnects (what hiredis 1.x's
- * adapter does). */
-static int rv_uv_poll_start(uv_poll_t *handle, int events, uv_poll_cb cb);
-#define uv_poll_start rv_uv_poll_start
-#include <hiredis/adapters/libuv.h>
-#undef uv_poll_start
-
-static void on_poll(uv_poll_t *handle, int status, int events) {
-    redisLibuvEvents *p = handle->data;
-    redisLibuvPoll(handle, 0, status < 0 ? p->events : events);
-}
-
-static int rv_uv_poll_start(uv_poll_t *handle, int events, uv_poll_cb cb) {
-    (void)cb; /* always the adapter's redisLibuvPoll, called by on_poll */
-    return uv_poll_start(handle, events, on_poll);
-}
-
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <netdb.h>
@@ -56,6 +33,7 @@ static int rv_uv_poll_start(uv_poll_t *handle, int events, uv_poll_cb cb) {
 #include "rivet/log.h"
 #include "rivet/metrics.h"
 #include "rivet/redis_url.h"
+#include "rivet/redis_uv.h"
 #include "rivet/sentinel.h"
 
 #define BACKOFF_MIN_MS     100
@@ -565,10 +543,7 @@ static void conn_open(rv_queue_t *q) {
         redisAsyncFree(ac);
         goto retry;
     }
-    if (redisLibuvAttach(ac, q->loop) != REDIS_OK) {
-        /* A failed attach can leave the adapter's hooks set without their data; clear them so
-         * that freeing the context does not call them. */
-        memset(&ac->ev, 0, sizeof ac->ev);
+    if (rv_redis_uv_attach(ac, q->loop) != REDIS_OK) {
         log_failure(q, "redis: cannot watch the connection to %s", q->where);
         redisAsyncFree(ac);
         goto retry;

@@ -10,7 +10,6 @@
 #include "rivet/sentinel.h"
 
 #include <arpa/inet.h>
-#include <hiredis/adapters/libuv.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <stdio.h>
@@ -19,6 +18,7 @@
 
 #include "rivet/common.h"
 #include "rivet/log.h"
+#include "rivet/redis_uv.h"
 
 #define WATCH_RETRY_MS 1000
 
@@ -110,8 +110,7 @@ static redisAsyncContext *open_ctx(rv_sentinel_t *s, const rv_sentinel_addr_t *a
                                    redisDisconnectCallback *on_disconnect) {
     redisAsyncContext *ac = redisAsyncConnect(a->host, a->port);
     if (ac == NULL) return NULL;
-    if (ac->err || redisLibuvAttach(ac, s->loop) != REDIS_OK) {
-        memset(&ac->ev, 0, sizeof ac->ev);
+    if (ac->err || rv_redis_uv_attach(ac, s->loop) != REDIS_OK) {
         redisAsyncFree(ac);
         return NULL;
     }
@@ -220,9 +219,9 @@ int rv_sentinel_find(rv_sentinel_t *s, rv_sentinel_found_cb found, void *data) {
 
 static void watch_start(rv_sentinel_t *s);
 
-/* Start the subscription, or give up one that was not confirmed in time: a refused or hanging
- * connect is never reported by hiredis's libuv adapter (it ignores poll errors), so without this
- * the subscription would wait on a dead first sentinel for ever. */
+/* Start the subscription, or give up one that was not confirmed in time: a connect that hangs
+ * (a sentinel's machine gone) is reported by nothing, so without this the subscription would
+ * wait on a dead first sentinel for ever. */
 static void on_watch_timer(uv_timer_t *t) {
     rv_sentinel_t *s = t->data;
     if (s->closing) return;
