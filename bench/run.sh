@@ -4,7 +4,7 @@ set -u
 build=${1:-build}
 dir=$(dirname "$0")
 status=0
-for b in health memory checkout webhook entitlements failover; do
+for b in health memory checkout webhook apply_script entitlements failover; do
     if [ -x "$dir/$b.sh" ]; then
         echo "== bench: $b"
         "$dir/$b.sh" "$build" || status=1

@@ -98,7 +98,7 @@ run_pass() {
     env STRIPE_SECRET_KEY=sk_test_bench_webhook STRIPE_WEBHOOK_SECRET="$secret" \
         STRIPE_PRICE_BASIC=price_basic_local STRIPE_PRICE_PRO=price_pro_local \
         STRIPE_PRICE_ENTERPRISE=price_enterprise_local LOG_LEVEL=warn WORKERS="$workers" \
-        LISTEN="127.0.0.1:$lport" ADMIN_LISTEN= REDIS_URL="redis://127.0.0.1:$rport/0" \
+        RECONCILE_INTERVAL=0 LISTEN="127.0.0.1:$lport" ADMIN_LISTEN= REDIS_URL="redis://127.0.0.1:$rport/0" \
         "$build/rivetd" 2>"$tmp/$name/rivetd.log" &
     local rivetd_pid=$!
     pids="$pids $rivetd_pid"

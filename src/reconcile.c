@@ -113,6 +113,15 @@ static void schedule(rv_reconcile_t *r, uint64_t ms) {
     if (!r->closing) uv_timer_start(&r->timer, on_timer, ms, 0);
 }
 
+/* The next run, an interval from now give or take a tenth: instances on a fixed period could
+ * fall into step so that one always meets the other's lock and never runs itself. */
+static void schedule_next(rv_reconcile_t *r) {
+    uint32_t j = 0;
+    rv_random(&j, sizeof j);
+    uint64_t spread = r->interval_ms / 5;
+    schedule(r, r->interval_ms - spread / 2 + (spread ? j % spread : 0));
+}
+
 static rv_reconcile_t *create(rv_app_t *app) {
     rv_reconcile_t *r = calloc(1, sizeof *r);
     if (r == NULL) return NULL;
@@ -164,7 +173,7 @@ static void on_released(void *data, int err, const struct redisReply *reply) {
     r->state = IDLE;
     report(r);
     if (r->interval_ms)
-        schedule(r, r->interval_ms);
+        schedule_next(r);
     else
         one_run_done(r);
 }

@@ -687,7 +687,11 @@ static void several_instances(void **state) {
     if (!th_eventually(all_landed, &l, 30000)) fail_msg("the events did not all land");
     int done = 0;
     if (!th_eventually(runs_done, &done, 30000))
-        fail_msg("%d runs done; both instances must run and one must find the lock taken", done);
+        fail_msg("%d runs done (runs begun: %d and %d, lock found taken: %d + %d times); both "
+                 "instances must run and one must find the lock taken",
+                 done, log_count(&riv[0], "reconcile: run:"), log_count(&riv[1], "reconcile: run:"),
+                 log_count(&riv[0], "another reconciler is running"),
+                 log_count(&riv[1], "another reconciler is running"));
 
     same_t same = {(const char(*)[64])cus, C, ""};
     if (!th_eventually(entitlements_agree, &same, 10000))
@@ -1009,5 +1013,7 @@ int main(void) {
         cmocka_unit_test_teardown(duplicate_waits, teardown),
         cmocka_unit_test_teardown(failover, teardown),
     };
+    /* TOPO_ONLY=<pattern> runs only the matching tests. */
+    if (getenv("TOPO_ONLY")) cmocka_set_test_filter(getenv("TOPO_ONLY"));
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
