@@ -5,11 +5,11 @@
  * command, and another when the loop puts it back. This one changes the poll only when the
  * events it waits for change.
  *
- * Commands are written once per turn of the loop, after its callbacks (a check handle), not
- * when the next turn finds the socket writable: every command the turn's requests made goes to
- * Redis in one write, a turn sooner, and the poll waits for writability only when Redis does not
- * take everything at once. Before the connection is up, writability is how the connect is seen
- * to finish, so until then the poll is asked.
+ * Commands are written once per turn of the loop, just before it waits for I/O (a prepare
+ * handle), not when the next turn finds the socket writable: every command the turn's callbacks
+ * made goes to Redis in one write, without a turn of the loop in between, and the poll waits for
+ * writability only when Redis does not take everything at once. Before the connection is up,
+ * writability is how the connect is seen to finish, so until then the poll is asked.
  *
  * It also reports poll errors, which that adapter drops: libuv has stopped the poll by then, so
  * a refused connect or a reset connection would go unnoticed until a timer. An error is handed
@@ -21,7 +21,7 @@
 typedef struct watch_s {
     redisAsyncContext *ac; /* NULL once hiredis has let go of it */
     uv_poll_t poll;
-    uv_check_t flush;
+    uv_prepare_t flush;
     int events;   /* what the poll is started with; 0 when stopped */
     int flushing; /* inside the flush: a call to add_write means Redis took only part */
     int handles;  /* handles still to close */
@@ -56,9 +56,9 @@ static void del_read(void *data) {
     want(w, w->events & ~UV_READABLE);
 }
 
-static void on_flush(uv_check_t *h) {
+static void on_flush(uv_prepare_t *h) {
     watch_t *w = h->data;
-    uv_check_stop(&w->flush);
+    uv_prepare_stop(&w->flush);
     if (w->ac == NULL) return;
     w->flushing = 1;
     redisAsyncHandleWrite(w->ac);
@@ -70,12 +70,12 @@ static void add_write(void *data) {
     if (w->flushing || !(w->ac->c.flags & REDIS_CONNECTED))
         want(w, w->events | UV_WRITABLE);
     else
-        uv_check_start(&w->flush, on_flush);
+        uv_prepare_start(&w->flush, on_flush);
 }
 
 static void del_write(void *data) {
     watch_t *w = data;
-    uv_check_stop(&w->flush);
+    uv_prepare_stop(&w->flush);
     want(w, w->events & ~UV_WRITABLE);
 }
 
@@ -99,7 +99,7 @@ int rv_redis_uv_attach(redisAsyncContext *ac, uv_loop_t *loop) {
         free(w);
         return REDIS_ERR;
     }
-    uv_check_init(loop, &w->flush);
+    uv_prepare_init(loop, &w->flush);
     w->handles = 2;
     w->ac = ac;
     w->poll.data = w;
