@@ -87,13 +87,17 @@ static void dead_letter(rv_request_t *req, const rv_prov_event_t *ev) {
     }
 }
 
+/* While Redis is away every delivery would say so: one line a second names an event, the
+ * count of the others comes with the next (each is counted in rivet_webhook_events_total too). */
+static rv_log_limit_t not_stored = {.what = "webhook: events not stored"};
+
 static void on_enqueued(void *data, int err, int result, const char *stream_id) {
     webhook_ctx_t *ctx = data;
     rv_request_t *req = ctx->req;
     rv_app_t *app = req->app;
     if (err) {
-        rv_warn("webhook: %s %s not stored: redis %s", ctx->event_id, ctx->event_type,
-                rv_strerror(err));
+        rv_warn_limited(&not_stored, "webhook: %s %s not stored: redis %s", ctx->event_id,
+                        ctx->event_type, rv_strerror(err));
         unavailable(req, ctx->event_type);
     } else {
         int code = result & RV_ENQ_MASK;
@@ -178,8 +182,8 @@ void rv_handle_webhook(rv_request_t *req) {
     rc = app->queue ? rv_queue_enqueue(app->queue, &ev, on_enqueued, ctx) : RV_EUNAVAIL;
     rv_prov_event_free(&ev);
     if (rc != 0) {
-        rv_warn("webhook: %s %s not stored: redis %s", ctx->event_id, ctx->event_type,
-                rv_strerror(rc));
+        rv_warn_limited(&not_stored, "webhook: %s %s not stored: redis %s", ctx->event_id,
+                        ctx->event_type, rv_strerror(rc));
         unavailable(req, ctx->event_type);
         free(ctx);
     }

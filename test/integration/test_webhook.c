@@ -1176,6 +1176,17 @@ static void test_dead_letter_metric(void **state) {
 
 /* ---- Redis trouble ------------------------------------------------------------------------- */
 
+/* How many lines of a process's log contain text. */
+static int log_lines(const th_proc_t *p, const char *text) {
+    FILE *f = fopen(p->log_path, "r");
+    if (f == NULL) return -1;
+    char line[4096];
+    int n = 0;
+    while (fgets(line, sizeof line, f)) n += strstr(line, text) != NULL;
+    fclose(f);
+    return n;
+}
+
 static void test_redis_down_then_back(void **state) {
     RV_UNUSED(state);
     assert_int_equal(th_redis_start(&W.xredis), 0);
@@ -1197,6 +1208,15 @@ static void test_redis_down_then_back(void **state) {
     post_signed(W.xrivetd.port, TH_WEBHOOK_SECRET, body, &r);
     assert_int_equal(r.status, 503);
     th_response_free(&r);
+    /* A burst of deliveries meanwhile is refused each, but the log says so about once a second,
+     * not once a delivery. */
+    for (int i = 0; i < 30; i++) {
+        post_signed(W.xrivetd.port, TH_WEBHOOK_SECRET, body, &r);
+        assert_int_equal(r.status, 503);
+        th_response_free(&r);
+    }
+    int lines = log_lines(&W.xrivetd, "not stored: redis");
+    if (lines < 1 || lines > 4) fail_msg("%d log lines for 32 refused deliveries", lines);
 
     /* Back on the same port, empty: rivetd reconnects by itself and Stripe's retry lands. */
     redis_spawn(&W.xredis, port);
