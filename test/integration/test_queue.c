@@ -1395,6 +1395,260 @@ static void test_rule_change_and_older_records(void **state) {
     expect_hash(port, "cus_OLD", "s:sub_gone", "300|enterprise|canceled|400|0");
 }
 
+/* ---- the script against a model ----------------------------------------------------------- */
+
+/* Whatever the order and however often events come, each customer's record, and the last entry
+ * of each customer in the stream, say what the newest state of each of its subscriptions says:
+ * an active one before an inactive one, then the newest, then the larger id; and the newest
+ * email. Random customers with one to three subscriptions, each through a run of states at
+ * distinct seconds (seconds may repeat across a customer's subscriptions), emails changing on
+ * the way, delivered shuffled with a third of them again later. QUEUE_SEED=<n> replays. */
+#define M_CUST   24
+#define M_SUBS   3
+#define M_STATES 5
+#define M_EMAILS 2
+
+typedef struct m_state_s {
+    int64_t v;
+    const char *tier, *status;
+    int64_t pe;
+    int cap;
+} m_state_t;
+
+typedef struct m_event_s {
+    char id[48];
+    int cust, sub, k; /* sub -1: an email event, k its index */
+} m_event_t;
+
+typedef struct m_cust_s {
+    char id[32];
+    char sub[M_SUBS][32];
+    int nsub;
+    m_state_t st[M_SUBS][M_STATES];
+    int nst[M_SUBS];
+    char email[M_EMAILS][48];
+    int64_t email_v[M_EMAILS];
+    int nemail;
+} m_cust_t;
+
+static uint64_t m_rng;
+static uint32_t m_below(uint32_t n) {
+    m_rng ^= m_rng << 13;
+    m_rng ^= m_rng >> 7;
+    m_rng ^= m_rng << 17;
+    return (uint32_t)(m_rng % n);
+}
+
+static int m_active(const char *status) {
+    return !strcmp(status, "active") || !strcmp(status, "trialing");
+}
+
+/* The model: the entitlement a customer's subscriptions give; NULL when it has none. */
+static const m_state_t *m_expect(const m_cust_t *c, int *which) {
+    const m_state_t *best = NULL;
+    int best_i = -1;
+    for (int i = 0; i < c->nsub; i++) {
+        const m_state_t *newest = &c->st[i][0];
+        for (int k = 1; k < c->nst[i]; k++)
+            if (c->st[i][k].v > newest->v) newest = &c->st[i][k];
+        int a = m_active(newest->status);
+        int ba = best ? m_active(best->status) : 0;
+        if (best == NULL || (a && !ba) ||
+            (a == ba && (newest->v > best->v ||
+                         (newest->v == best->v && strcmp(c->sub[i], c->sub[best_i]) > 0)))) {
+            best = newest;
+            best_i = i;
+        }
+    }
+    *which = best_i;
+    return best;
+}
+
+static void test_model_random_orders(void **state) {
+    fixture_t *f = *state;
+    char url[64];
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", f->redis.port);
+    queue_open_ready(f, url);
+    int port = f->redis.port;
+    const char *env = getenv("QUEUE_SEED");
+    uint64_t seed =
+        env ? strtoull(env, NULL, 10) : ((uint64_t)time(NULL) << 16) ^ (uint64_t)getpid();
+    if (seed == 0) seed = 1;
+    m_rng = seed;
+    printf("[ seed     ] QUEUE_SEED=%llu replays this test\n", (unsigned long long)seed);
+
+    static const char *const tiers[] = {"basic", "pro", "enterprise"};
+    static const char *const statuses[] = {"active", "trialing", "past_due",  "canceled",
+                                           "unpaid", "active",   "incomplete"};
+    static m_cust_t cs[M_CUST];
+    static m_event_t evs[2 * M_CUST * (M_SUBS * M_STATES + M_EMAILS)];
+    int nev = 0;
+    memset(cs, 0, sizeof cs);
+    for (int c = 0; c < M_CUST; c++) {
+        m_cust_t *cu = &cs[c];
+        snprintf(cu->id, sizeof cu->id, "cus_M%d", c);
+        cu->nsub = 1 + (int)m_below(M_SUBS);
+        for (int i = 0; i < cu->nsub; i++) {
+            /* Ids in either order of creation, so the tie-break by id is tried both ways. */
+            snprintf(cu->sub[i], sizeof cu->sub[i], "sub_M%d_%c", c, "xyz"[m_below(3)] + 0);
+            for (int j = 0; j < i; j++)
+                if (!strcmp(cu->sub[i], cu->sub[j]))
+                    snprintf(cu->sub[i], sizeof cu->sub[i], "sub_M%d_%d", c, i);
+            cu->nst[i] = 1 + (int)m_below(M_STATES);
+            int64_t v = 1000 + m_below(4);
+            for (int k = 0; k < cu->nst[i]; k++) {
+                m_state_t *st = &cu->st[i][k];
+                st->v = v;
+                v += 1 + m_below(3);
+                st->tier = tiers[m_below(3)];
+                st->status = statuses[m_below(RV_ARRAY_LEN(statuses))];
+                st->pe = m_below(4) ? 5000 + (int64_t)m_below(1000) : 0;
+                st->cap = (int)m_below(2);
+                m_event_t *e = &evs[nev++];
+                snprintf(e->id, sizeof e->id, "evt_M%d_%d_%d", c, i, k);
+                e->cust = c, e->sub = i, e->k = k;
+            }
+        }
+        /* Half the customers' subscriptions all end in the same second: the tie-break decides. */
+        if (m_below(2))
+            for (int i = 0; i < cu->nsub; i++) cu->st[i][cu->nst[i] - 1].v = 2000;
+        cu->nemail = (int)m_below(M_EMAILS + 1);
+        for (int k = 0; k < cu->nemail; k++) {
+            snprintf(cu->email[k], sizeof cu->email[k], "m%d.%d@example.com", c, k);
+            cu->email_v[k] = 1000 + 10 * k + m_below(10);
+            m_event_t *e = &evs[nev++];
+            snprintf(e->id, sizeof e->id, "evt_M%d_e%d", c, k);
+            e->cust = c, e->sub = -1, e->k = k;
+        }
+    }
+    /* Shuffle, then deliver a third again at a random later place. */
+    for (int i = nev - 1; i > 0; i--) {
+        int j = (int)m_below((uint32_t)i + 1);
+        m_event_t t = evs[i];
+        evs[i] = evs[j];
+        evs[j] = t;
+    }
+    int first = nev;
+    for (int i = 0; i < first; i++) {
+        if (m_below(3)) continue;
+        int at = i + 1 + (int)m_below((uint32_t)(nev - i));
+        memmove(&evs[at + 1], &evs[at], (size_t)(nev - at) * sizeof evs[0]);
+        evs[at] = evs[i];
+        nev++;
+    }
+
+    int added = 0, dups = 0;
+    for (int i = 0; i < nev; i++) {
+        const m_event_t *e = &evs[i];
+        const m_cust_t *cu = &cs[e->cust];
+        evspec_t s = {.id = e->id, .cust = cu->id};
+        if (e->sub >= 0) {
+            const m_state_t *st = &cu->st[e->sub][e->k];
+            s.created = st->v;
+            s.sub = cu->sub[e->sub];
+            s.state = 1;
+            s.tier = st->tier;
+            s.status = st->status;
+            s.period_end = st->pe;
+            s.cap = st->cap;
+        } else {
+            s.type = "payment.succeeded";
+            s.stripe_type = "invoice.paid";
+            s.created = cu->email_v[e->k];
+            s.email = cu->email[e->k];
+        }
+        result_t r = enqueue_wait(f, f->q, &s);
+        if (r.err)
+            fail_msg("%s: %s (QUEUE_SEED=%llu)", e->id, rv_strerror(r.err),
+                     (unsigned long long)seed);
+        int code = r.result & RV_ENQ_MASK;
+        if (code == RV_ENQ_ADDED)
+            added++;
+        else if (code == RV_ENQ_DUPLICATE)
+            dups++;
+        else
+            fail_msg("%s: result %#x (QUEUE_SEED=%llu)", e->id, (unsigned)r.result,
+                     (unsigned long long)seed);
+    }
+    assert_int_equal(added, first);
+    assert_int_equal(dups, nev - first);
+    assert_int_equal(redis_int(port, "XLEN %s", STREAM), first);
+
+    /* The last entry of each customer. */
+    redisContext *rc = redisConnect("127.0.0.1", port);
+    assert_true(rc != NULL && !rc->err);
+    redisReply *all = redisCommand(rc, "XRANGE %s - +", STREAM);
+    assert_true(all != NULL && all->type == REDIS_REPLY_ARRAY);
+    for (int c = 0; c < M_CUST; c++) {
+        const m_cust_t *cu = &cs[c];
+        int which;
+        const m_state_t *want = m_expect(cu, &which);
+        const char *want_email = NULL;
+        int64_t ev_max = -1;
+        for (int k = 0; k < cu->nemail; k++)
+            if (cu->email_v[k] > ev_max) ev_max = cu->email_v[k], want_email = cu->email[k];
+        char why[128];
+        snprintf(why, sizeof why, "%.31s (QUEUE_SEED=%llu)", cu->id, (unsigned long long)seed);
+
+        cJSON *last = NULL;
+        for (size_t i = 0; i < all->elements; i++) {
+            const redisReply *fl = all->element[i]->element[1];
+            cJSON *d = cJSON_Parse(fl->element[5]->str);
+            const cJSON *ent = cJSON_GetObjectItemCaseSensitive(d, "entitlement");
+            if (ent && !strcmp(dstr(ent, "customer_id"), cu->id)) {
+                cJSON_Delete(last);
+                last = d;
+            } else {
+                cJSON_Delete(d);
+            }
+        }
+        if (last == NULL) fail_msg("%s: no entry", why);
+        const cJSON *ent = cJSON_GetObjectItemCaseSensitive(last, "entitlement");
+        char hash[256], *text = cJSON_PrintUnformatted(ent);
+        assert_int_equal(th_redis(port, hash, sizeof hash, "HGET rivet:customer:%s ent", cu->id),
+                         0);
+        if (strcmp(hash, text) != 0) fail_msg("%s: ent %s, last entry %s", why, hash, text);
+        free(text);
+        const cJSON *em = cJSON_GetObjectItemCaseSensitive(ent, "email");
+        if (want_email ? !cJSON_IsString(em) || strcmp(em->valuestring, want_email)
+                       : !cJSON_IsNull(em))
+            fail_msg("%s: email is not %s", why, want_email ? want_email : "null");
+        if (want == NULL) {
+            if (!cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(ent, "subscription_id")))
+                fail_msg("%s: an entitlement without subscriptions", why);
+        } else {
+            const char *sub = dstr(ent, "subscription_id"), *tier = dstr(ent, "tier"),
+                       *status = dstr(ent, "status");
+            if (!sub || strcmp(sub, cu->sub[which]) || !tier || strcmp(tier, want->tier) ||
+                !status || strcmp(status, want->status))
+                fail_msg("%s: entitlement %s %s %s, the model says %s %s %s", why,
+                         sub ? sub : "null", tier ? tier : "null", status ? status : "null",
+                         cu->sub[which], want->tier, want->status);
+            if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(ent, "active")) !=
+                m_active(want->status))
+                fail_msg("%s: active is wrong", why);
+            const cJSON *pe = cJSON_GetObjectItemCaseSensitive(ent, "current_period_end");
+            if (want->pe ? !cJSON_IsNumber(pe) || pe->valuedouble != (double)want->pe
+                         : !cJSON_IsNull(pe))
+                fail_msg("%s: current_period_end is wrong", why);
+            if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(ent, "cancel_at_period_end")) !=
+                want->cap)
+                fail_msg("%s: cancel_at_period_end is wrong", why);
+            char n[8];
+            snprintf(n, sizeof n, "%d", cu->nsub);
+            expect_hash(port, cu->id, "subs", n);
+            expect_hash(port, cu->id, "subscription_id", cu->sub[which]);
+            expect_hash(port, cu->id, "active", m_active(want->status) ? "true" : "false");
+        }
+        cJSON_Delete(last);
+    }
+    freeReplyObject(all);
+    redisFree(rc);
+    printf("[ model    ] %d customers, %d events, %d delivered again: every record and every "
+           "customer's last entry as the model says\n",
+           M_CUST, first, nev - first);
+}
+
 static void test_noscript_recovery(void **state) {
     fixture_t *f = *state;
     char url[64], out[64];
@@ -1788,6 +2042,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_state_from_stripe, setup_redis, teardown),
         cmocka_unit_test_setup_teardown(test_past_due_active, setup_redis, teardown),
         cmocka_unit_test_setup_teardown(test_rule_change_and_older_records, setup_redis, teardown),
+        cmocka_unit_test_setup_teardown(test_model_random_orders, setup_redis, teardown),
         cmocka_unit_test_setup_teardown(test_two_subscriptions, setup_redis, teardown),
         cmocka_unit_test_setup_teardown(test_noscript_recovery, setup_redis, teardown),
         cmocka_unit_test_setup_teardown(test_redis_error_reply, setup_redis, teardown),
