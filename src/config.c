@@ -604,6 +604,19 @@ static const cfkey_t keys[] = {
      .doc = "the bot named in the success answer",
      .note = "The Telegram bot named in the checkout success answer (5 to 32 letters, digits or "
              "_)."},
+    {.name = "ENTITLEMENT_CACHE",
+     .kind = K_UINT,
+     FIELD(entitlement_cache),
+     .def = "10000",
+     .min = 0,
+     .max = 1000000,
+     .flags = F_START_ONLY,
+     .doc = "entitlement look-ups each worker keeps in memory; 0 disables",
+     .note = "Entitlement look-ups (GET /api/entitlements) each worker keeps in memory, kept "
+             "right by Redis: a second connection has Redis tell of every change to the keys "
+             "they read (CLIENT TRACKING, Redis 6 or newer), and a look-up is answered from "
+             "memory only while that connection is up. An answer is at most a minute old should "
+             "a change ever go untold. 0 asks Redis every time."},
     {.name = "TELEGRAM_LINK_TTL",
      .kind = K_UINT,
      FIELD(telegram_link_ttl),

@@ -13,6 +13,7 @@
 #include <time.h>
 
 #include "rivet/common.h"
+#include "rivet/entcache.h"
 #include "rivet/list.h"
 #include "rivet/log.h"
 #include "rivet/provision.h"
@@ -186,6 +187,11 @@ void rv_entitlement_close(rv_app_t *app) {
         if (r->call) rv_stripe_cancel(r->call);
         read_free(r);
     }
+    if (app->entcache) {
+        rv_queue_watch(app->queue, NULL, NULL);
+        rv_entcache_free(app->entcache);
+        app->entcache = NULL;
+    }
 }
 
 /* ---- the bot's look-ups -----------------------------------------------------------------------
@@ -221,9 +227,53 @@ typedef struct lookup_s {
     rv_lookup_cb cb;
     void *data;
     int retried;
+    uint64_t epoch; /* of the cache when the look-up began */
     char key[400];
     char mode[2];
 } lookup_t;
+
+/* ---- the look-up cache ---------------------------------------------------------------------- */
+
+/* How long a cached answer may live at most, should Redis's word of a change ever be lost. */
+#define CACHE_TTL_MS 60000
+
+static void on_invalidate(void *data, const char *key, size_t len) {
+    rv_app_t *app = data;
+    if (key == NULL)
+        rv_entcache_clear(app->entcache);
+    else
+        rv_entcache_invalidate(app->entcache, key, len);
+}
+
+int rv_entitlement_cache_start(rv_app_t *app) {
+    if (app->cfg.entitlement_cache == 0 || app->queue == NULL) return 0;
+    app->entcache = rv_entcache_new(app->cfg.entitlement_cache, CACHE_TTL_MS);
+    if (app->entcache == NULL) return RV_ENOMEM;
+    rv_queue_watch(app->queue, on_invalidate, app);
+    return 0;
+}
+
+/* The Redis key a look-up starts from; 0, or RV_EINVAL. */
+static int lookup_key(int kind, const char *value, char *key, size_t size) {
+    if (kind == RV_BY_CUSTOMER && !rv_provision_is_id(value)) return RV_EINVAL;
+    if (strlen(value) > 320 || size < 340) return RV_EINVAL;
+    static const char *const prefix[] = {"rivet:customer:", "rivet:tg:user:", "rivet:email:"};
+    int n = snprintf(key, size, "%s", prefix[kind]);
+    /* Emails are kept in lower case; ids are left as they are. */
+    for (const char *p = value; *p && (size_t)n < size - 1; p++)
+        key[n++] = kind == RV_BY_EMAIL && *p >= 'A' && *p <= 'Z' ? (char)(*p + 32) : *p;
+    key[n] = '\0';
+    return 0;
+}
+
+int rv_entitlement_cached(rv_app_t *app, int kind, const char *value, const char **customer_id,
+                          const char **entitlement) {
+    char key[400];
+    if (app->entcache == NULL || !rv_queue_watching(app->queue) ||
+        lookup_key(kind, value, key, sizeof key) != 0)
+        return 0;
+    return rv_entcache_get(app->entcache, key, uv_now(app->loop), customer_id, entitlement);
+}
 
 static int lookup_send(lookup_t *l, const char *cmd, const char *script);
 
@@ -238,9 +288,13 @@ static void on_lookup_reply(void *data, int err, const struct redisReply *reply)
     }
     if (!err && reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
         reply->element[0]->type == REDIS_REPLY_STRING &&
-        reply->element[1]->type == REDIS_REPLY_STRING)
+        reply->element[1]->type == REDIS_REPLY_STRING) {
+        /* Kept only while Redis tells of changes, and only if none came meanwhile. */
+        if (l->app->entcache && rv_queue_watching(l->app->queue))
+            rv_entcache_put(l->app->entcache, l->epoch, l->key, reply->element[0]->str,
+                            reply->element[1]->str, uv_now(l->app->loop));
         l->cb(l->data, 0, reply->element[0]->str, reply->element[1]->str);
-    else
+    } else
         l->cb(l->data, err, NULL, NULL);
     free(l);
 }
@@ -252,19 +306,16 @@ static int lookup_send(lookup_t *l, const char *cmd, const char *script) {
 
 int rv_entitlement_lookup(rv_app_t *app, int kind, const char *value, rv_lookup_cb cb, void *data) {
     if (app->queue == NULL) return RV_EUNAVAIL;
-    if (kind == RV_BY_CUSTOMER && !rv_provision_is_id(value)) return RV_EINVAL;
-    if (strlen(value) > 320) return RV_EINVAL;
     lookup_t *l = calloc(1, sizeof *l);
     if (l == NULL) return RV_ENOMEM;
+    if (lookup_key(kind, value, l->key, sizeof l->key) != 0) {
+        free(l);
+        return RV_EINVAL;
+    }
     l->app = app;
     l->cb = cb;
     l->data = data;
-    static const char *const prefix[] = {"rivet:customer:", "rivet:tg:user:", "rivet:email:"};
-    int n = snprintf(l->key, sizeof l->key, "%s", prefix[kind]);
-    /* Emails are kept in lower case; ids are left as they are. */
-    for (const char *p = value; *p && (size_t)n < sizeof l->key - 1; p++)
-        l->key[n++] = kind == RV_BY_EMAIL && *p >= 'A' && *p <= 'Z' ? (char)(*p + 32) : *p;
-    l->key[n] = '\0';
+    l->epoch = rv_entcache_epoch(app->entcache);
     l->mode[0] = kind == RV_BY_CUSTOMER ? 'c' : 'i';
     int rc = lookup_send(l, "EVALSHA", lookup_sha());
     if (rc) free(l);
@@ -300,10 +351,20 @@ typedef struct link_s {
     void *data;
     char token[80];
     char user[24], chat[24];
+    char cust[RV_PROVISION_ID_MAX + 1];
 } link_t;
 
 static void on_linked(void *data, int err, const struct redisReply *reply) {
     link_t *k = data;
+    /* What the script may have written is forgotten here at once, not when Redis's word of it
+     * comes: the bot may look the user up as soon as it has the answer. */
+    if (k->app->entcache) {
+        char key[64 + RV_PROVISION_ID_MAX];
+        int n = snprintf(key, sizeof key, "rivet:customer:%s", k->cust);
+        rv_entcache_invalidate(k->app->entcache, key, (size_t)n);
+        n = snprintf(key, sizeof key, "rivet:tg:user:%s", k->user);
+        rv_entcache_invalidate(k->app->entcache, key, (size_t)n);
+    }
     if (err || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
         reply->element[0]->type != REDIS_REPLY_INTEGER ||
         reply->element[1]->type != REDIS_REPLY_STRING) {
@@ -324,8 +385,8 @@ static void on_token(void *data, int err, const struct redisReply *reply) {
         free(k);
         return;
     }
-    char cust[RV_PROVISION_ID_MAX + 1];
-    snprintf(cust, sizeof cust, "%s", reply->str);
+    char *cust = k->cust;
+    snprintf(k->cust, sizeof k->cust, "%s", reply->str);
     char tkey[128], ckey[32 + RV_PROVISION_ID_MAX], ukey[48], entry[512];
     snprintf(tkey, sizeof tkey, "rivet:tg:start:%s", k->token);
     snprintf(ckey, sizeof ckey, "rivet:customer:%s", cust);

@@ -143,6 +143,11 @@ void rv_handle_entitlements(rv_request_t *req) {
         rv_respond_verrs(req, &v);
         return;
     }
+    const char *cust, *ent;
+    if (rv_entitlement_cached(req->app, kind, value, &cust, &ent)) {
+        rv_respond_json(req, 200, ent, strlen(ent), NULL);
+        return;
+    }
     int rc = rv_entitlement_lookup(req->app, kind, value, on_lookup, req);
     if (rc) unavailable(req);
 }

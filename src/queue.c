@@ -178,9 +178,19 @@ struct rv_queue_s {
     char last_err[256];
     int aof_seen, policy_seen, cfg_seen; /* last durability finding, to log changes only */
 
+    rv_invalidate_cb inval_cb; /* the look-up cache's, or NULL: no watch */
+    void *inval_data;
+    redisAsyncContext *wac; /* the watch connection, or NULL */
+    int watching;           /* subscribed: every change to a watched key will be told */
+    int watch_off;          /* this Redis cannot watch (too old, or not allowed): stop trying */
+    uv_timer_t watch_timer; /* the next try of the watch connection */
+
     void (*done)(void *data);
     void *done_data;
 };
+
+static void watch_start(rv_queue_t *q);
+static void watch_drop(rv_queue_t *q);
 
 static void conn_start(rv_queue_t *q);
 static void on_cmd_timer(uv_timer_t *t);
@@ -261,6 +271,7 @@ static void schedule_reconnect(rv_queue_t *q) {
  * from inside redisAsyncFree (now, or right after the current reply callback returns). Never call
  * this from the connect callback. */
 static void conn_drop(rv_queue_t *q) {
+    watch_drop(q);
     redisAsyncContext *ac = q->ac;
     q->ac = NULL;
     q->ready = 0;
@@ -426,6 +437,7 @@ static void on_script_load(redisAsyncContext *ac, void *r, void *privdata) {
         rv_info("redis: reconnected to %s", q->where);
         rv_metrics_count(RV_M_REDIS_RECONNECTS, "", 1);
     }
+    watch_start(q);
 }
 
 /* Pipeline the handshake. The durability check comes before SCRIPT LOAD so that its findings are
@@ -475,6 +487,7 @@ static void on_disconnect(const redisAsyncContext *cac, int status) {
     /* hiredis frees the context when this returns. */
     ((redisAsyncContext *)cac)->data = NULL;
     q->ac = NULL;
+    watch_drop(q);
     q->ready = 0;
     q->state = RV_QUEUE_DISCONNECTED;
     uv_timer_stop(&q->connect_timer);
@@ -561,6 +574,175 @@ retry:
     schedule_reconnect(q);
 }
 
+/* ---- the watch ------------------------------------------------------------------------- */
+
+#define WATCH_RETRY_MS 1000
+
+static void on_watch_timer(uv_timer_t *t) {
+    rv_queue_t *q = t->data;
+    watch_start(q);
+}
+
+static void watch_retry(rv_queue_t *q) {
+    if (!q->closing && q->ready && !q->watch_off)
+        uv_timer_start(&q->watch_timer, on_watch_timer, WATCH_RETRY_MS, 0);
+}
+
+/* Forget the watch: nothing is told from now on, so whatever was cached may go stale. */
+static void watch_lost(rv_queue_t *q) {
+    int was = q->watching;
+    q->watching = 0;
+    if (was && q->inval_cb) q->inval_cb(q->inval_data, NULL, 0);
+}
+
+static void watch_drop(rv_queue_t *q) {
+    uv_timer_stop(&q->watch_timer);
+    watch_lost(q);
+    redisAsyncContext *ac = q->wac;
+    q->wac = NULL;
+    if (ac) {
+        ac->data = NULL;
+        redisAsyncFree(ac);
+    }
+}
+
+/* The watch cannot work on this Redis: say why once, and look everything up in Redis. */
+static void watch_refused(rv_queue_t *q, redisAsyncContext *ac, const char *what,
+                          const redisReply *reply) {
+    if (ac->data != q) return;
+    rv_info("redis: look-ups are not cached: %s refused by %s: %.200s", what, q->where,
+            reply && reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected answer");
+    q->watch_off = 1;
+    watch_drop(q);
+}
+
+static void on_watch_message(redisAsyncContext *ac, void *r, void *privdata) {
+    rv_queue_t *q = privdata;
+    redisReply *reply = r;
+    if (reply == NULL || ac->data != q) return;
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3 ||
+        reply->element[0]->type != REDIS_REPLY_STRING) {
+        watch_refused(q, ac, "SUBSCRIBE", reply);
+        return;
+    }
+    if (strcmp(reply->element[0]->str, "subscribe") == 0) {
+        q->watching = 1;
+        if (q->inval_cb) q->inval_cb(q->inval_data, NULL, 0);
+        rv_debug("redis: watching the look-ups' keys on %s", q->where);
+        return;
+    }
+    if (strcmp(reply->element[0]->str, "message") != 0 || !q->inval_cb) return;
+    const redisReply *keys = reply->element[2];
+    if (keys->type == REDIS_REPLY_ARRAY) {
+        for (size_t i = 0; i < keys->elements; i++)
+            if (keys->element[i]->type == REDIS_REPLY_STRING)
+                q->inval_cb(q->inval_data, keys->element[i]->str, keys->element[i]->len);
+    } else {
+        /* nil: the database was flushed. */
+        q->inval_cb(q->inval_data, NULL, 0);
+    }
+}
+
+static void on_watch_tracking(redisAsyncContext *ac, void *r, void *privdata) {
+    rv_queue_t *q = privdata;
+    redisReply *reply = r;
+    if (reply == NULL || ac->data != q) return;
+    if (reply->type != REDIS_REPLY_STATUS) {
+        watch_refused(q, ac, "CLIENT TRACKING", reply);
+        return;
+    }
+    if (redisAsyncCommand(ac, on_watch_message, q, "SUBSCRIBE __redis__:invalidate") != REDIS_OK)
+        watch_refused(q, ac, "SUBSCRIBE", NULL);
+}
+
+static void on_watch_id(redisAsyncContext *ac, void *r, void *privdata) {
+    rv_queue_t *q = privdata;
+    redisReply *reply = r;
+    if (reply == NULL || ac->data != q) return;
+    if (reply->type != REDIS_REPLY_INTEGER) {
+        watch_refused(q, ac, "CLIENT ID", reply);
+        return;
+    }
+    /* Broadcast mode: every change to keys under these prefixes is told, read or not, so that
+     * nothing depends on which connection read what. */
+    if (redisAsyncCommand(ac, on_watch_tracking, q,
+                          "CLIENT TRACKING ON REDIRECT %lld BCAST PREFIX rivet:customer: "
+                          "PREFIX rivet:tg:user: PREFIX rivet:email:",
+                          reply->integer) != REDIS_OK)
+        watch_refused(q, ac, "CLIENT TRACKING", NULL);
+}
+
+static void on_watch_auth(redisAsyncContext *ac, void *r, void *privdata) {
+    rv_queue_t *q = privdata;
+    redisReply *reply = r;
+    if (reply == NULL || ac->data != q) return;
+    if (reply->type == REDIS_REPLY_ERROR) watch_refused(q, ac, "AUTH", reply);
+}
+
+static void on_watch_connect(const redisAsyncContext *cac, int status) {
+    rv_queue_t *q = cac->data;
+    if (!q) return;
+    redisAsyncContext *ac = (redisAsyncContext *)cac;
+    if (status != REDIS_OK) {
+        /* hiredis frees the context when this returns. */
+        ac->data = NULL;
+        q->wac = NULL;
+        watch_retry(q);
+        return;
+    }
+    int rc = REDIS_OK;
+    if (q->url.pass[0] && q->url.user[0])
+        rc |= redisAsyncCommand(ac, on_watch_auth, q, "AUTH %s %s", q->url.user, q->url.pass);
+    else if (q->url.pass[0])
+        rc |= redisAsyncCommand(ac, on_watch_auth, q, "AUTH %s", q->url.pass);
+    rc |= redisAsyncCommand(ac, on_watch_id, q, "CLIENT ID");
+    if (rc != REDIS_OK) watch_retry(q); /* the context stays until the queue drops it */
+}
+
+static void on_watch_disconnect(const redisAsyncContext *cac, int status) {
+    rv_queue_t *q = cac->data;
+    if (!q) return;
+    ((redisAsyncContext *)cac)->data = NULL;
+    q->wac = NULL;
+    watch_lost(q);
+    watch_retry(q);
+}
+
+/* Open the watch connection to where the queue is connected. */
+static void watch_start(rv_queue_t *q) {
+    if (!q->inval_cb || q->wac || q->closing || !q->ready || q->watch_off) return;
+    redisAsyncContext *ac = q->url.path[0] ? redisAsyncConnectUnix(q->url.path)
+                                           : redisAsyncConnect(q->url.host, q->url.port);
+    if (ac == NULL || ac->err || rv_redis_uv_attach(ac, q->loop) != REDIS_OK) {
+        if (ac) redisAsyncFree(ac);
+        watch_retry(q);
+        return;
+    }
+    ac->data = q;
+    q->wac = ac;
+    redisAsyncSetConnectCallback(ac, on_watch_connect);
+    redisAsyncSetDisconnectCallback(ac, on_watch_disconnect);
+}
+
+void rv_queue_watch(rv_queue_t *q, rv_invalidate_cb cb, void *data) {
+    if (!q) return;
+    q->inval_cb = cb;
+    q->inval_data = data;
+}
+
+int rv_queue_watching(const rv_queue_t *q) { return q && q->watching && q->ready; }
+
+/* What this queue's own script wrote is told at once: the watch's word may come a little
+ * later, and whoever asked for the write may look it up as soon as it is answered. */
+static void told_own_write(rv_queue_t *q, const cmd_t *c) {
+    if (!q->inval_cb) return;
+    static const int keys[] = {ARG_KEY_CUST, ARG_KEY_EMAIL};
+    for (size_t i = 0; i < RV_ARRAY_LEN(keys); i++) {
+        const char *k = c->argv[keys[i]];
+        if (k && strcmp(k, DUMMY_KEY) != 0) q->inval_cb(q->inval_data, k, c->argvlen[keys[i]]);
+    }
+}
+
 /* ---- enqueue ---------------------------------------------------------------------------- */
 
 /* WAIT's answer: how many replicas have every write made before it. Fewer than asked: not
@@ -598,6 +780,7 @@ static void on_enqueue_reply(redisAsyncContext *ac, void *r, void *privdata) {
     rv_queue_t *q = c->q;
     redisReply *reply = r;
     list_unlink(q, c);
+    told_own_write(q, c);
     if (!reply) {
         /* The context is being freed: the connection is gone whatever the reason. */
         q->ready = 0;
@@ -1065,8 +1248,10 @@ int rv_queue_init(uv_loop_t *loop, const rv_queue_opts_t *opts, rv_queue_t **out
     uv_timer_init(loop, &q->reconnect_timer);
     uv_timer_init(loop, &q->connect_timer);
     uv_timer_init(loop, &q->cmd_timer);
+    uv_timer_init(loop, &q->watch_timer);
     q->reconnect_timer.data = q->connect_timer.data = q->cmd_timer.data = q;
-    q->open_handles = 3;
+    q->watch_timer.data = q;
+    q->open_handles = 4;
     /* Connect from the loop, so that init does no I/O and reports nothing twice. */
     uv_timer_start(&q->reconnect_timer, on_reconnect_timer, 0, 0);
     *out = q;
@@ -1122,6 +1307,7 @@ void rv_queue_close(rv_queue_t *q, void (*done)(void *data), void *data) {
     uv_timer_stop(&q->reconnect_timer);
     uv_timer_stop(&q->connect_timer);
     uv_timer_stop(&q->cmd_timer);
+    watch_drop(q);
     redisAsyncContext *ac = q->ac;
     q->ac = NULL;
     q->state = RV_QUEUE_DISCONNECTED;
@@ -1135,4 +1321,5 @@ void rv_queue_close(rv_queue_t *q, void (*done)(void *data), void *data) {
     uv_close((uv_handle_t *)&q->reconnect_timer, on_timer_closed);
     uv_close((uv_handle_t *)&q->connect_timer, on_timer_closed);
     uv_close((uv_handle_t *)&q->cmd_timer, on_timer_closed);
+    uv_close((uv_handle_t *)&q->watch_timer, on_timer_closed);
 }

@@ -278,6 +278,8 @@ static int clients_open(rv_app_t *app) {
     int rc;
     if ((rc = rv_queue_init(app->loop, &qo, &app->queue)) != 0) {
         rv_error("rivetd: redis: %s", rv_strerror(rc));
+    } else if ((rc = rv_entitlement_cache_start(app)) != 0) {
+        rv_error("rivetd: look-up cache: %s", rv_strerror(rc));
     } else if ((rc = rv_http_client_init(app->loop, &app->http)) != 0) {
         rv_error("rivetd: http client: %s", rv_strerror(rc));
     } else if ((rc = rv_stripe_init(app->http, app->loop, &so, &app->stripe)) != 0) {

@@ -25,6 +25,7 @@ typedef struct rv_app_s {
     struct rv_ratelimit_s *ratelimit;
     struct read_s *reads;             /* reads of Stripe's state in flight (entitlement.c) */
     struct rv_reconcile_s *reconcile; /* the periodic recovery from Stripe, or NULL */
+    struct rv_entcache_s *entcache;   /* cached look-ups (entitlement.c), or NULL */
     size_t nreads;
     uv_signal_t sig_term;
     uv_signal_t sig_int;

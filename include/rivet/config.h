@@ -35,6 +35,7 @@ typedef struct rv_config_s {
     rv_strlist_t cors_origins;
     char *telegram_bot;
     uint64_t telegram_link_ttl;     /* seconds a start token lives */
+    uint64_t entitlement_cache;     /* look-ups cached per worker; 0: none */
     uint64_t checkout_link_max_age; /* seconds a session id gives personal data and the portal */
     char *api_token;                /* "" when unset: server-to-server portal calls are refused */
     char *listen;

@@ -32,6 +32,14 @@ typedef void (*rv_lookup_cb)(void *data, int err, const char *customer_id, const
  * (digits) or email (any case). Returns 0 (cb once, later) or an error (cb never). */
 int rv_entitlement_lookup(rv_app_t *app, int kind, const char *value, rv_lookup_cb cb, void *data);
 
+/* The answer to a look-up from memory, when there is one that Redis keeps right: 1 with the
+ * customer id and the entitlement JSON (valid until the loop runs again), else 0. */
+int rv_entitlement_cached(rv_app_t *app, int kind, const char *value, const char **customer_id,
+                          const char **entitlement);
+
+/* Start the look-up cache (ENTITLEMENT_CACHE entries; none when 0) on the app's queue. */
+int rv_entitlement_cache_start(rv_app_t *app);
+
 enum rv_link_result {
     RV_LINK_LINKED = 1,    /* linked now (a user.telegram_linked entry was appended) */
     RV_LINK_UNKNOWN = 2,   /* no such token: never issued, used, or expired */

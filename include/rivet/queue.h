@@ -70,6 +70,21 @@ typedef void (*rv_reply_cb)(void *data, int err, const struct redisReply *reply)
  * same contract as rv_queue_enqueue: cb exactly once, later, unless it returns an error. */
 int rv_queue_call(rv_queue_t *q, int argc, const char *const *argv, rv_reply_cb cb, void *data);
 
+/* A key Redis says changed (len bytes), or key NULL: anything may have changed (the watch was
+ * lost or is new, or the database was flushed). */
+typedef void (*rv_invalidate_cb)(void *data, const char *key, size_t len);
+
+/* Watch the keys entitlement look-ups read (rivet:customer:, rivet:tg:user:, rivet:email:):
+ * once the queue is ready, a second connection asks Redis to tell of every change to them
+ * (CLIENT TRACKING in broadcast mode, to itself, subscribed to __redis__:invalidate), and cb
+ * hears each; writes through this queue's own scripts are told as soon as their answer comes.
+ * Set once, before the queue connects. */
+void rv_queue_watch(rv_queue_t *q, rv_invalidate_cb cb, void *data);
+
+/* 1 while every change to a watched key will be told: the watch is subscribed and its
+ * connection up. */
+int rv_queue_watching(const rv_queue_t *q);
+
 /* Create the queue and start connecting (from the loop, not inside this call). Options are
  * copied. The host of a redis:// URL must be an IP address or "localhost" (127.0.0.1): hiredis
  * resolves names synchronously, which would stall the loop, so names are refused (RV_EINVAL).

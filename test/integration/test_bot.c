@@ -78,6 +78,14 @@ static char *slurp(const char *path) {
     return data;
 }
 
+/* Whether rivetd's log holds text. */
+static int log_has(void *ud) {
+    char *log = slurp(rivetd.log_path);
+    int found = log && strstr(log, ud);
+    free(log);
+    return found;
+}
+
 static const char *jstr(const cJSON *o, const char *key) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
     return cJSON_IsString(v) ? v->valuestring : NULL;
@@ -951,6 +959,170 @@ static void lookups(void **state) {
     free(linked);
 }
 
+/* ---- 3b. look-ups from memory ------------------------------------------------------------- */
+
+/* Look-up scripts Redis has run (EVALSHA and EVAL), from its command statistics. */
+static long long redis_lookups(void) {
+    char info[8192];
+    if (th_redis(redis.port, info, sizeof info, "INFO commandstats") != 0) fail_msg("no Redis");
+    long long n = 0;
+    const char *const names[] = {"cmdstat_evalsha:calls=", "cmdstat_eval:calls="};
+    for (size_t i = 0; i < RV_ARRAY_LEN(names); i++) {
+        const char *p = strstr(info, names[i]);
+        if (p) n += atoll(p + strlen(names[i]));
+    }
+    return n;
+}
+
+static void redis_do(const char *cmd, const char *a, const char *b, const char *c) {
+    char out[256];
+    int rc = c   ? th_redis(redis.port, out, sizeof out, cmd, a, b, c)
+             : b ? th_redis(redis.port, out, sizeof out, cmd, a, b)
+                 : th_redis(redis.port, out, sizeof out, cmd, a);
+    if (rc != 0 || strncmp(out, "ERR", 3) == 0) fail_msg("redis %s: %s", cmd, out);
+}
+
+typedef struct answer_s {
+    const char *query;
+    int status;
+    const char *body; /* the whole body, for a 200 */
+    char got[512];
+} answer_t;
+
+static int answers(void *ud) {
+    answer_t *a = ud;
+    th_response_t r;
+    entitlements(a->query, &r);
+    snprintf(a->got, sizeof a->got, "%d %s", r.status, r.body ? r.body : "");
+    int ok = r.status == a->status && (a->body == NULL || (r.body && !strcmp(r.body, a->body)));
+    th_response_free(&r);
+    return ok;
+}
+
+static void expect_answer(const char *query, int status, const char *body, int within_ms) {
+    answer_t a = {query, status, body, ""};
+    if (!th_eventually(answers, &a, within_ms))
+        fail_msg("?%s: %s after %d ms, not %d %s", query, a.got, within_ms, status,
+                 body ? body : "");
+}
+
+/* Repeated look-ups of one user cost Redis nothing: they are answered from memory. */
+static int cached_now(void *ud) {
+    const char *query = ud;
+    long long before = redis_lookups();
+    for (int i = 0; i < 5; i++) {
+        answer_t a = {query, 200, NULL, ""};
+        if (!answers(&a)) return 0;
+    }
+    return redis_lookups() == before;
+}
+
+/* Look-ups are answered from memory while Redis tells rivetd of every change to what they read:
+ * whoever changes a customer, an index or the whole database, and when the connection that
+ * listens is lost, no answer outlives the change by more than the time the word takes. */
+static void lookup_cache(void **state) {
+    const char *one = "{\"customer_id\":\"cus_C1\",\"n\":1}";
+    redis_do("HSET rivet:customer:%s ent %s", "cus_C1", one, NULL);
+    redis_do("SET rivet:tg:user:%s %s", "555", "cus_C1", NULL);
+    start_rivetd(NULL);
+    const char *q = "telegram_user_id=555";
+    expect_answer(q, 200, one, TO);
+    if (!th_eventually(cached_now, (void *)q, TO))
+        fail_msg("look-ups are never answered from memory");
+
+    /* Another client changes the customer: the next answers say so. */
+    const char *two = "{\"customer_id\":\"cus_C1\",\"n\":2}";
+    redis_do("HSET rivet:customer:%s ent %s", "cus_C1", two, NULL);
+    expect_answer(q, 200, two, 2000);
+    /* By customer and by user, both cached, and the user moved to another customer. */
+    expect_answer("customer_id=cus_C1", 200, two, TO);
+    if (!th_eventually(cached_now, "customer_id=cus_C1", TO)) fail_msg("not cached by customer");
+    const char *three = "{\"customer_id\":\"cus_C2\",\"n\":3}";
+    redis_do("HSET rivet:customer:%s ent %s", "cus_C2", three, NULL);
+    redis_do("SET rivet:tg:user:%s %s", "555", "cus_C2", NULL);
+    expect_answer(q, 200, three, 2000);
+    expect_answer("customer_id=cus_C1", 200, two, 2000);
+
+    /* The listening connection is lost: answers come from Redis until it is back, which rivetd
+     * tries a second later; so the change must show well before that. */
+    if (!th_eventually(cached_now, (void *)q, TO)) fail_msg("not cached again");
+    redis_do("CLIENT KILL TYPE %s", "pubsub", NULL, NULL);
+    const char *four = "{\"customer_id\":\"cus_C2\",\"n\":4}";
+    redis_do("HSET rivet:customer:%s ent %s", "cus_C2", four, NULL);
+    expect_answer(q, 200, four, 500);
+    if (!th_eventually(cached_now, (void *)q, TO)) fail_msg("not cached after the watch came back");
+    const char *five = "{\"customer_id\":\"cus_C2\",\"n\":5}";
+    redis_do("HSET rivet:customer:%s ent %s", "cus_C2", five, NULL);
+    expect_answer(q, 200, five, 2000);
+
+    /* The database is flushed: nobody is known. */
+    redis_do("FLUSHALL%s", "", NULL, NULL);
+    expect_answer(q, 404, NULL, 2000);
+    expect_answer("customer_id=cus_C1", 404, NULL, 2000);
+}
+
+/* ENTITLEMENT_CACHE=0: every look-up asks Redis. */
+static void lookup_cache_off(void **state) {
+    redis_do("HSET rivet:customer:%s ent %s", "cus_C1", "{\"n\":1}", NULL);
+    const char *const env[] = {"ENTITLEMENT_CACHE=0", NULL};
+    start_rivetd(env);
+    expect_answer("customer_id=cus_C1", 200, "{\"n\":1}", TO);
+    long long before = redis_lookups();
+    for (int i = 0; i < 5; i++) expect_answer("customer_id=cus_C1", 200, "{\"n\":1}", TO);
+    assert_int_equal(redis_lookups() - before, 5);
+}
+
+/* The ACL user conf/redis-rivet.conf suggests is all rivetd needs: payment, webhooks and the
+ * apply script, the success page, the link, look-ups from memory (the watch), the reconciler. */
+static void acl_user(void **state) {
+    char *conf = slurp("conf/redis-rivet.conf");
+    if (conf == NULL) fail_msg("conf/redis-rivet.conf is missing");
+    const char *line = strstr(conf, "\n# user rivet ");
+    if (line == NULL) fail_msg("conf/redis-rivet.conf suggests no ACL user");
+    line += strlen("\n# user rivet ");
+    const char *argv[64] = {"ACL", "SETUSER", "rivet"};
+    size_t argc = 3;
+    char *rules = strndup(line, strcspn(line, "\n"));
+    for (char *tok = strtok(rules, " "); tok; tok = strtok(NULL, " ")) {
+        if (argc >= RV_ARRAY_LEN(argv)) fail_msg("too many rules");
+        argv[argc++] = strcmp(tok, ">CHANGE-ME") == 0 ? ">acl-test-password" : tok;
+    }
+    redisContext *rc = redis_connect();
+    redisReply *rep = redisCommandArgv(rc, (int)argc, argv, NULL);
+    if (rep == NULL || rep->type != REDIS_REPLY_STATUS)
+        fail_msg("ACL SETUSER: %s", rep && rep->str ? rep->str : "no answer");
+    freeReplyObject(rep);
+    free(rules);
+    free(conf);
+
+    char url[96];
+    snprintf(url, sizeof url, "REDIS_URL=redis://rivet:acl-test-password@127.0.0.1:%d/0",
+             redis.port);
+    const char *const env[] = {url, "RECONCILE_INTERVAL=1", "LOG_LEVEL=debug", NULL};
+    start_rivetd(env);
+    webhooks_to_rivetd(TH_WEBHOOK_SECRET);
+    cust_t a;
+    buy("acl@example.com", "pro", &a);
+    th_response_t r;
+    tg_link(BEARER, a.token, 4242, 4242, &r);
+    assert_status(&r, 200);
+    th_response_free(&r);
+    expect_answer("telegram_user_id=4242", 200, NULL, TO);
+    if (!th_eventually(cached_now, "telegram_user_id=4242", TO))
+        fail_msg("look-ups are not answered from memory under the ACL user");
+    if (!th_eventually(log_has, "reconcile: done:", TO)) fail_msg("no reconciler run finished");
+
+    char *log = slurp(rivetd.log_path);
+    assert_non_null(log);
+    const char *const bad[] = {"NOPERM", "not cached", "no permissions", "not stored"};
+    for (size_t i = 0; i < RV_ARRAY_LEN(bad); i++)
+        if (strstr(log, bad[i])) fail_msg("rivetd logged \"%s\" under the ACL user", bad[i]);
+    free(log);
+    rep = redisCommand(rc, "ACL DELUSER rivet");
+    freeReplyObject(rep);
+    redisFree(rc);
+}
+
 /* ---- 4. the portal for a linked Telegram user
  * ------------------------------------------------------ */
 
@@ -1083,8 +1255,16 @@ static int group_teardown(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        T(journey), T(success_page_first),      T(link_auth_and_validation), T(link_tokens),
-        T(lookups), T(portal_by_telegram_user), T(checkout_link_max_age),
+        T(journey),
+        T(success_page_first),
+        T(link_auth_and_validation),
+        T(link_tokens),
+        T(lookups),
+        T(acl_user),
+        T(lookup_cache),
+        T(lookup_cache_off),
+        T(portal_by_telegram_user),
+        T(checkout_link_max_age),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

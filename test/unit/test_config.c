@@ -961,6 +961,7 @@ static void test_dump_exact(void **state) {
                        "REDIRECT_ORIGINS=https://rivet.io\n"
                        "CORS_ORIGINS=https://rivet.io,https://www.rivet.io,http://localhost:3000\n"
                        "TELEGRAM_BOT=RivetCEO_bot\n"
+                       "ENTITLEMENT_CACHE=10000\n"
                        "TELEGRAM_LINK_TTL=604800\n"
                        "CHECKOUT_LINK_MAX_AGE=86400\n"
                        "RIVET_API_TOKEN=<redacted>\n"
