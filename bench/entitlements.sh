@@ -2,7 +2,8 @@
 # Entitlement look-ups, as the bot makes one on every message: GET /api/entitlements by Telegram
 # user with the bearer token, against a local Redis seeded with linked customers (in the format
 # src/apply.lua and the link script write), 64 keep-alive connections on one wrk thread, best of
-# several runs; GET /health of the same rivetd in the same run for the ratio (target >= 0.8).
+# several runs; GET /health of the same rivetd in the same run for the ratio (target >= 0.8);
+# then the same look-ups with the cache off, each a round trip to Redis.
 #
 # Usage: bench/entitlements.sh [BUILD_DIR]
 # Knobs (environment): BENCH_SECONDS (5), BENCH_ROUNDS (3), BENCH_CUSTOMERS (1000).
@@ -74,32 +75,35 @@ out.flush()
 PY
 seeded=$(redis-cli -p "$rport" DBSIZE)
 
-port=$(free_port)
-# shellcheck disable=SC2086  # RIVETD_ENV is a list of KEY=VALUE words.
-env $RIVETD_ENV RIVET_API_TOKEN="$token" LISTEN="127.0.0.1:$port" ADMIN_LISTEN= \
-    REDIS_URL="redis://127.0.0.1:$rport/0" STRIPE_API_BASE=http://127.0.0.1:1 RECONCILE_INTERVAL=0 \
-    "$top/$build/rivetd" 2>"$tmp/rivetd.log" &
-pids="$pids $!"
-wait_port "$port"
-for _ in $(seq 200); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/ready")" = 200 ] && break
-    sleep 0.05
-done
-
-# The answers are right before anything is timed: the last seeded user, by Telegram id.
-last=$((first_user + customers - 1))
-want="\"telegram_user_id\":$last}"
-got=$(curl -s -H "Authorization: Bearer $token" \
-    "http://127.0.0.1:$port/api/entitlements?telegram_user_id=$last")
-case "$got" in
-*"$want") ;;
-*) echo "entitlements bench: unexpected answer for user $last: $got" >&2; exit 1 ;;
-esac
+# start_rivetd CACHE: a rivetd with ENTITLEMENT_CACHE=CACHE; sets port and rivetd_pid, and checks
+# an answer before anything is timed (the last seeded user, by Telegram id).
+start_rivetd() {
+    port=$(free_port)
+    # shellcheck disable=SC2086  # RIVETD_ENV is a list of KEY=VALUE words.
+    env $RIVETD_ENV RIVET_API_TOKEN="$token" LISTEN="127.0.0.1:$port" ADMIN_LISTEN= \
+        REDIS_URL="redis://127.0.0.1:$rport/0" STRIPE_API_BASE=http://127.0.0.1:1 \
+        RECONCILE_INTERVAL=0 ENTITLEMENT_CACHE="$1" "$top/$build/rivetd" 2>"$tmp/rivetd.$1.log" &
+    rivetd_pid=$!
+    pids="$pids $rivetd_pid"
+    wait_port "$port"
+    for _ in $(seq 200); do
+        [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/ready")" = 200 ] && break
+        sleep 0.05
+    done
+    local last want got
+    last=$((first_user + customers - 1))
+    want="\"telegram_user_id\":$last}"
+    got=$(curl -s -H "Authorization: Bearer $token" \
+        "http://127.0.0.1:$port/api/entitlements?telegram_user_id=$last")
+    case "$got" in
+    *"$want") ;;
+    *) echo "entitlements bench: unexpected answer for user $last: $got" >&2; exit 1 ;;
+    esac
+}
 
 # CPU time (user+system, clock ticks) of a process.
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 hz=$(getconf CLK_TCK)
-rivetd_pid=$(echo "$pids" | awk '{print $NF}')
 redis_pid=$(echo "$pids" | awk '{print $1}')
 
 # Best of several runs, with the CPU each process used in the best one (100% = one core); wrk
@@ -128,14 +132,23 @@ best() { # label [wrk script args...]
 }
 
 script="$top/bench/entitlements.lua"
+start_rivetd 10000
 re=$(best lookup -s "$script" "http://127.0.0.1:$port" -- "$token" "$first_user" "$customers")
-ent_bad=$bad
 rh=$(best health -s "$script" "http://127.0.0.1:$port" -- "$token" "$first_user" "$customers" health)
-echo "entitlements: GET /api/entitlements?telegram_user_id=, $customers linked customers ($seeded keys): ${re#lookup } req/s (best of $rounds x wrk -t1 -c64 -d${dur}s, LOG_LEVEL=warn)"
-echo "entitlements: GET /health, same rivetd, same wrk script and header: ${rh#health } req/s"
+kill "$rivetd_pid"
+wait "$rivetd_pid" 2>/dev/null || true
+# The same look-ups with ENTITLEMENT_CACHE=0: each one a round trip to Redis.
+start_rivetd 0
+ru=$(best lookup -s "$script" "http://127.0.0.1:$port" -- "$token" "$first_user" "$customers")
+echo "entitlements: GET /api/entitlements?telegram_user_id=, $customers linked customers ($seeded keys), best of $rounds x wrk -t1 -c64 -d${dur}s, LOG_LEVEL=warn:"
+echo "  answered from memory (ENTITLEMENT_CACHE, kept right by Redis): ${re#lookup } req/s"
+echo "  GET /health, same rivetd, same wrk script and header:          ${rh#health } req/s"
+echo "  every look-up from Redis (ENTITLEMENT_CACHE=0):                ${ru#lookup } req/s"
 re=${re#lookup }
 re=${re%% *}
 rh=${rh#health }
 rh=${rh%% *}
-echo "entitlements: look-up/health = $(awk -v a="$re" -v b="$rh" 'BEGIN{printf "%.2f", a/b}') (target >= 0.80); non-2xx answers: $ent_bad"
-[ "$ent_bad" -eq 0 ]
+ru=${ru#lookup }
+ru=${ru%% *}
+echo "entitlements: look-up/health = $(awk -v a="$re" -v b="$rh" 'BEGIN{printf "%.2f", a/b}') (target >= 0.80), from Redis every time $(awk -v a="$ru" -v b="$rh" 'BEGIN{printf "%.2f", a/b}'); non-2xx answers: $bad"
+[ "$bad" -eq 0 ]
