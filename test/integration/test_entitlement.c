@@ -1549,7 +1549,10 @@ static void two_reconcilers(void **state) {
         }
     }
     cJSON_Delete(log);
-    if (starts != run0 + run1)
+    /* Every run that listed events was logged. The logs were read while both still ran, and
+     * each may have begun one more run before it stopped, or been stopped between a run's line
+     * and its first list call. */
+    if (starts > run0 + run1 + 2 || starts < run0 + run1 - 2)
         fail_msg("%d runs listed events, %d runs logged", starts, run0 + run1);
     if (runs.locked < 1) fail_msg("no run ever found the lock taken");
     cJSON_Delete(ids);
