@@ -191,6 +191,8 @@ struct rv_queue_s {
 
 static void watch_start(rv_queue_t *q);
 static void watch_drop(rv_queue_t *q);
+static int send_argv(redisAsyncContext *ac, redisCallbackFn *fn, void *priv, int argc,
+                     const char **argv, const size_t *len);
 
 static void conn_start(rv_queue_t *q);
 static void on_cmd_timer(uv_timer_t *t);
@@ -797,8 +799,7 @@ static void on_enqueue_reply(redisAsyncContext *ac, void *r, void *privdata) {
             c->argvlen[ARG_CMD] = 4;
             c->argv[ARG_SCRIPT] = APPLY_SCRIPT;
             c->argvlen[ARG_SCRIPT] = rv_apply_lua_len;
-            if (redisAsyncCommandArgv(ac, on_enqueue_reply, c, NARGS, c->argv, c->argvlen) ==
-                REDIS_OK) {
+            if (send_argv(ac, on_enqueue_reply, c, NARGS, c->argv, c->argvlen) == REDIS_OK) {
                 c->deadline = uv_now(q->loop) + q->timeout_ms;
                 list_push(q, c);
                 cmd_timer_arm(q);
@@ -845,7 +846,7 @@ static void on_enqueue_reply(redisAsyncContext *ac, void *r, void *privdata) {
             c->argv[i] = argv[i];
             c->argvlen[i] = strlen(argv[i]);
         }
-        if (redisAsyncCommandArgv(ac, on_wait_reply, c, 3, c->argv, c->argvlen) != REDIS_OK) {
+        if (send_argv(ac, on_wait_reply, c, 3, c->argv, c->argvlen) != REDIS_OK) {
             cmd_finish(c, RV_EUNAVAIL, 0, NULL);
             return;
         }
@@ -889,8 +890,44 @@ static cmd_t *cmd_new(rv_queue_t *q, size_t extra, void *data) {
 
 /* Send c's first argc arguments with fn as the reply callback, and watch its deadline. On
  * failure c is freed and its callback never called. */
+/* Append n's digits and "\r\n" at p; the new end. */
+static char *put_len(char *p, size_t n) {
+    char d[24];
+    int k = 0;
+    do d[k++] = (char)('0' + n % 10);
+    while ((n /= 10) != 0);
+    while (k > 0) *p++ = d[--k];
+    *p++ = '\r';
+    *p++ = '\n';
+    return p;
+}
+
+/* Send a command in Redis's protocol, written in one pass: hiredis formats each argument with
+ * its own printf-like sdscatfmt, which cost more than everything else about sending it. */
+static int send_argv(redisAsyncContext *ac, redisCallbackFn *fn, void *priv, int argc,
+                     const char **argv, const size_t *len) {
+    size_t total = 32;
+    for (int i = 0; i < argc; i++) total += len[i] + 32;
+    char stack[8192], *buf = total <= sizeof stack ? stack : malloc(total);
+    if (buf == NULL) return REDIS_ERR;
+    char *p = buf;
+    *p++ = '*';
+    p = put_len(p, (size_t)argc);
+    for (int i = 0; i < argc; i++) {
+        *p++ = '$';
+        p = put_len(p, len[i]);
+        memcpy(p, argv[i], len[i]);
+        p += len[i];
+        *p++ = '\r';
+        *p++ = '\n';
+    }
+    int rc = redisAsyncFormattedCommand(ac, fn, priv, buf, (size_t)(p - buf));
+    if (buf != stack) free(buf);
+    return rc;
+}
+
 static int cmd_send(rv_queue_t *q, cmd_t *c, int argc, redisCallbackFn *fn) {
-    if (redisAsyncCommandArgv(q->ac, fn, c, argc, c->argv, c->argvlen) != REDIS_OK) {
+    if (send_argv(q->ac, fn, c, argc, c->argv, c->argvlen) != REDIS_OK) {
         free(c);
         return RV_EUNAVAIL;
     }
