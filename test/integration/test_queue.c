@@ -90,6 +90,18 @@ static void queue_open_ready(fixture_t *f, const char *url) {
     if (!run_until(f, is_ready, f->q, WAIT_MS)) fail_msg("queue not ready for %s", url);
 }
 
+/* The fixture's queue, ready, with past_due counted as active or not (held by the fixture, so
+ * that a failure still closes it). */
+static void queue_open_past_due(fixture_t *f, const char *url, int past_due_active) {
+    rv_queue_opts_t o = {.url = url,
+                         .stream = STREAM,
+                         .dedupe_ttl = TTL,
+                         .timeout_ms = 2000,
+                         .past_due_active = past_due_active};
+    assert_int_equal(rv_queue_init(&f->loop, &o, &f->q), 0);
+    if (!run_until(f, is_ready, f->q, WAIT_MS)) fail_msg("queue not ready for %s", url);
+}
+
 static void queue_close(fixture_t *f, rv_queue_t *q) {
     int closed = 0;
     rv_queue_close(q, on_closed, &closed);
@@ -1204,15 +1216,8 @@ static void test_past_due_active(void **state) {
     snprintf(url, sizeof url, "redis://127.0.0.1:%d", f->redis.port);
     int port = f->redis.port;
     for (int pda = 0; pda < 2; pda++) {
-        rv_queue_opts_t o = {.url = url,
-                             .stream = STREAM,
-                             .dedupe_ttl = TTL,
-                             .timeout_ms = 2000,
-                             .past_due_active = pda};
-        /* Held by the fixture, so that a failure below still closes it. */
-        assert_int_equal(rv_queue_init(&f->loop, &o, &f->q), 0);
+        queue_open_past_due(f, url, pda);
         rv_queue_t *q = f->q;
-        assert_true(run_until(f, is_ready, q, WAIT_MS));
         char id[32], cust[32];
         snprintf(id, sizeof id, "evt_pd%d", pda);
         snprintf(cust, sizeof cust, "cus_PD%d", pda);
@@ -1340,13 +1345,7 @@ static void test_rule_change_and_older_records(void **state) {
                   .tier = "pro",
                   .status = "past_due"};
     for (int pda = 0; pda < 2; pda++) {
-        rv_queue_opts_t o = {.url = url,
-                             .stream = STREAM,
-                             .dedupe_ttl = TTL,
-                             .timeout_ms = 2000,
-                             .past_due_active = pda};
-        assert_int_equal(rv_queue_init(&f->loop, &o, &f->q), 0);
-        assert_true(run_until(f, is_ready, f->q, WAIT_MS));
+        queue_open_past_due(f, url, pda);
         if (pda == 0) {
             result_t r = expect_result_on(f, f->q, &s, RV_APPLY_EVENT, "webhook", RV_ENQ_ADDED);
             expect_entry(port, r.id, "subscription.updated", "webhook", "cus_RC", "pro", "past_due",
