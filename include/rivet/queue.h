@@ -78,7 +78,7 @@ typedef void (*rv_invalidate_cb)(void *data, const char *key, size_t len);
  * once the queue is ready, a second connection asks Redis to tell of every change to them
  * (CLIENT TRACKING in broadcast mode, to itself, subscribed to __redis__:invalidate), and cb
  * hears each; writes through this queue's own scripts are told as soon as their answer comes.
- * Set once, before the queue connects. */
+ * Set before the queue connects; cb NULL detaches (nothing is told any more). */
 void rv_queue_watch(rv_queue_t *q, rv_invalidate_cb cb, void *data);
 
 /* 1 while every change to a watched key will be told: the watch is subscribed and its
