@@ -10,6 +10,15 @@ call from INFO commandstats after each (the same figure bench/webhook.sh reads):
            every time (the entitlement is rebuilt and rewritten each time)
   first    a new customer every event (the whole record is written)
 
+and, for comparison on the repeat path's arguments and customer:
+
+  function the same script loaded as a Redis Function (FUNCTION LOAD, FCALL)
+  floor    a script that only does the three commands no event can do without: SET NX EX of
+           the event key, HMGET of the customer's fields, XADD of the entry with the
+           entitlement; what the apply script costs beyond it is its own logic
+  commands the same three commands sent on their own, without a script: what is left of the
+           floor is the cost of running a script and calling commands from it
+
 Usage: bench/apply_script.py PORT SCRIPT_FILE [CALLS]
 """
 import socket
@@ -88,14 +97,25 @@ def stream(kind, sha, base):
             yield evalsha(sha, i, 'cus_F%d' % i, 'sub_F%d' % i, 'pro', 1721954054)
 
 
-r = Redis()
-sha = r.call('SCRIPT', 'LOAD', script).decode()
-failed = 0
-for n, kind in enumerate(('repeat', 'newer', 'first')):
+FLOOR = b"""
+if not redis.call('SET', KEYS[1], ARGV[14], 'NX', 'EX', ARGV[1]) then return {2, '', 0, ''} end
+local r = redis.call('HMGET', KEYS[3], 'ent', 'subs', 'pd', 's:' .. ARGV[9], 'email', 'email_v',
+  'telegram_user_id')
+local id = redis.call('XADD', KEYS[2], '*', 'type', ARGV[3], 'stripe_event_id', ARGV[4], 'data',
+  ARGV[5] .. ',"entitlement":' .. r[1] .. '}')
+return {1, id, 0, ''}
+"""
+
+
+def measure(kind, cmds, stat, seed=None):
+    # Every run starts from an empty database, so that each grows Redis's key table alike.
+    r.call('FLUSHALL')
+    if seed:
+        r.call(*seed)
     r.call('CONFIG', 'RESETSTAT')
     before = r.call('XLEN', STREAM)
     batch = []
-    for cmd in stream(kind, sha, (n + 1) * 10000000):
+    for cmd in cmds:
         batch.append(cmd)
         if len(batch) == 64:
             r.pipeline(batch)
@@ -105,9 +125,73 @@ for n, kind in enumerate(('repeat', 'newer', 'first')):
     added = r.call('XLEN', STREAM) - before
     stats = r.call('INFO', 'commandstats').decode()
     per = next(line.split('usec_per_call=')[1].split(',')[0] for line in stats.splitlines()
-               if line.startswith('cmdstat_evalsha:'))
-    print('  %-7s %s us per call (%d calls, %d entries)' % (kind, per, calls, added))
-    if added != calls:
-        print('  FAIL: %d calls appended %d entries' % (calls, added), file=sys.stderr)
-        failed = 1
-sys.exit(failed)
+               if line.startswith('cmdstat_%s:' % stat))
+    print('  %-8s %s us per call (%d calls, %d entries)' % (kind, per, calls, added))
+    return added == calls
+
+
+def commands(base):
+    # The floor's three commands as plain commands, with the repeat path's arguments.
+    ent = r.call('HGET', seed[5], 'ent').decode()
+    for cmd in stream('repeat', sha, base):
+        yield ['SET', cmd[3], 'webhook', 'NX', 'EX', cmd[9]]
+        yield ['HMGET', cmd[5], 'ent', 'subs', 'pd', 's:' + cmd[17], 'email', 'email_v',
+               'telegram_user_id']
+        yield ['XADD', STREAM, '*', 'type', cmd[11], 'stripe_event_id', cmd[12], 'data',
+               cmd[13] + ',"entitlement":' + ent + '}']
+
+
+def measure_commands(base):
+    r.call('FLUSHALL')
+    r.call(*seed)
+    r.call('CONFIG', 'RESETSTAT')
+    before = r.call('XLEN', STREAM)
+    batch = []
+    for cmd in commands(base):
+        batch.append(cmd)
+        if len(batch) == 192:
+            r.pipeline(batch)
+            batch = []
+    if batch:
+        r.pipeline(batch)
+    added = r.call('XLEN', STREAM) - before
+    stats = r.call('INFO', 'commandstats').decode()
+    per = {}
+    for line in stats.splitlines():
+        name = line.split(':')[0][len('cmdstat_'):]
+        if name in ('set', 'hmget', 'xadd'):
+            per[name] = float(line.split('usec_per_call=')[1].split(',')[0])
+    print('  %-8s %.2f us per event (SET NX EX %.2f, HMGET %.2f, XADD %.2f; %d entries)' % (
+        'commands', sum(per.values()), per.get('set', 0), per.get('hmget', 0),
+        per.get('xadd', 0), added))
+    return added == calls
+
+
+def as_fcall(cmd):
+    return ['FCALL', 'rivet_apply'] + cmd[2:]
+
+
+r = Redis()
+sha = r.call('SCRIPT', 'LOAD', script).decode()
+floor = r.call('SCRIPT', 'LOAD', FLOOR).decode()
+r.call('FUNCTION', 'LOAD', 'REPLACE', b'#!lua name=rivet_bench\n'
+       b'redis.register_function("rivet_apply", function(KEYS, ARGV)\n' + script + b'\nend)\n')
+# The repeat path's customer, as its first event leaves it.
+seed = next(stream('repeat', sha, 1))
+for cmd in stream('repeat', sha, 2):  # warm up
+    r.call(*cmd)
+    if r.call('XLEN', STREAM) >= min(calls, 10000):
+        break
+ok = True
+for n, kind in enumerate(('repeat', 'newer', 'first')):
+    ok &= measure(kind, stream(kind, sha, (n + 1) * 10000000), 'evalsha',
+                  seed if kind == 'repeat' else None)
+    if kind == 'repeat':
+        ok &= measure('function', (as_fcall(c) for c in stream(kind, sha, 40000000)), 'fcall',
+                      seed)
+        ok &= measure('floor', stream(kind, floor, 50000000), 'evalsha', seed)
+        ok &= measure_commands(60000000)
+r.call('FUNCTION', 'DELETE', 'rivet_bench')
+if not ok:
+    print('  FAIL: a run did not append exactly one entry per call', file=sys.stderr)
+sys.exit(0 if ok else 1)
