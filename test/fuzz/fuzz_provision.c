@@ -5,7 +5,9 @@
  * characters, a tier that is a plan name or "unknown", and a "data" entry that is a JSON object
  * agreeing with the struct; a refused event keeps only its identity and a printable reason; the
  * mapping is the same when repeated (the parse arena is reset between events) and when the input
- * is reformatted by cJSON (so that no decision depends on layout). */
+ * is reformatted by cJSON (so that no decision depends on layout); and the event's data.object,
+ * read alone as an object from Stripe is (rv_provision_map_object: a fetched subscription, a
+ * session on the success page), maps as it did inside the event. */
 #include <cjson/cJSON.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -137,6 +139,41 @@ static int same_event(int rc1, const rv_prov_event_t *a, int rc2, const rv_prov_
     return a->data_json == NULL || strcmp(a->data_json, b->data_json) == 0;
 }
 
+/* The event's object, as Stripe answers a read of it, under the event's type and created. */
+static void check_as_object(const char *json, size_t size, int rc, const rv_prov_event_t *ev) {
+    /* Without an envelope there is no type to read it as; cJSON cannot print an escaped NUL. */
+    if (rc == RV_EPAYLOAD || rc == RV_ENOMEM || memmem(json, size, "\\u0000", 6) != NULL) return;
+    cJSON *root = cJSON_ParseWithLength(json, size);
+    const cJSON *obj =
+        cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(root, "data"), "object");
+    char *text = cJSON_IsObject(obj) ? cJSON_PrintUnformatted(obj) : NULL;
+    if (text != NULL) {
+        rv_prov_event_t o;
+        int orc =
+            rv_provision_map_object(text, strlen(text), ev->stripe_type, ev->created, &prices, &o);
+        if (orc != RV_ENOMEM) {
+            FUZZ_CHECK(orc == rc);
+            FUZZ_CHECK(o.event_id[0] == '\0' && strcmp(o.stripe_type, ev->stripe_type) == 0);
+        }
+        if (orc == 0 && rc == 0) {
+            FUZZ_CHECK(o.type == ev->type && o.created == ev->created);
+            FUZZ_CHECK(strcmp(o.customer_id, ev->customer_id) == 0);
+            FUZZ_CHECK(strcmp(o.subscription_id, ev->subscription_id) == 0);
+            FUZZ_CHECK(strcmp(o.email, ev->email) == 0 && strcmp(o.tier, ev->tier) == 0);
+            FUZZ_CHECK(strcmp(o.status, ev->status) == 0);
+            FUZZ_CHECK(strcmp(o.session_id, ev->session_id) == 0);
+            FUZZ_CHECK(o.has_state == ev->has_state && o.fulfills == ev->fulfills);
+            FUZZ_CHECK(o.has_period_end == ev->has_period_end &&
+                       (!o.has_period_end || o.period_end == ev->period_end));
+            FUZZ_CHECK(o.cancel_at_period_end == ev->cancel_at_period_end);
+            FUZZ_CHECK(o.data_json != NULL);
+        }
+        rv_prov_event_free(&o);
+    }
+    free(text);
+    cJSON_Delete(root);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     /* A copy of exactly the input's length, so that reading past it is caught. */
     char *json = malloc(size ? size : 1);
@@ -171,6 +208,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     free(text);
     cJSON_Delete(tree);
+
+    check_as_object(json, size, rc, &ev);
 
     rv_prov_event_free(&ev);
     rv_prov_event_free(&ev);
