@@ -76,9 +76,12 @@ $(BUILD)/src/queue.o: src/apply.lua
 $(BUILD)/src/handlers_docs.o: ALL_CFLAGS += -DRV_DOCS_HTML_PATH='"$(DOCS_HTML)"'
 
 # llhttp is compiled from Debian's node-llhttp sources; its generated code is not ours to lint.
-$(BUILD)/llhttp/%.o: $(LLHTTP_SRC)/%.c
+# Strict mode: without it llhttp skips the two bytes after a chunk's data unread, whatever they
+# are, and what follows them would be taken as the next request.
+LLHTTP_FLAGS := -DLLHTTP_STRICT_MODE=1
+$(BUILD)/llhttp/%.o: $(LLHTTP_SRC)/%.c Makefile
 	@mkdir -p $(dir $@)
-	$(CC) -std=c11 -O2 -g -fPIE $(HARDEN) $(filter -fsanitize% -fno-sanitize%,$(CFLAGS)) -I$(LLHTTP_INC) -w -c -o $@ $<
+	$(CC) -std=c11 -O2 -g -fPIE $(HARDEN) $(filter -fsanitize% -fno-sanitize%,$(CFLAGS)) $(LLHTTP_FLAGS) -I$(LLHTTP_INC) -w -c -o $@ $<
 
 $(BUILD)/test/unit/%: test/unit/%.c $(LIBRIVET)
 	@mkdir -p $(dir $@)

@@ -52,10 +52,10 @@ $(FUZZ_BUILD)/src/%.o: src/%.c
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c -o $@ $<
 
 # llhttp is instrumented too, so that the http harness is guided through the parser's states.
-$(FUZZ_BUILD)/llhttp/%.o: $(LLHTTP_SRC)/%.c
+$(FUZZ_BUILD)/llhttp/%.o: $(LLHTTP_SRC)/%.c Makefile
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) -std=c11 -O1 -g $(FUZZ_SAN) -fsanitize=fuzzer-no-link -I$(LLHTTP_INC) -w -c \
-	    -o $@ $<
+	$(FUZZ_CC) -std=c11 -O1 -g $(FUZZ_SAN) -fsanitize=fuzzer-no-link $(LLHTTP_FLAGS) \
+	    -I$(LLHTTP_INC) -w -c -o $@ $<
 
 $(FUZZ_LIB): $(FUZZ_OBJS) $(FUZZ_LLHTTP)
 	@rm -f $@

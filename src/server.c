@@ -11,9 +11,11 @@
  * Input is refused strictly (RFC 9112): llhttp runs without any lenient flag, and what it lets
  * through that a server must refuse is refused here: a missing, repeated or malformed Host,
  * obs-fold line folding, HTTP/0.9 request lines and versions other than 1.0 and 1.1, transfer
- * codings other than chunked, unbounded chunk extensions. Trailer fields are read, bounded like
- * headers, and discarded. Every byte of request input held is counted in one budget for the
- * process (max_input_buffer), so no number of clients can make it hold more. */
+ * codings other than chunked and Transfer-Encoding in HTTP/1.0, unbounded chunk extensions.
+ * llhttp is built in its strict mode (see the Makefile), which checks the CRLF after each chunk.
+ * Trailer fields are read, bounded like headers, and discarded. Every byte of request input held is
+ * counted in one budget for the process (max_input_buffer), so no number of clients can make it
+ * hold more. */
 #include "rivet/server.h"
 
 #include <arpa/inet.h>
@@ -588,6 +590,9 @@ static int on_headers_complete(llhttp_t *p) {
     if (hosts > 1) return reject(c, 400, "More than one Host header");
     if (hosts == 0 && p->http_minor == 1) return reject(c, 400, "Missing Host header");
     if (tes > 1) return reject(c, 400, "More than one Transfer-Encoding header");
+    /* RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing. */
+    if (tes && p->http_minor == 0)
+        return reject(c, 400, "Transfer-Encoding is not allowed in an HTTP/1.0 request");
     if (r->saw_cl && r->saw_te)
         return reject(c, 400, "Content-Length and Transfer-Encoding together are not allowed");
     if (p->upgrade) return reject(c, 400, "Protocol upgrades are not supported");

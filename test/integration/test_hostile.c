@@ -538,6 +538,56 @@ static void test_chunk_extensions(void **state) {
     expect_reject(shared.port, req, 400);
 }
 
+/* The CRLF after a chunk's data is framing: anything else there is refused, or what follows it
+ * would be read as the next request (smuggled past a proxy that reads the chunk otherwise). */
+static void test_chunk_data_crlf(void **state) {
+    static const char *const ends[] = {"XX", "ab", "\r\r", "\n\n", "\rX", "\n\r", "\r0"};
+    for (size_t i = 0; i < RV_ARRAY_LEN(ends); i++) {
+        char req[256];
+        snprintf(req, sizeof req,
+                 "POST /health HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 "2\r\n{}%s0\r\n\r\n",
+                 ends[i]);
+        expect_reject(shared.port, req, 400);
+    }
+    static const char nuls[] = "POST /health HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked"
+                               "\r\n\r\n2\r\n{}\0\0"
+                               "0\r\n\r\n";
+    const int s400 = 400;
+    expect_reject_n(shared.port, nuls, sizeof nuls - 1, &s400, 1);
+    /* The last chunk's CRLF, and the end of the trailer section, likewise. */
+    expect_reject(shared.port,
+                  "POST /health HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  "2\r\n{}\r\n0\r\nXX",
+                  400);
+    expect_kept(shared.port,
+                "POST /health HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                "2\r\n{}\r\n0\r\n\r\n",
+                405);
+}
+
+/* RFC 9112 6.1: Transfer-Encoding in an HTTP/1.0 message is faulty framing, whatever else the
+ * message says; the connection must not be kept. */
+static void test_http10_transfer_encoding(void **state) {
+    expect_reject(shared.port,
+                  "POST /health HTTP/1.0\r\nHost: t\r\nConnection: keep-alive\r\n"
+                  "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                  400);
+    expect_reject(shared.port,
+                  "POST /health HTTP/1.0\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n"
+                  "\r\n{}",
+                  400);
+    /* HTTP/1.0 with Content-Length stays fine. */
+    int fd = xconnect(shared.port);
+    xsend(fd, "POST /health HTTP/1.0\r\nContent-Length: 2\r\n\r\n{}");
+    th_response_t r;
+    xread(fd, &r);
+    if (r.status != 405)
+        fail_msg("HTTP/1.0 with Content-Length: status %d, expected 405", r.status);
+    th_response_free(&r);
+    th_close(fd);
+}
+
 static void test_length_framing(void **state) {
     static const char *const reqs[] = {
         "POST /health HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n"
@@ -1365,6 +1415,8 @@ int main(void) {
         T(test_http09_request_line),
         T(test_http_versions),
         T(test_chunk_extensions),
+        T(test_chunk_data_crlf),
+        T(test_http10_transfer_encoding),
         T(test_length_framing),
         T(test_transfer_codings),
         T(test_request_line_and_names),
