@@ -686,9 +686,10 @@ static const cfkey_t keys[] = {
      .def = "60",
      .min = 0,
      .max = 1000000,
-     .doc = "checkout/portal calls a minute per client address (burst 20; 0 disables)",
-     .note = "Checkout and billing-portal calls allowed per client address and minute, in bursts "
-             "of up to 20. 0 disables the limit."},
+     .doc = "checkout, success-page and portal calls a minute per client address (burst 20; 0 "
+            "disables)",
+     .note = "Checkout, success-page and billing-portal calls allowed per client address and "
+             "minute, in bursts of up to 20 (each of them calls Stripe). 0 disables the limit."},
     {.name = "TRUST_PROXY",
      .kind = K_LIST,
      FIELD(trust_proxy),

@@ -424,6 +424,9 @@ static void retrieve_session(rv_request_t *req, const char *id, int kind, rv_str
 }
 
 void rv_handle_checkout_success(rv_request_t *req) {
+    /* Anyone may ask, and every question is a read of Stripe with the secret key: limited per
+     * address like checkouts, so that no client can spend the account's Stripe allowance. */
+    if (rv_rate_limited(req)) return;
     char id[300];
     rv_verrs_t v = {0};
     int rc = rv_request_query(req, "session_id", id, sizeof id);

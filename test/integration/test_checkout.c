@@ -1391,6 +1391,33 @@ static void rate_limit(void **state) {
     th_response_free(&r);
 }
 
+/* The success page is anonymous and every call reads Stripe with the secret key: without a limit,
+ * one client could spend the account's Stripe read allowance (and have Stripe refuse checkouts). */
+static void rate_limit_success_page(void **state) {
+    const char *const env[] = {"RATE_LIMIT_PER_MIN=60", NULL};
+    start_rivetd(env);
+    int answered = 0, limited = 0;
+    for (int i = 0; i < 25; i++) {
+        char path[128];
+        snprintf(path, sizeof path, "/api/checkout/success?session_id=cs_test_flood%d", i);
+        th_response_t r;
+        request("GET", path, NULL, NULL, &r);
+        if (r.status == 404) {
+            answered++;
+        } else if (r.status == 429) {
+            limited++;
+            assert_non_null(th_header(&r, "Retry-After"));
+            assert_detail(&r, 429);
+        } else {
+            fail_msg("success page %d: status %d: %s", i, r.status, r.body);
+        }
+        th_response_free(&r);
+    }
+    assert_int_equal(answered, 20);
+    assert_int_equal(limited, 5);
+    assert_int_equal(fake_count("GET", SESSIONS), 20);
+}
+
 static void rate_limit_behind_proxy(void **state) {
     const char *const env[] = {"RATE_LIMIT_PER_MIN=60", "TRUST_PROXY=127.0.0.1", NULL};
     start_rivetd(env);
@@ -1472,6 +1499,7 @@ int main(void) {
         T(cors),
         T(cors_configured),
         T(rate_limit),
+        T(rate_limit_success_page),
         T(rate_limit_behind_proxy),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
