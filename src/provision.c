@@ -210,6 +210,25 @@ static int take_text(rv_prov_event_t *out, char *dst, size_t size, const char *s
     return copy_str(dst, size, src);
 }
 
+/* Copy a status (NULL or "" when absent) into out->status, or refuse it. Stripe's statuses are
+ * lower-case words joined by '_' (active, past_due, no_payment_required, uncollectible); a status
+ * is kept whole in the customer's record and copied into the entitlement as it is, so nothing
+ * else is taken: no quote, backslash, blank or '|'. */
+static int take_status(rv_prov_event_t *out, const char *src) {
+    if (src == NULL) return copy_str(out->status, sizeof out->status, src);
+    size_t n = 0;
+    for (const char *p = src; *p; p++, n++) {
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_')) {
+            return refuse(out, RV_EMALFORMED, "status is not a Stripe status word ([a-z0-9_])");
+        }
+    }
+    if (n >= sizeof out->status) {
+        return refuse(out, RV_EMALFORMED, "status is longer than %zu bytes",
+                      sizeof out->status - 1);
+    }
+    return copy_str(out->status, sizeof out->status, src);
+}
+
 /* Check a value that goes only into data_json; NULL is absent and fine. */
 static int check_id(rv_prov_event_t *out, const char *s, const char *what) {
     if (s == NULL || rv_provision_is_id(s)) return 0;
@@ -282,7 +301,7 @@ static int read_checkout(const cJSON *o, rv_prov_event_t *out, extra_t *x, const
      * metadata the checkout endpoint wrote. */
     *tier = metadata_tier(o);
     const char *status = get_str(o, "payment_status");
-    if ((rc = take_text(out, out->status, sizeof out->status, status, "status"))) return rc;
+    if ((rc = take_status(out, status))) return rc;
     x->has_amount_total = get_int(o, "amount_total", &x->amount_total) == 0;
     x->currency = get_str(o, "currency");
     x->checkout_session_id = get_str(o, "id");
@@ -317,7 +336,7 @@ static int read_subscription(const cJSON *o, const rv_prices_t *prices, rv_prov_
     *tier = price != NULL ? tier_of_price(prices, price) : metadata_tier(o);
 
     const char *status = get_str(o, "status");
-    if ((rc = take_text(out, out->status, sizeof out->status, status, "status"))) return rc;
+    if ((rc = take_status(out, status))) return rc;
     /* Newer API versions moved the billing period from the subscription to its items. */
     out->has_period_end = get_int(o, "current_period_end", &out->period_end) == 0;
     if (!out->has_period_end) {
@@ -355,7 +374,7 @@ static int read_invoice(const cJSON *o, const rv_prices_t *prices, rv_prov_event
     }
 
     const char *status = get_str(o, "status");
-    if ((rc = take_text(out, out->status, sizeof out->status, status, "status"))) return rc;
+    if ((rc = take_status(out, status))) return rc;
     x->has_amount_paid = get_int(o, "amount_paid", &x->amount_paid) == 0;
     x->has_amount_due = get_int(o, "amount_due", &x->amount_due) == 0;
     x->has_attempt_count = get_int(o, "attempt_count", &x->attempt_count) == 0;

@@ -46,8 +46,9 @@ typedef struct rv_prov_event_s {
  * object, an id that is not a Stripe id, a type that is empty, not printable ASCII or too long,
  * no integral non-negative "created", no object "data.object"), RV_EMALFORMED (a Stripe event
  * whose content no consumer should be given: a customer, subscription, invoice or checkout
- * session id that is not a Stripe id ([A-Za-z0-9_], 1..255), an email, status or currency that
- * is not UTF-8 text free of control characters or too long for its field, an escaped NUL, a
+ * session id that is not a Stripe id ([A-Za-z0-9_], 1..255), an email or currency that is not
+ * UTF-8 text free of control characters or too long for its field, a status that is not a word
+ * of [a-z0-9_] (as all of Stripe's are) or too long, an escaped NUL, a
  * subscription-mode checkout or a subscription without a customer, a subscription without an
  * id), or RV_ENOMEM. With RV_EPAYLOAD and RV_EMALFORMED, reason says why, and event_id and
  * stripe_type are filled when they are themselves valid ("" otherwise), so that the event can be

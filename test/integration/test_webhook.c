@@ -1018,6 +1018,13 @@ static void test_malformed_content_dead_lettered(void **state) {
         {"customer.subscription.updated", {"customer"}, "cus_\xC3\xBC", "customer"},
         /* A status with a C1 control character (NEL). */
         {"customer.subscription.deleted", {"status"}, "canceled\xC2\x85", "status"},
+        /* Statuses are Stripe's lower-case words: a quote, a backslash, a '|' (which separates
+         * a subscription's state in the record) or a blank is no status. */
+        {"customer.subscription.updated", {"status"}, "act\"ive", "status"},
+        {"customer.subscription.updated", {"status"}, "active\\", "status"},
+        {"customer.subscription.created", {"status"}, "active|x", "status"},
+        {"invoice.payment_failed", {"status"}, "open|x", "status"},
+        {"checkout.session.completed", {"payment_status"}, "no payment", "status"},
     };
     dead_t d[MAX_ENTRIES];
     char *bodies[RV_ARRAY_LEN(cases)];
