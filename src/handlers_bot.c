@@ -119,7 +119,8 @@ void rv_handle_entitlements(rv_request_t *req) {
         if (rc == RV_ENOTFOUND) continue;
         given++;
         if (rc) {
-            rv_verr(&v, "query", names[i], "Too long", "value_error");
+            rv_verr(&v, "query", names[i], rc == RV_ERANGE ? "Too long" : "Not a valid value",
+                    "value_error");
             continue;
         }
         kind = i;
@@ -131,7 +132,14 @@ void rv_handle_entitlements(rv_request_t *req) {
     } else if (v.n == 0) {
         size_t n = strlen(value);
         int ok = n > 0;
-        if (kind == RV_BY_TELEGRAM) ok = ok && n <= 19 && strspn(value, "0123456789") == n;
+        if (kind == RV_BY_TELEGRAM) {
+            /* A number, as a link takes it (1 to 2^53 - 1), written as the link writes it: with
+             * leading zeros, "0123" is still user 123. */
+            ok = ok && n <= 19 && strspn(value, "0123456789") == n;
+            unsigned long long id = ok ? strtoull(value, NULL, 10) : 0;
+            ok = ok && id >= 1 && id < (1ull << 53);
+            if (ok) snprintf(value, sizeof value, "%llu", id);
+        }
         if (kind == RV_BY_CUSTOMER)
             ok = ok && strncmp(value, "cus_", 4) == 0 && n <= 255 &&
                  strspn(value, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghij"

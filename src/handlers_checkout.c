@@ -446,6 +446,12 @@ void rv_handle_checkout_success(rv_request_t *req) {
 
 static void on_portal(void *data, const rv_stripe_result_t *res) {
     rv_request_t *req = ctx_end(data, res);
+    if (res->err == 0 && res->status == 400 && res->err_code && res->err_param &&
+        strcmp(res->err_code, "resource_missing") == 0 && strcmp(res->err_param, "customer") == 0) {
+        /* A customer id Stripe does not know: the caller's mistake. */
+        rv_respond_error(req, 404, "Unknown customer", NULL);
+        return;
+    }
     if (!answered_ok(res)) {
         stripe_failed(req, res, "billing_portal.sessions.create");
         return;
@@ -551,11 +557,14 @@ void rv_handle_billing_portal(rv_request_t *req) {
                              "Retry-After: 1\r\n");
         return;
     }
-    if (!customer[0] &&
-        rv_request_query(req, "customer_id", customer, sizeof customer) == RV_ERANGE)
-        rv_verr(&v, "query", "customer_id", "Too long", "value_error");
-    if (!session[0] && rv_request_query(req, "session_id", session, sizeof session) == RV_ERANGE)
-        rv_verr(&v, "query", "session_id", "Too long", "value_error");
+    int qc = customer[0] ? 0 : rv_request_query(req, "customer_id", customer, sizeof customer);
+    int qs = session[0] ? 0 : rv_request_query(req, "session_id", session, sizeof session);
+    if (qc == RV_ERANGE || qc == RV_EINVAL)
+        rv_verr(&v, "query", "customer_id", qc == RV_ERANGE ? "Too long" : "Not a valid value",
+                "value_error");
+    if (qs == RV_ERANGE || qs == RV_EINVAL)
+        rv_verr(&v, "query", "session_id", qs == RV_ERANGE ? "Too long" : "Not a valid value",
+                "value_error");
     if (v.n) {
         rv_respond_verrs(req, &v);
         return;

@@ -314,7 +314,10 @@ int rv_request_query(const rv_request_t *r, const char *name, char *out, size_t 
                     ch = rv_hexval(v[1]) * 16 + rv_hexval(v[2]);
                     v += 2;
                 }
-                if (ch == 0 || k + 1 >= outlen) return RV_ERANGE;
+                if (ch == 0 || k + 1 >= outlen) {
+                    if (outlen) out[0] = '\0';
+                    return ch == 0 ? RV_EINVAL : RV_ERANGE;
+                }
                 out[k++] = (char)ch;
             }
             out[k] = '\0';

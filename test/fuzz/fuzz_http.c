@@ -106,8 +106,9 @@ static void route_read(rv_request_t *r) {
     FUZZ_CHECK((host == NULL) == (hosts == 0));
     char a[64], sid[300];
     int qa = rv_request_query(r, "a", a, sizeof a);
-    FUZZ_CHECK(qa == 0 || qa == RV_ENOTFOUND || qa == RV_ERANGE);
+    FUZZ_CHECK(qa == 0 || qa == RV_ENOTFOUND || qa == RV_ERANGE || qa == RV_EINVAL);
     if (qa == 0) FUZZ_CHECK(strlen(a) < sizeof a);
+    if (qa == RV_ERANGE || qa == RV_EINVAL) FUZZ_CHECK(a[0] == '\0');
     int valid = rv_request_query(r, "session_id", sid, sizeof sid) == 0 && rv_valid_session_id(sid);
 
     rv_buf_t b = RV_BUF_INIT;

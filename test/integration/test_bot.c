@@ -920,6 +920,10 @@ static void lookups(void **state) {
         {"telegram_user_id=-1", "telegram_user_id"},
         {"telegram_user_id=", "telegram_user_id"},
         {"telegram_user_id=12345678901234567890", "telegram_user_id"},
+        /* Beyond what a link takes (1 to 2^53 - 1). */
+        {"telegram_user_id=0", "telegram_user_id"},
+        {"telegram_user_id=9007199254740992", "telegram_user_id"},
+        {"telegram_user_id=1%002", "telegram_user_id"},
         {"customer_id=xyz", "customer_id"},
         {"customer_id=cus_a-b", "customer_id"},
         {"email=nobody", "email"},
@@ -930,6 +934,11 @@ static void lookups(void **state) {
         assert_422_at(&r, "query", bad[i].field);
         th_response_free(&r);
     }
+    /* An encoded NUL is no valid value, whatever its length. */
+    entitlements("email=a%00b%40example.com", &r);
+    assert_422_at(&r, "query", "email");
+    if (strstr(r.body, "Not a valid value") == NULL) fail_msg("NUL in a query: %s", r.body);
+    th_response_free(&r);
 
     /* Unknown: 404. */
     const char *const unknown[] = {"customer_id=cus_Unknown000000", "telegram_user_id=424242",
@@ -941,13 +950,15 @@ static void lookups(void **state) {
     }
 
     /* By customer, Telegram user and email (any case, encoded or not): the same JSON. */
-    char queries[6][128];
+    char queries[7][128];
     snprintf(queries[0], sizeof queries[0], "customer_id=%s", a.cus);
     snprintf(queries[1], sizeof queries[1], "telegram_user_id=%lld", user);
     snprintf(queries[2], sizeof queries[2], "email=dana.lee%%40example.com");
     snprintf(queries[3], sizeof queries[3], "email=DANA.LEE@EXAMPLE.COM");
     snprintf(queries[4], sizeof queries[4], "email=Dana.Lee@Example.com");
     snprintf(queries[5], sizeof queries[5], "email=dAnA.lEe%%40eXaMpLe.CoM");
+    /* A Telegram user id is a number: leading zeros do not make another user. */
+    snprintf(queries[6], sizeof queries[6], "telegram_user_id=00%lld", user);
     for (size_t i = 0; i < RV_ARRAY_LEN(queries); i++) {
         entitlements(queries[i], &r);
         assert_status(&r, 200);

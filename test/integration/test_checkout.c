@@ -1162,6 +1162,14 @@ static void portal_with_token(void **state) {
     assert_status(&r, 422);
     th_response_free(&r);
     assert_int_equal(fake_total(), before + 2);
+    /* A customer Stripe does not know (400 resource_missing on "customer") is the caller's
+     * mistake, not the payment service's. */
+    portal(NULL, "Authorization: Bearer " TH_API_TOKEN "\r\n",
+           "{\"customer_id\":\"cus_NobodyKnows01\"}", &r);
+    assert_detail(&r, 404);
+    assert_string_equal(r.body, "{\"detail\":\"Unknown customer\"}");
+    th_response_free(&r);
+    assert_int_equal(fake_count("POST", PORTAL), 3);
 }
 
 static void portal_by_session(void **state) {
