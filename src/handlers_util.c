@@ -65,7 +65,7 @@ void rv_respond_verrs(rv_request_t *req, const rv_verrs_t *v) {
 cJSON *rv_body_object(rv_request_t *req, int empty_ok) {
     rv_verrs_t v = {0};
     if (req->body_len == 0 && empty_ok) return cJSON_CreateObject();
-    cJSON *j = cJSON_ParseWithLength(req->body, req->body_len);
+    cJSON *j = rv_json_parse(req->body, req->body_len);
     if (j == NULL) {
         rv_verr(&v, "body", NULL, "JSON decode error", "json_invalid");
         rv_respond_verrs(req, &v);

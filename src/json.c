@@ -1,6 +1,7 @@
-/* JSON text helpers: string escaping and the two error shapes of the API. */
+/* JSON text helpers: parsing a whole text, string escaping and the two error shapes of the API. */
 #include "rivet/json.h"
 
+#include <cJSON.h>
 #include <string.h>
 
 #include "rivet/common.h"
@@ -87,4 +88,17 @@ int rv_json_validation(rv_buf_t *out, const rv_json_verr_t *errs, size_t n) {
         if (rc == 0) rc = rv_buf_puts(out, "}");
     }
     return rc ? rc : rv_buf_puts(out, "]}");
+}
+
+cJSON *rv_json_parse(const char *text, size_t len) {
+    const char *end = NULL;
+    cJSON *j = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+    if (j == NULL) return NULL;
+    for (const char *p = end; p < text + len; p++) {
+        if (*p != ' ' && *p != '\t' && *p != '\r' && *p != '\n') {
+            cJSON_Delete(j);
+            return NULL;
+        }
+    }
+    return j;
 }

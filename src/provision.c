@@ -544,7 +544,7 @@ static int map_event(const char *json, size_t len, const char *as_type, int64_t 
                      const rv_prices_t *prices, rv_prov_event_t *out) {
     memset(out, 0, sizeof *out);
     if (json == NULL || len == 0) return refuse(out, RV_EPAYLOAD, "the body is empty");
-    cJSON *root = cJSON_ParseWithLength(json, len);
+    cJSON *root = rv_json_parse(json, len);
     if (!cJSON_IsObject(root)) {
         int rc = refuse(out, RV_EPAYLOAD,
                         root ? "the body is not a JSON object" : "the body is not JSON");

@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "rivet/common.h"
+#include "rivet/json.h"
 #include "rivet/list.h"
 #include "rivet/log.h"
 
@@ -377,7 +378,7 @@ static void on_http(void *data, const rv_http_response_t *res) {
     c->last.err = res->err;
     c->last.status = res->err ? 0 : res->status;
     if (res->err == 0 && res->body_len > 0) {
-        c->last.json = cJSON_ParseWithLength(res->body, res->body_len);
+        c->last.json = rv_json_parse(res->body, res->body_len);
     }
     const char *rid = rv_http_response_header(res, "Request-Id");
     if (rid != NULL) c->last.request_id = strdup(rid);

@@ -1,8 +1,16 @@
-/* JSON text helpers for answers built without a tree (errors, small fixed shapes). Pure. */
+/* JSON text helpers: parsing a whole text, and answers built without a tree (errors, small fixed
+ * shapes). Pure. */
 #ifndef RIVET_JSON_H
 #define RIVET_JSON_H
 
 #include "rivet/buf.h"
+
+struct cJSON;
+
+/* Parse text that is one JSON value with nothing after it but white space (RFC 8259: space, tab,
+ * CR, LF). cJSON alone stops at the end of the first value and ignores what follows, so that
+ * "{...}xyz" would pass for "{...}". NULL when the text is not exactly one value. */
+struct cJSON *rv_json_parse(const char *text, size_t len);
 
 /* Append s as a JSON string literal, quotes included; invalid UTF-8 bytes become U+FFFD. */
 int rv_json_escape(rv_buf_t *out, const char *s);

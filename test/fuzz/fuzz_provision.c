@@ -15,6 +15,7 @@
 
 #include "fuzz.h"
 #include "rivet/common.h"
+#include "rivet/json.h"
 #include "rivet/provision.h"
 
 static const rv_prices_t prices = {"price_basic", "price_pro", "price_enterprise"};
@@ -150,7 +151,7 @@ static int same_event(int rc1, const rv_prov_event_t *a, int rc2, const rv_prov_
 static void check_as_object(const char *json, size_t size, int rc, const rv_prov_event_t *ev) {
     /* Without an envelope there is no type to read it as; cJSON cannot print an escaped NUL. */
     if (rc == RV_EPAYLOAD || rc == RV_ENOMEM || memmem(json, size, "\\u0000", 6) != NULL) return;
-    cJSON *root = cJSON_ParseWithLength(json, size);
+    cJSON *root = rv_json_parse(json, size);
     const cJSON *obj =
         cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(root, "data"), "object");
     char *text = cJSON_IsObject(obj) ? cJSON_PrintUnformatted(obj) : NULL;
@@ -203,7 +204,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 
     /* The same event, reformatted. An escaped NUL is refused by looking at the text itself, and
      * cJSON cannot write it back, so such inputs are left out. */
-    cJSON *tree = cJSON_ParseWithLength(json, size);
+    /* Only one JSON value with nothing but white space after it is an event. */
+    cJSON *tree = rv_json_parse(json, size);
+    if (tree == NULL) FUZZ_CHECK(rc == RV_EPAYLOAD || rc == RV_ENOMEM);
     char *text = tree ? cJSON_PrintUnformatted(tree) : NULL;
     if (text != NULL && memmem(json, size, "\\u0000", 6) == NULL) {
         rc2 = rv_provision_map(text, strlen(text), &prices, &again);

@@ -523,6 +523,9 @@ static void create_validation(void **state) {
     } cases[] = {
         {"{\"email\": ", 1, {"body"}, {"json_invalid"}},
         {"not json at all", 1, {"body"}, {"json_invalid"}},
+        /* One JSON value, and nothing after it but white space. */
+        {"{\"email\":\"" EMAIL "\",\"tier\":\"pro\"}x", 1, {"body"}, {"json_invalid"}},
+        {"{\"email\":\"" EMAIL "\",\"tier\":\"pro\"}{}", 1, {"body"}, {"json_invalid"}},
         {"", 1, {"body"}, {NULL}},
         {"[\"" EMAIL "\", \"pro\"]", 1, {"body"}, {"model_attributes_type"}},
         {"\"" EMAIL "\"", 1, {"body"}, {"model_attributes_type"}},

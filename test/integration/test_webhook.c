@@ -1077,6 +1077,10 @@ static void test_signed_non_event_dead_lettered(void **state) {
         {"{\"id\":\"evt_itest_nocreated\",\"object\":\"event\",\"type\":"
          "\"customer.subscription.created\",\"created\":\"yesterday\",\"data\":{\"object\":{}}}",
          "evt_itest_nocreated", "customer.subscription.created"},
+        /* Something after the event: no one JSON value, so nothing in it is trusted. */
+        {"{\"id\":\"evt_itest_trailing\",\"object\":\"event\",\"type\":"
+         "\"customer.subscription.created\",\"created\":1721954054,\"data\":{\"object\":{}}}xyz",
+         "", ""},
         /* An event id that is not Stripe's shape is not trusted as a key. */
         {"{\"id\":\"evt\\r\\nDEL x\",\"object\":\"event\",\"type\":"
          "\"customer.subscription.created\",\"created\":1721954054,\"data\":{\"object\":{}}}",

@@ -279,8 +279,30 @@ static void test_validation_empty(void **state) {
     rv_buf_free(&b);
 }
 
+/* One value, and after it nothing but JSON's white space. */
+static void test_parse_whole(void **state) {
+    static const char *const good[] = {"{}", " {\"a\":1}\r\n", "[1,2]\t \n", "\"x\"", "42 "};
+    for (size_t i = 0; i < RV_ARRAY_LEN(good); i++) {
+        cJSON *j = rv_json_parse(good[i], strlen(good[i]));
+        if (j == NULL) fail_msg("refused: %s", good[i]);
+        cJSON_Delete(j);
+    }
+    static const char *const bad[] = {"{}x", "{}{}", "{} ,", "1 2", "{}\v", "{}\f", "", "  "};
+    for (size_t i = 0; i < RV_ARRAY_LEN(bad); i++) {
+        cJSON *j = rv_json_parse(bad[i], strlen(bad[i]));
+        if (j != NULL) fail_msg("taken: %s", bad[i]);
+    }
+    /* The length bounds the text: what lies beyond it is not read. */
+    cJSON *j = rv_json_parse("{}xyz", 2);
+    assert_non_null(j);
+    cJSON_Delete(j);
+    /* A NUL inside the length is not white space. */
+    assert_null(rv_json_parse("{}\0", 3));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_parse_whole),
         cmocka_unit_test(test_escape_plain),
         cmocka_unit_test(test_escape_quotes_backslash),
         cmocka_unit_test(test_escape_control_characters),

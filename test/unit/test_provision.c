@@ -1236,6 +1236,28 @@ static void test_payload_reasons(void **state) {
                      0);
     assert_string_equal(ev.reason, "");
     rv_prov_event_free(&ev);
+    /* One JSON value and nothing after it but white space: a body with more is not JSON. */
+    char *good = make_event("customer.subscription.created", load_fixture("subscription"));
+    static const char *const tails[] = {"xyz", "{}", ",", "\"x\"", " \n}"};
+    for (size_t i = 0; i < RV_ARRAY_LEN(tails); i++) {
+        char *bad = malloc(strlen(good) + strlen(tails[i]) + 1);
+        assert_non_null(bad);
+        strcpy(bad, good);
+        strcat(bad, tails[i]);
+        assert_int_equal(map_str(bad, &ev), RV_EPAYLOAD);
+        assert_string_equal(ev.event_id, "");
+        check_reason(&ev, "not JSON");
+        rv_prov_event_free(&ev);
+        free(bad);
+    }
+    char *spaced = malloc(strlen(good) + 8);
+    assert_non_null(spaced);
+    strcpy(spaced, good);
+    strcat(spaced, " \r\n\t\n");
+    assert_int_equal(map_str(spaced, &ev), 0);
+    rv_prov_event_free(&ev);
+    free(spaced);
+    free(good);
     assert_int_equal(map_obj("plan.created", load_fixture("subscription"), &ev), RV_EIGNORED);
     assert_string_equal(ev.reason, "");
     rv_prov_event_free(&ev);
