@@ -19,9 +19,10 @@ void rv_handle_ready(rv_request_t *req) {
         rv_respond_json(req, 200, body, sizeof body - 1, NULL);
         return;
     }
-    const char *why = app->stopping ? "Shutting down"
-                      : !redis      ? "Redis unavailable"
-                                    : "Configuration not loaded";
+    const char *why = app->stopping                                 ? "Shutting down"
+                      : app->queue && rv_queue_refusing(app->queue) ? "Redis refuses writes"
+                      : !redis                                      ? "Redis unavailable"
+                                                                    : "Configuration not loaded";
     rv_respond_error(req, 503, why, "Retry-After: 1\r\n");
 }
 

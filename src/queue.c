@@ -163,6 +163,7 @@ struct rv_queue_s {
     int ready;
     int closing;
     char sha[48];
+    uint64_t refused_at; /* loop time of the last write Redis refused (0: none since a store) */
 
     uv_timer_t reconnect_timer;
     uv_timer_t connect_timer; /* connect plus handshake */
@@ -777,6 +778,22 @@ static void on_wait_reply(redisAsyncContext *ac, void *r, void *privdata) {
     cmd_finish(c, 0, c->result, c->stream_id[0] ? c->stream_id : NULL);
 }
 
+/* How long after a write Redis refused the queue is not ready, unless a write is stored first. */
+#define REFUSED_MS 5000
+
+/* Remember a refusal of writes by a Redis that is otherwise there: out of memory, a replica, a
+ * failed snapshot that stops writes, or too few replicas for min-replicas-to-write. */
+static void note_write_error(rv_queue_t *q, const char *err) {
+    static const char *const refusals[] = {"OOM ", "READONLY ", "MISCONF ", "NOREPLICAS "};
+    for (size_t i = 0; i < RV_ARRAY_LEN(refusals); i++) {
+        if (strncmp(err, refusals[i], strlen(refusals[i])) == 0) {
+            q->refused_at = uv_now(q->loop);
+            if (q->refused_at == 0) q->refused_at = 1;
+            return;
+        }
+    }
+}
+
 static void on_enqueue_reply(redisAsyncContext *ac, void *r, void *privdata) {
     cmd_t *c = privdata;
     rv_queue_t *q = c->q;
@@ -808,6 +825,7 @@ static void on_enqueue_reply(redisAsyncContext *ac, void *r, void *privdata) {
             }
         }
         rv_warn("redis: event %s not stored: %.200s", c->argv[ARG_ID], reply->str);
+        note_write_error(q, reply->str);
         cmd_finish(c, RV_EUNAVAIL, 0, NULL);
         return;
     }
@@ -821,6 +839,7 @@ static void on_enqueue_reply(redisAsyncContext *ac, void *r, void *privdata) {
         cmd_finish(c, RV_EUNAVAIL, 0, NULL);
         return;
     }
+    q->refused_at = 0;
     int result = (int)reply->element[0]->integer;
     const char *id = result == RV_ENQ_ADDED ? reply->element[1]->str : NULL;
     if (reply->element[2]->integer) result |= RV_ENQ_ASK_STRIPE;
@@ -1129,6 +1148,7 @@ static void on_dead_reply(redisAsyncContext *ac, void *r, void *privdata) {
     }
     if (reply->type == REDIS_REPLY_ERROR) {
         rv_warn("redis: dead letter for event %s not stored: %.200s", id, reply->str);
+        note_write_error(q, reply->str);
         cmd_finish(c, RV_EUNAVAIL, 0, NULL);
         return;
     }
@@ -1295,7 +1315,11 @@ int rv_queue_init(uv_loop_t *loop, const rv_queue_opts_t *opts, rv_queue_t **out
     return 0;
 }
 
-int rv_queue_ready(const rv_queue_t *q) { return q && q->ready; }
+int rv_queue_ready(const rv_queue_t *q) { return q && q->ready && !rv_queue_refusing(q); }
+
+int rv_queue_refusing(const rv_queue_t *q) {
+    return q && q->ready && q->refused_at && uv_now(q->loop) - q->refused_at < REFUSED_MS;
+}
 
 uint64_t rv_queue_reconnects(const rv_queue_t *q) {
     return q && q->readies > 0 ? q->readies - 1 : 0;

@@ -1146,6 +1146,45 @@ static void test_dead_letter_redis_down(void **state) {
     free(body);
 }
 
+/* Connected is not enough to be ready: a Redis that refuses writes (out of memory, a replica, a
+ * failed save) takes no webhook, so the instance leaves the edge's rotation until one is stored
+ * again. */
+static void test_ready_when_redis_refuses_writes(void **state) {
+    RV_UNUSED(state);
+    assert_int_equal(th_redis_start(&W.xredis), 0);
+    int port = W.xredis.port;
+    assert_int_equal(rivetd_start(&W.xrivetd, port, NULL), 0);
+    wait_ready(&W.xrivetd, 200);
+    char out[256];
+    /* Out of memory, then a replica. */
+    for (int i = 0; i < 2; i++) {
+        char id[64];
+        fresh_id(id, sizeof id, "refused");
+        cJSON *ev = load_event("customer.subscription.created", id, -1);
+        char *body = event_text(ev);
+        int rc = i == 0 ? th_redis(port, out, sizeof out, "CONFIG SET maxmemory 1")
+                        : th_redis(port, out, sizeof out, "REPLICAOF 127.0.0.1 1");
+        if (rc != 0 || strcmp(out, "OK") != 0) fail_msg("Redis: %s", out);
+        th_response_t r;
+        post_signed(W.xrivetd.port, TH_WEBHOOK_SECRET, body, &r);
+        expect_detail(&r, 503, "Provisioning queue unavailable; retry later");
+        th_request(W.xrivetd.port, "GET", "/ready", NULL, NULL, &r);
+        expect_detail(&r, 503, "Redis refuses writes");
+        /* Writes are taken again: the next event stored makes it ready at once. */
+        rc = i == 0 ? th_redis(port, out, sizeof out, "CONFIG SET maxmemory 0")
+                    : th_redis(port, out, sizeof out, "REPLICAOF NO ONE");
+        if (rc != 0 || strcmp(out, "OK") != 0) fail_msg("Redis: %s", out);
+        post_signed(W.xrivetd.port, TH_WEBHOOK_SECRET, body, &r);
+        expect_ok(&r, "customer.subscription.created");
+        th_request(W.xrivetd.port, "GET", "/ready", NULL, NULL, &r);
+        assert_int_equal(r.status, 200);
+        th_response_free(&r);
+        free(body);
+    }
+    assert_int_equal(xlen(port, STREAM), 2);
+    rivetd_stop_clean(&W.xrivetd);
+}
+
 /* The sample key's value in the admin listener's /metrics, 0 when absent. */
 static double metric_value(int admin_port, const char *key) {
     th_response_t r;
@@ -1574,6 +1613,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_malformed_content_dead_lettered, setup, teardown),
         cmocka_unit_test_setup_teardown(test_signed_non_event_dead_lettered, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dead_letter_redis_down, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ready_when_redis_refuses_writes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dead_letter_metric, setup, teardown),
         cmocka_unit_test_setup_teardown(test_redis_down_then_back, setup, teardown),
         cmocka_unit_test_setup_teardown(test_redis_slower_than_timeout, setup, teardown),
