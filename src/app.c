@@ -45,7 +45,12 @@ void rv_app_decorate(rv_request_t *req, int status, rv_buf_t *headers) {
     rv_app_t *app = req->app;
     size_t olen;
     const char *origin = rv_request_header(req, "origin", &olen);
-    if (origin == NULL || olen == 0 || olen > 255) return;
+    if (origin == NULL || olen == 0) return;
+    /* One Origin, or none that can be trusted: the answer still depends on the header. */
+    if (olen > 255 || rv_request_header_count(req, "origin") != 1) {
+        rv_buf_puts(headers, "Vary: Origin\r\n");
+        return;
+    }
     char o[256];
     memcpy(o, origin, olen);
     o[olen] = '\0';

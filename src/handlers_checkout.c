@@ -605,14 +605,16 @@ void rv_handle_preflight(rv_request_t *req) {
     size_t n;
     const char *origin = rv_request_header(req, "origin", &n);
     char o[256];
-    if (origin == NULL || n == 0 || n >= sizeof o) {
+    /* A request has one Origin (RFC 6454): with two, which one is the page's is anyone's guess. */
+    if (origin == NULL || n == 0 || n >= sizeof o || rv_request_header_count(req, "origin") != 1) {
         rv_respond_error(req, 400, "Not a CORS preflight request", NULL);
         return;
     }
     memcpy(o, origin, n);
     o[n] = '\0';
     if (!rv_strlist_contains(&app->cfg.cors_origins, o)) {
-        rv_respond_error(req, 403, "Origin not allowed", "Vary: Origin\r\n");
+        /* rv_app_decorate adds Vary: Origin. */
+        rv_respond_error(req, 403, "Origin not allowed", NULL);
         return;
     }
     rv_respond(req, 204, "text/plain", "", 0,

@@ -1243,6 +1243,13 @@ static int header_lists(const th_response_t *r, const char *name, const char *to
     return 0;
 }
 
+/* How many times the answer carries a header. */
+static int header_count(const th_response_t *r, const char *name) {
+    int n = 0;
+    for (int i = 0; i < r->nheaders; i++) n += strcasecmp(r->headers[i].name, name) == 0;
+    return n;
+}
+
 static void cors(void **state) {
     start_rivetd(NULL);
     static const char *const routes[] = {"/api/checkout/create", "/api/checkout/success",
@@ -1284,8 +1291,25 @@ static void cors(void **state) {
             assert_status(&r, 403);
             assert_null(th_header(&r, "Access-Control-Allow-Origin"));
             assert_null(th_header(&r, "Access-Control-Allow-Credentials"));
+            assert_int_equal(header_count(&r, "Vary"), 1);
             th_response_free(&r);
         }
+        /* Two Origin headers name no origin: a listed one first does not make it allowed. */
+        th_response_t r;
+        request("OPTIONS", routes[i],
+                "Origin: https://rivet.io\r\nOrigin: https://evil.example\r\n"
+                "Access-Control-Request-Method: POST\r\n",
+                NULL, &r);
+        assert_status(&r, 400);
+        assert_null(th_header(&r, "Access-Control-Allow-Origin"));
+        th_response_free(&r);
+    }
+    {
+        th_response_t r;
+        checkout("Origin: https://rivet.io\r\nOrigin: https://evil.example\r\n", CHECKOUT_BODY, &r);
+        assert_status(&r, 200);
+        assert_null(th_header(&r, "Access-Control-Allow-Origin"));
+        th_response_free(&r);
     }
     /* A real call from a listed origin carries the header; from another, it does not. */
     th_response_t r;
