@@ -35,7 +35,8 @@
 #define OVERLAP_S        300 /* each run starts this much before the last one ended */
 #define SETTLE_S         30  /* events this fresh may still be on their way as webhooks */
 #define PAGE_LIMIT       100
-#define PAGE_GAP_MS      100 /* at most ten list calls a second */
+#define MAX_PAGES        20000 /* two million events in one run: no list is that long */
+#define PAGE_GAP_MS      100   /* at most ten list calls a second */
 #define FIRST_RUN_MS     5000
 #define LOCK_RETRY_MS    1000
 
@@ -71,6 +72,7 @@ struct rv_reconcile_s {
     int applying; /* events of the page not answered yet */
     int page_failed;
     char last_id[RV_PROVISION_ID_MAX + 1];
+    int64_t last_created; /* of the last event listed in this run; INT64_MAX before the first */
     int has_more;
     rv_reconcile_stats_t st;
 };
@@ -360,21 +362,58 @@ static void on_page(void *data, const rv_stripe_result_t *res) {
         run_fail(r, "Stripe's list of events has no data array");
         return;
     }
-    r->st.pages++;
-    r->has_more = cJSON_IsTrue(more);
-    r->page_failed = 0;
-    r->applying = 1; /* held until every event of the page is started */
-    r->state = APPLYING;
+    /* The page is checked whole before any of it is applied. Stripe lists events newest first,
+     * at most the limit asked for, each with an id and a created, every page after the event
+     * it was asked to start after: anything else is a list that cannot be trusted to end or to
+     * be complete, and the run stops without moving the cursor. */
+    const char *bad = NULL;
     int n = 0;
+    int64_t prev = r->last_created;
+    const char *prev_id = r->last_id;
     const cJSON *e;
     cJSON_ArrayForEach(e, list) {
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(e, "id");
-        if (cJSON_IsString(id) && rv_provision_is_id(id->valuestring))
-            snprintf(r->last_id, sizeof r->last_id, "%s", id->valuestring);
-        apply_event(r, e);
-        n++;
+        const cJSON *created = cJSON_GetObjectItemCaseSensitive(e, "created");
+        if (++n > PAGE_LIMIT) {
+            bad = "has more events than the limit asked for";
+        } else if (!cJSON_IsString(id) || !rv_provision_is_id(id->valuestring) ||
+                   !cJSON_IsNumber(created)) {
+            bad = "has an element that is not an event with an id and a created";
+        } else if (strcmp(id->valuestring, prev_id) == 0) {
+            bad = "repeats an event (the one before it, or the one it was to start after)";
+        } else if (created->valuedouble > (double)prev) {
+            bad = "is not in the order of creation, newest first";
+        } else {
+            prev = (int64_t)created->valuedouble;
+            prev_id = id->valuestring;
+        }
+        if (bad) break;
     }
-    if (n == 0) r->has_more = 0;
+    if (!bad && n == 0 && cJSON_IsTrue(more)) bad = "is empty but says there is more";
+    if (!bad && r->st.pages >= MAX_PAGES) bad = "goes on past the most pages a run reads";
+    if (bad) {
+        run_fail(r, "Stripe's page of events %s", bad);
+        return;
+    }
+    r->st.pages++;
+    r->has_more = cJSON_IsTrue(more) && n > 0;
+    r->page_failed = 0;
+    r->applying = 1; /* held until every event of the page is started */
+    r->state = APPLYING;
+    cJSON_ArrayForEach(e, list) {
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(e, "id");
+        snprintf(r->last_id, sizeof r->last_id, "%s", id->valuestring);
+        r->last_created = (int64_t)cJSON_GetObjectItemCaseSensitive(e, "created")->valuedouble;
+        /* Only what was asked for: an event outside the range is not Stripe's answer to it. */
+        if (r->last_created < r->st.from || r->last_created > r->st.upto) {
+            rv_warn("reconcile: %s is outside the range asked for (created %lld); not applied",
+                    id->valuestring, (long long)r->last_created);
+            r->st.events++;
+            r->st.ignored++;
+            continue;
+        }
+        apply_event(r, e);
+    }
     rv_info("reconcile: page %llu: %d events (%llu read, %llu recovered so far)",
             (unsigned long long)r->st.pages, n, (unsigned long long)r->st.events,
             (unsigned long long)r->st.recovered);
@@ -432,6 +471,7 @@ static void on_cursor(void *data, int err, const struct redisReply *reply) {
     r->st.from = from;
     r->st.upto = now - SETTLE_S;
     r->last_id[0] = '\0';
+    r->last_created = INT64_MAX;
     rv_info("reconcile: run: events created from %lld to %lld", (long long)r->st.from,
             (long long)r->st.upto);
     next_page(r);

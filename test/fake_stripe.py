@@ -44,6 +44,12 @@ Control API (JSON bodies and answers; never delayed or failed by the faults belo
                       api_version}       faults for the Stripe API routes; the account version
   POST /_fake/reset                      forget everything: objects, events, logs, settings,
                                          clock, webhook endpoint and deliveries
+  POST /_fake/override {"method", "path", "status"?, "body"?, "headers"?, "times"?}
+                                         the next "times" (1; -1: until cleared) API requests
+                                         of method to path (a trailing "*" matches a prefix)
+                                         get this answer instead: body a JSON value, or a
+                                         string sent as it is; a broken or hostile Stripe
+  POST /_fake/override {"clear": true}   forget the overrides
   GET  /_fake/requests                   the Stripe API requests received, oldest first
   GET  /_fake/stats                      {connections_opened, connections_open}
   GET  /_fake/clock                      {"now": t, "frozen": bool}
@@ -863,6 +869,7 @@ class Fake:
         self.recorded = []
         self.request_ctx = None
         self.req_version = None
+        self.overrides = []
 
     def account_version(self):
         return self.config["api_version"]
@@ -901,6 +908,17 @@ class Fake:
             print("%s %s %s" % (req.method, req.target, req.body[:200]), flush=True)
         cfg = self.config
         delay = cfg["latency_ms"] / 1000.0
+        for o in self.overrides:
+            match = req.path.startswith(o["path"][:-1]) if o["path"].endswith("*") \
+                else req.path == o["path"]
+            if o["method"] == req.method and match and o["times"] != 0:
+                if o["times"] > 0:
+                    o["times"] -= 1
+                body = o["body"]
+                if isinstance(body, str):
+                    body = body.encode("utf-8", "surrogateescape")
+                headers = [("Request-Id", request_id())] + list(o["headers"].items())
+                return "answer", delay, o["status"], headers, body
         if cfg["hang_next"] > 0:
             cfg["hang_next"] -= 1
             return "hang", 0.0, 0, [], None
@@ -1836,6 +1854,12 @@ class Fake:
         if path == "/_fake/reset" and method == "POST":
             self.reset()
             return 200, {"ok": True}
+        if path == "/_fake/override" and method == "POST":
+            if body.get("clear"):
+                self.overrides = []
+                return 200, {"overrides": 0}
+            self.overrides.append(make_override(body))
+            return 200, {"overrides": len(self.overrides)}
         if path == "/_fake/requests" and method == "GET":
             return 200, list(self.requests)
         if path == "/_fake/stats" and method == "GET":
@@ -2150,6 +2174,25 @@ def encode(obj):
 ANSWER_CLOCK = None
 
 
+def make_override(body):
+    """An override of the answers to some API requests (POST /_fake/override), checked."""
+    o = {"method": body.get("method"), "path": body.get("path"),
+         "status": body.get("status", 200), "body": body.get("body", {}),
+         "headers": body.get("headers", {}), "times": body.get("times", 1)}
+    if o["method"] not in ("GET", "POST", "DELETE"):
+        raise ControlError("method must be GET, POST or DELETE")
+    if not isinstance(o["path"], str) or not o["path"].startswith("/v1/"):
+        raise ControlError("path must be a /v1/ path")
+    if not isinstance(o["status"], int) or not 100 <= o["status"] <= 599:
+        raise ControlError("status must be 100..599")
+    if not isinstance(o["headers"], dict) or \
+            not all(isinstance(v, str) for v in o["headers"].values()):
+        raise ControlError("headers must map names to strings")
+    if not isinstance(o["times"], int) or o["times"] < -1 or o["times"] == 0:
+        raise ControlError("times must be -1 or a positive integer")
+    return o
+
+
 def http_date(t):
     """An IMF-fixdate (RFC 9110) for Unix time t."""
     return time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(t))
@@ -2165,8 +2208,9 @@ def render(status, headers, body, close):
              "Server: fake-stripe",
              "Content-Type: application/json",
              "Content-Length: %d" % len(payload),
-             "Cache-Control: no-cache, no-store",
-             "Date: " + http_date(ANSWER_CLOCK.now() if ANSWER_CLOCK else time.time())]
+             "Cache-Control: no-cache, no-store"]
+    if not any(k.lower() == "date" for k, _ in headers):
+        lines.append("Date: " + http_date(ANSWER_CLOCK.now() if ANSWER_CLOCK else time.time()))
     if not any(k == "Request-Id" for k, _ in headers):
         lines.append("Request-Id: " + request_id())
     for k, v in headers:

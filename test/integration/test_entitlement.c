@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "rivet/buf.h"
 #include "rivet/common.h"
 #include "rivet/webhook_sig.h"
 
@@ -1742,6 +1743,134 @@ static void reconcile_one_shot(void **state) {
     oneshot_log = NULL;
 }
 
+/* Run the one-shot where Stripe's list cannot be trusted: it must stop (exit 1) with a line
+ * that says why, having listed at most max_lists pages. */
+static void reconcile_stops(const char *conf, const char *why, int max_lists) {
+    cJSON *log = ctl_get("/_fake/requests");
+    int skip = cJSON_GetArraySize(log);
+    cJSON_Delete(log);
+    char bin[512];
+    snprintf(bin, sizeof bin, "%s/rivetd", th_build_dir());
+    const char *argv[] = {bin, "--config", conf, "--reconcile", "2h", NULL};
+    const char *env[] = {"REDIS_URL=",          "STRIPE_API_BASE=",
+                         "STRIPE_SECRET_KEY=",  "STRIPE_WEBHOOK_SECRET=",
+                         "RECONCILE_INTERVAL=", NULL};
+    if (th_spawn(&oneshot, argv, env) != 0) fail_msg("cannot start rivetd --reconcile");
+    if (!th_eventually(exited, &oneshot, 30000))
+        fail_msg("rivetd --reconcile did not stop (%s)", why);
+    char *out = slurp(oneshot.log_path);
+    int st = th_stop(&oneshot, 0, 1000);
+    if (st != 1 || out == NULL || strstr(out, "reconcile: stopped: ") == NULL ||
+        strstr(out, why) == NULL)
+        fail_msg("rivetd --reconcile exited %d, expected 1 and \"%s\": %s", st, why,
+                 out ? out : "");
+    log = ctl_get("/_fake/requests");
+    int lists = 0;
+    for (int i = skip; i < cJSON_GetArraySize(log); i++)
+        lists += streq(str_at(cJSON_GetArrayItem(log, i), "path"), "/v1/events");
+    cJSON_Delete(log);
+    if (lists < 1 || lists > max_lists)
+        fail_msg("%d pages listed for \"%s\", expected 1 to %d", lists, why, max_lists);
+    free(out);
+}
+
+/* A page of Stripe's list of events: the elements (JSON text) and has_more. */
+static void override_events(const char *elements, int has_more) {
+    size_t n = strlen(elements) + 256;
+    char *body = malloc(n);
+    assert_non_null(body);
+    snprintf(body, n,
+             "{\"method\":\"GET\",\"path\":\"/v1/events\",\"times\":-1,\"body\":{\"object\":"
+             "\"list\",\"url\":\"/v1/events\",\"has_more\":%s,\"data\":[%s]}}",
+             has_more ? "true" : "false", elements);
+    ctl0("/_fake/override", body);
+    free(body);
+}
+
+/* A list of events that does not move on, is too long, holds what is no event, or ends early
+ * ends the run without applying any of the page; an event outside the range asked for is not
+ * applied. Stripe never answers so; a broken or hostile one must not make rivetd loop, flood
+ * the dead-letter stream or skip what it has not read. */
+static void hostile_event_pages(void **state) {
+    char dir[] = "/tmp/rivet-ent-XXXXXX", conf[64];
+    assert_non_null(mkdtemp(dir));
+    snprintf(conf, sizeof conf, "%s/rivet.env", dir);
+    FILE *f = fopen(conf, "w");
+    assert_non_null(f);
+    fprintf(f,
+            "STRIPE_SECRET_KEY=%s\nSTRIPE_WEBHOOK_SECRET=%s\nSTRIPE_PRICE_BASIC=%s\n"
+            "STRIPE_PRICE_PRO=%s\nSTRIPE_PRICE_ENTERPRISE=%s\nREDIS_URL=redis://127.0.0.1:%d/0\n"
+            "STRIPE_API_BASE=http://127.0.0.1:%d\nLOG_LEVEL=info\n",
+            TH_STRIPE_KEY, TH_WEBHOOK_SECRET, TH_PRICE_BASIC, TH_PRICE_PRO, TH_PRICE_ENTERPRISE,
+            redis_p.port, fake_p.port);
+    fclose(f);
+    long long t = (long long)time(NULL) - 600;
+    char ev[2][256];
+    for (int i = 0; i < 2; i++)
+        snprintf(ev[i], sizeof ev[i],
+                 "{\"id\":\"evt_hostile%d\",\"object\":\"event\",\"type\":\"customer.created\","
+                 "\"created\":%lld,\"data\":{\"object\":{\"id\":\"cus_hostile\"}}}",
+                 i, t - i);
+    char two[600];
+    snprintf(two, sizeof two, "%s,%s", ev[0], ev[1]);
+
+    /* The same page again whatever it is asked to start after. */
+    override_events(two, 1);
+    reconcile_stops(conf, "not in the order of creation", 2);
+    ctl0("/_fake/override", "{\"clear\": true}");
+    char one_twice[600];
+    snprintf(one_twice, sizeof one_twice, "%s,%s", ev[1], ev[1]);
+    override_events(one_twice, 1);
+    reconcile_stops(conf, "repeats an event", 1);
+    ctl0("/_fake/override", "{\"clear\": true}");
+
+    /* More than the 100 asked for, and elements that are no events: nothing applied, nothing
+     * dead-lettered. */
+    long long dead = redis_ll("XLEN %s", STREAM ":dead");
+    rv_buf_t many = RV_BUF_INIT;
+    for (int i = 0; i < 101; i++)
+        assert_int_equal(rv_buf_printf(&many,
+                                       "%s{\"id\":\"evt_many%d\",\"object\":\"event\","
+                                       "\"type\":\"customer.created\",\"created\":%lld,"
+                                       "\"data\":{\"object\":{}}}",
+                                       i ? "," : "", i, t),
+                         0);
+    override_events(many.data, 0);
+    rv_buf_free(&many);
+    reconcile_stops(conf, "more events than the limit", 1);
+    ctl0("/_fake/override", "{\"clear\": true}");
+    override_events("{},null,1", 0);
+    reconcile_stops(conf, "not an event with an id", 1);
+    ctl0("/_fake/override", "{\"clear\": true}");
+    assert_int_equal(redis_ll("XLEN %s", STREAM ":dead"), dead);
+
+    /* An empty page that says there is more: the run is not complete. */
+    override_events("", 1);
+    reconcile_stops(conf, "empty but says there is more", 1);
+    ctl0("/_fake/override", "{\"clear\": true}");
+
+    /* Outside the range asked for: a subscription event of next year is not applied (it would
+     * outrank every real event of the subscription). */
+    char future[700];
+    snprintf(future, sizeof future,
+             "{\"id\":\"evt_future1\",\"object\":\"event\",\"type\":"
+             "\"customer.subscription.updated\",\"created\":%lld,\"data\":{\"object\":{\"id\":"
+             "\"sub_future1\",\"object\":\"subscription\",\"customer\":\"cus_future1\","
+             "\"status\":\"active\",\"items\":{\"data\":[{\"price\":{\"id\":\"%s\"}}]}}}}",
+             (long long)time(NULL) + 365 * DAY, TH_PRICE_ENTERPRISE);
+    override_events(future, 0);
+    summary_t sm;
+    reconcile_once(conf, "2h", &sm);
+    ctl0("/_fake/override", "{\"clear\": true}");
+    assert_int_equal(sm.recovered, 0);
+    assert_int_equal(redis_ll("EXISTS rivet:customer:%s", "cus_future1"), 0);
+    assert_int_equal(redis_ll("EXISTS rivet:event:%s", "evt_future1"), 0);
+    unlink(conf);
+    rmdir(dir);
+    free(oneshot_log);
+    oneshot_log = NULL;
+}
+
 /* ---- 7. the reproductions from the issue ----------------------------------------------------- */
 
 static void issue_late_update_after_newer_invoice(void **state) {
@@ -1830,6 +1959,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(recovery_settles_a_tie, setup, teardown),
         cmocka_unit_test_setup_teardown(two_reconcilers, setup, teardown),
         cmocka_unit_test_setup_teardown(reconcile_one_shot, setup, teardown),
+        cmocka_unit_test_setup_teardown(hostile_event_pages, setup, teardown),
         cmocka_unit_test_setup_teardown(issue_late_update_after_newer_invoice, setup, teardown),
         cmocka_unit_test_setup_teardown(issue_late_checkout_after_deletion, setup, teardown),
     };
