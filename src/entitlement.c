@@ -72,6 +72,10 @@ static int apply_object(rv_app_t *app, const cJSON *obj, const char *as_type, in
     return rc;
 }
 
+/* How far Stripe's Date may be from this clock and still be believed (the webhook signature's
+ * tolerance: a clock further off fails signatures too). */
+#define DATE_SKEW_S 300
+
 static void on_subscription(void *data, const rv_stripe_result_t *res) {
     read_t *r = data;
     rv_app_t *app = r->app;
@@ -85,8 +89,18 @@ static void on_subscription(void *data, const rv_stripe_result_t *res) {
     char *sub_id = strdup(r->sub_id);
     char reason[128] = "";
     /* The read is as new as Stripe's clock says (its Date header), so that it compares with
-     * events' created, which are Stripe's too; rivetd's own clock only when there is none. */
-    int64_t version = res->date ? res->date : (int64_t)time(NULL);
+     * events' created, which are Stripe's too; rivetd's own clock when there is none, or when
+     * the two differ by more than a signature's tolerance: a Date far ahead would outrank
+     * every later event of the subscription for good. */
+    int64_t now = (int64_t)time(NULL), version = res->date ? res->date : now;
+    if (version > now + DATE_SKEW_S || version < now - DATE_SKEW_S) {
+        static rv_log_limit_t dlim = {.what = "entitlement: Stripe's Date far from the clock"};
+        rv_warn_limited(&dlim,
+                        "entitlement: %s: Stripe's Date (%lld) is %lld s from this clock; the read "
+                        "counts as of now",
+                        r->sub_id, (long long)version, (long long)(version - now));
+        version = now;
+    }
     int rc = sub_id ? apply_object(app, res->json, "customer.subscription.updated", version,
                                    RV_APPLY_STATE, "stripe", on_state_applied, sub_id, reason,
                                    sizeof reason)

@@ -1452,6 +1452,71 @@ static void recovery_settles_a_tie(void **state) {
     cJSON_Delete(all);
 }
 
+/* The field s:<sub> of a customer's record, "" when absent. */
+static void sub_field(const char *cus, const char *sub, char *out, size_t n) {
+    redisReply *r = redisCommand(rds, "HGET rivet:customer:%s s:%s", cus, sub);
+    if (r == NULL) fail_msg("HGET failed");
+    snprintf(out, n, "%s", r->type == REDIS_REPLY_STRING ? r->str : "");
+    freeReplyObject(r);
+}
+
+typedef struct read_seen_s {
+    const char *cus, *sub;
+    char field[256];
+} read_seen_t;
+
+/* The read of Stripe has been applied: the subscription's state is no longer provisional. */
+static int state_read(void *ud) {
+    read_seen_t *w = ud;
+    sub_field(w->cus, w->sub, w->field, sizeof w->field);
+    return w->field[0] && strncmp(w->field, "0|", 2) != 0;
+}
+
+/* A read of Stripe is as new as its Date says, but a Date far from rivetd's own clock (here the
+ * year 9999) is not believed: it would outrank every later event of the subscription, and a
+ * cancellation would never be applied. */
+static void stripe_date_bounded(void **state) {
+    rivetd_up(&riv[0], 1, NULL);
+    char sid[128], cus[64], sub[64];
+    session_at_fake("pro", "fdate", sid, sizeof sid);
+    complete(sid, "paid", cus, sizeof cus, sub, sizeof sub);
+    char path[160];
+    snprintf(path, sizeof path, "/v1/subscriptions/%s", sub);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "method", "GET");
+    cJSON_AddStringToObject(o, "path", path);
+    cJSON_AddItemToObject(o, "body",
+                          http_json(fake_p.port, "GET", path, AUTH MODEL_AGENT, NULL, 200));
+    cJSON *h = cJSON_AddObjectToObject(o, "headers");
+    cJSON_AddStringToObject(h, "Date", "Fri, 31 Dec 9999 23:59:59 GMT");
+    char *text = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    ctl0("/_fake/override", text);
+    free(text);
+
+    /* The checkout comes first: the subscription is unknown, so rivetd reads it. */
+    cJSON *all = fake_events();
+    deliver(&riv[0], nth_event(all, cus, "checkout.session.completed", 0));
+    read_seen_t w = {cus, sub, ""};
+    if (!th_eventually(state_read, &w, 10000)) fail_msg("Stripe's state was never applied");
+    long long version = strtoll(w.field, NULL, 10);
+    if (version > (long long)time(NULL) + 300)
+        fail_msg("Stripe's state stored under %lld, the year 9999 of its Date header", version);
+    cJSON_Delete(all);
+
+    /* Ten seconds later by Stripe's clock, so that no tie with the read is left to settle. */
+    clock_set((long long)time(NULL) + 10);
+    sub_do(sub, "cancel", "{}");
+    clock_real();
+    all = fake_events();
+    deliver(&riv[0], nth_event(all, cus, "customer.subscription.deleted", 0));
+    ent_t rec;
+    assert_true(record_read(cus, &rec));
+    assert_string_equal(rec.status, "canceled");
+    assert_string_equal(rec.active, "false");
+    cJSON_Delete(all);
+}
+
 /* ---- 5. two reconcilers, one lock ---------------------------------------------------------- */
 
 typedef struct runs_s {
@@ -1960,6 +2025,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(two_reconcilers, setup, teardown),
         cmocka_unit_test_setup_teardown(reconcile_one_shot, setup, teardown),
         cmocka_unit_test_setup_teardown(hostile_event_pages, setup, teardown),
+        cmocka_unit_test_setup_teardown(stripe_date_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(issue_late_update_after_newer_invoice, setup, teardown),
         cmocka_unit_test_setup_teardown(issue_late_checkout_after_deletion, setup, teardown),
     };
