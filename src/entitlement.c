@@ -86,6 +86,14 @@ static void on_subscription(void *data, const rv_stripe_result_t *res) {
         read_free(r);
         return;
     }
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(res->json, "id");
+    if (!cJSON_IsString(id) || strcmp(id->valuestring, r->sub_id) != 0) {
+        /* Never applied as this subscription's state, nor as the one it names. */
+        rv_warn_limited(&lim, "entitlement: %s: Stripe answered about another subscription",
+                        r->sub_id);
+        read_free(r);
+        return;
+    }
     char *sub_id = strdup(r->sub_id);
     char reason[128] = "";
     /* The read is as new as Stripe's clock says (its Date header), so that it compares with

@@ -361,8 +361,26 @@ static void on_fulfilled(void *data, int err, int result, const char *telegram) 
     success_answer(s, err ? NULL : telegram);
 }
 
+/* 1 when Stripe's answer is the session asked for, with a created; else answer 502. A broken
+ * or hostile answer about another session would show and provision someone else's checkout, and
+ * one without a created would escape CHECKOUT_LINK_MAX_AGE. */
+static int session_is(rv_request_t *req, const cJSON *session, const char *asked) {
+    const char *id = jstr(session, "id");
+    if (id && strcmp(id, asked) == 0 &&
+        cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(session, "created")))
+        return 1;
+    static rv_log_limit_t lim = {.what = "checkout: Stripe's answers about other sessions"};
+    rv_warn_limited(&lim, "checkout: Stripe's answer about %s is not that session with a created",
+                    asked);
+    rv_respond_error(req, 502, "Payment service error", NULL);
+    return 0;
+}
+
 static void on_session(void *data, const rv_stripe_result_t *res) {
-    rv_request_t *req = ctx_end(data, res);
+    call_ctx_t *ctx = data;
+    char sid[sizeof ctx->session_id];
+    memcpy(sid, ctx->session_id, sizeof sid);
+    rv_request_t *req = ctx_end(ctx, res);
     rv_app_t *app = req->app;
     if (res->err == 0 && res->status == 404) {
         rv_respond_error(req, 404, "Checkout session not found", NULL);
@@ -372,7 +390,7 @@ static void on_session(void *data, const rv_stripe_result_t *res) {
         stripe_failed(req, res, "checkout.sessions.retrieve");
         return;
     }
-    if (session_too_old(req, res->json)) return;
+    if (!session_is(req, res->json, sid) || session_too_old(req, res->json)) return;
     success_t *s = calloc(1, sizeof *s);
     if (s == NULL) {
         rv_respond_error(req, 500, "Internal error", NULL);
@@ -497,7 +515,7 @@ static void on_portal_session(void *data, const rv_stripe_result_t *res) {
         stripe_failed(req, res, "checkout.sessions.retrieve");
         return;
     }
-    if (session_too_old(req, res->json)) return;
+    if (!session_is(req, res->json, sid) || session_too_old(req, res->json)) return;
     const char *st = jstr(res->json, "status");
     const char *cus = jcustomer(res->json);
     if (st == NULL || strcmp(st, "complete") != 0 || cus == NULL) {

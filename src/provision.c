@@ -337,6 +337,8 @@ static int read_subscription(const cJSON *o, const rv_prices_t *prices, rv_prov_
 
     const char *status = get_str(o, "status");
     if ((rc = take_status(out, status))) return rc;
+    /* The state is taken whole: without a status it would read as "not active". */
+    if (out->status[0] == '\0') return refuse(out, RV_EMALFORMED, "the subscription has no status");
     /* Newer API versions moved the billing period from the subscription to its items. */
     out->has_period_end = get_int(o, "current_period_end", &out->period_end) == 0;
     if (!out->has_period_end) {

@@ -932,6 +932,63 @@ static cJSON *success_page(const char *sid, int status) {
     return j;
 }
 
+/* The fake's own record of a session, as Stripe would answer a read of it (caller frees). */
+static cJSON *fake_session(const char *sid) {
+    char path[256];
+    snprintf(path, sizeof path, "/v1/checkout/sessions/%s", sid);
+    th_response_t r;
+    if (th_request(fake.port, "GET", path, "Authorization: Bearer " TH_STRIPE_KEY "\r\n", NULL,
+                   &r) != 0)
+        fail_msg("fake: GET %s: no answer", path);
+    assert_int_equal(r.status, 200);
+    cJSON *j = cJSON_ParseWithLength(r.body, r.body_len);
+    th_response_free(&r);
+    assert_true(cJSON_IsObject(j));
+    return j;
+}
+
+/* The next read of session sid at the fake answers body (consumed) instead. */
+static void fake_answer_session(const char *sid, cJSON *body) {
+    cJSON *o = cJSON_CreateObject();
+    char path[256];
+    snprintf(path, sizeof path, "/v1/checkout/sessions/%s", sid);
+    cJSON_AddStringToObject(o, "method", "GET");
+    cJSON_AddStringToObject(o, "path", path);
+    cJSON_AddItemToObject(o, "body", body);
+    char *text = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    fake_post("/_fake/override", text);
+    free(text);
+}
+
+/* Stripe's answer must be the session asked for, with a created: another customer's paid
+ * session (a broken or hostile Stripe) is not shown or provisioned, and a session without a
+ * numeric created does not escape CHECKOUT_LINK_MAX_AGE. */
+static void success_answer_checked(void **state) {
+    start_rivetd(NULL);
+    char mine[128], other[128], path[256];
+    checkout_ok(CHECKOUT_BODY, mine, sizeof mine);
+    checkout_ok(CHECKOUT_BODY, other, sizeof other);
+    snprintf(path, sizeof path, "/_fake/sessions/%s/complete", other);
+    fake_post(path, "{\"customer\":\"cus_Other000001\",\"email\":\"other@example.com\"}");
+    fake_answer_session(mine, fake_session(other));
+    cJSON *j = success_page(mine, 502);
+    cJSON_Delete(j);
+    cJSON *s = fake_session(mine);
+    cJSON_ReplaceItemInObjectCaseSensitive(s, "created", cJSON_CreateString("1500000000"));
+    fake_answer_session(mine, s);
+    j = success_page(mine, 502);
+    cJSON_Delete(j);
+    s = fake_session(mine);
+    cJSON_DeleteItemFromObjectCaseSensitive(s, "created");
+    fake_answer_session(mine, s);
+    j = success_page(mine, 502);
+    cJSON_Delete(j);
+    /* The real answer again. */
+    j = success_page(mine, 200);
+    cJSON_Delete(j);
+}
+
 static void assert_next_steps(const cJSON *j) {
     const cJSON *steps = cJSON_GetObjectItemCaseSensitive(j, "next_steps");
     assert_true(cJSON_IsArray(steps));
@@ -1534,6 +1591,7 @@ int main(void) {
         T(cors),
         T(cors_configured),
         T(rate_limit),
+        T(success_answer_checked),
         T(rate_limit_success_page),
         T(rate_limit_behind_proxy),
     };

@@ -88,6 +88,16 @@ static int log_count(const th_proc_t *p, const char *needle) {
     return n;
 }
 
+typedef struct log_probe_s {
+    const th_proc_t *p;
+    char needle[256];
+} log_probe_t;
+
+static int log_says(void *ud) {
+    const log_probe_t *lp = ud;
+    return log_count(lp->p, lp->needle) > 0;
+}
+
 /* xorshift64: the lives of the model test are replayable from the seed. */
 static uint64_t rng;
 
@@ -1517,6 +1527,45 @@ static void stripe_date_bounded(void **state) {
     cJSON_Delete(all);
 }
 
+/* A read of one subscription answered with another (a broken or hostile Stripe): nothing is
+ * applied, and the other customer keeps what it has. */
+static void stripe_answer_of_another(void **state) {
+    rivetd_up(&riv[0], 1, NULL);
+    char sid[2][128], cus[2][64], sub[2][64];
+    session_at_fake("enterprise", "victim", sid[0], sizeof sid[0]);
+    complete(sid[0], "paid", cus[0], sizeof cus[0], sub[0], sizeof sub[0]);
+    session_at_fake("basic", "asker", sid[1], sizeof sid[1]);
+    complete(sid[1], "paid", cus[1], sizeof cus[1], sub[1], sizeof sub[1]);
+    cJSON *all = fake_events();
+    deliver(&riv[0], nth_event(all, cus[0], "customer.subscription.created", 0));
+    ent_t rec;
+    assert_true(record_read(cus[0], &rec));
+    assert_string_equal(rec.active, "true");
+
+    /* The victim's subscription, cancelled, as the answer about the asker's. */
+    char path[2][160];
+    for (int i = 0; i < 2; i++) snprintf(path[i], sizeof path[i], "/v1/subscriptions/%s", sub[i]);
+    cJSON *victim = http_json(fake_p.port, "GET", path[0], AUTH MODEL_AGENT, NULL, 200);
+    cJSON_ReplaceItemInObjectCaseSensitive(victim, "status", cJSON_CreateString("canceled"));
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "method", "GET");
+    cJSON_AddStringToObject(o, "path", path[1]);
+    cJSON_AddItemToObject(o, "body", victim);
+    char *text = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    ctl0("/_fake/override", text);
+    free(text);
+    deliver(&riv[0], nth_event(all, cus[1], "checkout.session.completed", 0));
+    log_probe_t lp = {&riv[0], ""};
+    snprintf(lp.needle, sizeof lp.needle,
+             "entitlement: %s: Stripe answered about another subscription", sub[1]);
+    if (!th_eventually(log_says, &lp, 10000)) fail_msg("no line \"%s\" in the log", lp.needle);
+    assert_true(record_read(cus[0], &rec));
+    assert_string_equal(rec.status, "active");
+    assert_string_equal(rec.active, "true");
+    cJSON_Delete(all);
+}
+
 /* ---- 5. two reconcilers, one lock ---------------------------------------------------------- */
 
 typedef struct runs_s {
@@ -2026,6 +2075,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(reconcile_one_shot, setup, teardown),
         cmocka_unit_test_setup_teardown(hostile_event_pages, setup, teardown),
         cmocka_unit_test_setup_teardown(stripe_date_bounded, setup, teardown),
+        cmocka_unit_test_setup_teardown(stripe_answer_of_another, setup, teardown),
         cmocka_unit_test_setup_teardown(issue_late_update_after_newer_invoice, setup, teardown),
         cmocka_unit_test_setup_teardown(issue_late_checkout_after_deletion, setup, teardown),
     };

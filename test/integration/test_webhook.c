@@ -1025,6 +1025,9 @@ static void test_malformed_content_dead_lettered(void **state) {
         {"customer.subscription.created", {"status"}, "active|x", "status"},
         {"invoice.payment_failed", {"status"}, "open|x", "status"},
         {"checkout.session.completed", {"payment_status"}, "no payment", "status"},
+        /* A subscription's state is taken whole, and has a status. */
+        {"customer.subscription.updated", {"status"}, NULL, "status"},
+        {"customer.subscription.updated", {"status"}, "", "status"},
     };
     dead_t d[MAX_ENTRIES];
     char *bodies[RV_ARRAY_LEN(cases)];

@@ -806,7 +806,8 @@ static void expect_payload(const char *json) {
     rv_prov_event_free(&ev);
 }
 
-#define OBJ  "{\"object\":\"subscription\",\"id\":\"sub_1\",\"customer\":\"cus_1\"}"
+#define OBJ                                                                                        \
+    "{\"object\":\"subscription\",\"id\":\"sub_1\",\"customer\":\"cus_1\",\"status\":\"active\"}"
 #define TYPE "\"type\":\"customer.subscription.updated\""
 
 static void test_malformed(void **state) {
