@@ -2,6 +2,7 @@
 #include "rivet/json.h"
 
 #include <cJSON.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "rivet/common.h"
@@ -100,5 +101,32 @@ cJSON *rv_json_parse(const char *text, size_t len) {
             return NULL;
         }
     }
+    return j;
+}
+
+/* 1 when p (at least 6 bytes before end) starts the escape \u0000. */
+static int nul_escape_at(const char *p, const char *end) {
+    return end - p >= 6 && p[0] == '\\' && p[1] == 'u' && memcmp(p + 2, "0000", 4) == 0;
+}
+
+cJSON *rv_json_parse_nul_visible(const char *text, size_t len) {
+    const char *end = text + len;
+    char *copy = NULL;
+    /* A backslash in JSON starts an escape of two characters or \uXXXX: stepping over both
+     * characters keeps an escaped backslash from being read as the start of another escape. */
+    for (const char *p = text; (p = memchr(p, '\\', (size_t)(end - p))) != NULL;) {
+        if (nul_escape_at(p, end)) {
+            if (copy == NULL) {
+                if ((copy = malloc(len)) == NULL) return NULL;
+                memcpy(copy, text, len);
+            }
+            copy[p - text + 5] = '1';
+        }
+        if (end - p <= 2) break;
+        p += 2;
+    }
+    if (copy == NULL) return rv_json_parse(text, len);
+    cJSON *j = rv_json_parse(copy, len);
+    free(copy);
     return j;
 }

@@ -378,7 +378,7 @@ static void on_http(void *data, const rv_http_response_t *res) {
     c->last.err = res->err;
     c->last.status = res->err ? 0 : res->status;
     if (res->err == 0 && res->body_len > 0) {
-        c->last.json = rv_json_parse(res->body, res->body_len);
+        c->last.json = rv_json_parse_nul_visible(res->body, res->body_len);
     }
     const char *rid = rv_http_response_header(res, "Request-Id");
     if (rid != NULL) c->last.request_id = strdup(rid);

@@ -12,6 +12,11 @@ struct cJSON;
  * "{...}xyz" would pass for "{...}". NULL when the text is not exactly one value. */
 struct cJSON *rv_json_parse(const char *text, size_t len);
 
+/* rv_json_parse for answers from elsewhere (Stripe's): an escaped NUL (\u0000), at which cJSON
+ * would silently end its string, is read as U+0001 instead, a control character that every id
+ * and text check refuses, so that a value holding one is refused rather than cut short. */
+struct cJSON *rv_json_parse_nul_visible(const char *text, size_t len);
+
 /* Append s as a JSON string literal, quotes included; invalid UTF-8 bytes become U+FFFD. */
 int rv_json_escape(rv_buf_t *out, const char *s);
 

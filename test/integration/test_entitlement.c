@@ -1979,6 +1979,22 @@ static void hostile_event_pages(void **state) {
     assert_int_equal(sm.recovered, 0);
     assert_int_equal(redis_ll("EXISTS rivet:customer:%s", "cus_future1"), 0);
     assert_int_equal(redis_ll("EXISTS rivet:event:%s", "evt_future1"), 0);
+
+    /* An escaped NUL in a listed event: cJSON would cut the customer id short, at another
+     * customer's id. It is refused like a webhook's, not applied to cus_nulF1. */
+    char nul[700];
+    snprintf(nul, sizeof nul,
+             "{\"id\":\"evt_nul1\",\"object\":\"event\",\"type\":"
+             "\"customer.subscription.updated\",\"created\":%lld,\"data\":{\"object\":{\"id\":"
+             "\"sub_nul1\",\"object\":\"subscription\",\"customer\":\"cus_nulF1\\u0000tail\","
+             "\"status\":\"active\",\"items\":{\"data\":[{\"price\":{\"id\":\"%s\"}}]}}}}",
+             t, TH_PRICE_PRO);
+    override_events(nul, 0);
+    reconcile_once(conf, "2h", &sm);
+    ctl0("/_fake/override", "{\"clear\": true}");
+    assert_int_equal(sm.recovered, 0);
+    assert_int_equal(sm.dead, 1);
+    assert_int_equal(redis_ll("EXISTS rivet:customer:%s", "cus_nulF1"), 0);
     unlink(conf);
     rmdir(dir);
     free(oneshot_log);

@@ -300,9 +300,28 @@ static void test_parse_whole(void **state) {
     assert_null(rv_json_parse("{}\0", 3));
 }
 
+/* An escaped NUL becomes U+0001 where it is an escape, and only there. */
+static void test_parse_nul_visible(void **state) {
+    static const char text[] = "{\"a\":\"x\\u0000y\",\"b\":\"\\\\u0000\",\"c\":\"\\u0000\\u0000\"}";
+    cJSON *j = rv_json_parse_nul_visible(text, sizeof text - 1);
+    assert_non_null(j);
+    assert_string_equal(cJSON_GetObjectItemCaseSensitive(j, "a")->valuestring, "x\001y");
+    /* An escaped backslash followed by "u0000" is text, not an escape. */
+    assert_string_equal(cJSON_GetObjectItemCaseSensitive(j, "b")->valuestring, "\\u0000");
+    assert_string_equal(cJSON_GetObjectItemCaseSensitive(j, "c")->valuestring, "\001\001");
+    cJSON_Delete(j);
+    /* Without one, the same as rv_json_parse; trailing bytes are still refused. */
+    static const char plain[] = "{\"a\":\"\\u0001\"}", tail[] = "{\"a\":\"\\u0000\"}x";
+    j = rv_json_parse_nul_visible(plain, sizeof plain - 1);
+    assert_non_null(j);
+    cJSON_Delete(j);
+    assert_null(rv_json_parse_nul_visible(tail, sizeof tail - 1));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parse_whole),
+        cmocka_unit_test(test_parse_nul_visible),
         cmocka_unit_test(test_escape_plain),
         cmocka_unit_test(test_escape_quotes_backslash),
         cmocka_unit_test(test_escape_control_characters),
