@@ -82,6 +82,27 @@ static rv_request_t *ctx_end(call_ctx_t *ctx, const rv_stripe_result_t *res) {
 
 /* Stripe could not do it: 502 (504 when the deadline passed), with Stripe's request id for
  * support, never Stripe's message or anything about keys. */
+/* Stripe's Request-Id ("req_" and letters and digits) is passed on to the caller, for support;
+ * anything else in that header is not. */
+static int stripe_request_id_ok(const char *id) {
+    if (id == NULL || strncmp(id, "req_", 4) != 0) return 0;
+    size_t n = strlen(id);
+    return n <= 64 && strspn(id + 4, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                     "0123456789") == n - 4;
+}
+
+/* A page Stripe hosts, which a customer's browser is sent to: https and nothing odd. */
+static int stripe_url_ok(const char *url) {
+    if (url == NULL || strncmp(url, "https://", 8) != 0) return 0;
+    size_t n = strlen(url);
+    if (n > 2048) return 0;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)url[i] <= 0x20 || (unsigned char)url[i] >= 0x7f || url[i] == '"' ||
+            url[i] == '\\' || url[i] == '<' || url[i] == '>')
+            return 0;
+    return 1;
+}
+
 static void stripe_failed(rv_request_t *req, const rv_stripe_result_t *res, const char *op) {
     /* One line per failed call of an anonymous client: bounded while Stripe is down. */
     static rv_log_limit_t lim = {.what = "stripe: calls failed"};
@@ -98,7 +119,8 @@ static void stripe_failed(rv_request_t *req, const rv_stripe_result_t *res, cons
                                            : "{\"detail\":\"Payment service error\"");
     if (rc == 0) rc = rv_buf_puts(&b, ",\"request_id\":");
     if (rc == 0)
-        rc = res->request_id ? rv_json_escape(&b, res->request_id) : rv_buf_puts(&b, "null");
+        rc = stripe_request_id_ok(res->request_id) ? rv_json_escape(&b, res->request_id)
+                                                   : rv_buf_puts(&b, "null");
     if (rc == 0) rc = rv_buf_puts(&b, "}");
     rv_respond_buf(req, status, &b, rc);
 }
@@ -148,9 +170,9 @@ static void on_created(void *data, const rv_stripe_result_t *res) {
     }
     const char *url = jstr(res->json, "url");
     const char *id = jstr(res->json, "id");
-    if (url == NULL || id == NULL) {
-        rv_warn("stripe: checkout: answer without url or id (request_id %s)",
-                res->request_id ? res->request_id : "-");
+    if (!stripe_url_ok(url) || id == NULL || !rv_valid_session_id(id)) {
+        rv_warn("stripe: checkout: answer without an https url or a session id (request_id %s)",
+                stripe_request_id_ok(res->request_id) ? res->request_id : "-");
         rv_respond_error(req, 502, "Payment service error", NULL);
         return;
     }
@@ -475,7 +497,8 @@ static void on_portal(void *data, const rv_stripe_result_t *res) {
         return;
     }
     const char *url = jstr(res->json, "url");
-    if (url == NULL) {
+    if (!stripe_url_ok(url)) {
+        rv_warn("stripe: portal: answer without an https url");
         rv_respond_error(req, 502, "Payment service error", NULL);
         return;
     }

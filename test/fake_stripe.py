@@ -917,7 +917,9 @@ class Fake:
                 body = o["body"]
                 if isinstance(body, str):
                     body = body.encode("utf-8", "surrogateescape")
-                headers = [("Request-Id", request_id())] + list(o["headers"].items())
+                headers = list(o["headers"].items())
+                if not any(k.lower() == "request-id" for k, _ in headers):
+                    headers.insert(0, ("Request-Id", request_id()))
                 return "answer", delay, o["status"], headers, body
         if cfg["hang_next"] > 0:
             cfg["hang_next"] -= 1

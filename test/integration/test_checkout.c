@@ -989,6 +989,56 @@ static void success_answer_checked(void **state) {
     cJSON_Delete(j);
 }
 
+/* What Stripe answers is passed to browsers only when it is what Stripe sends: an https page,
+ * a session id, a Request-Id of Stripe's shape. */
+static void stripe_answers_passed_on_checked(void **state) {
+    start_rivetd(NULL);
+    static const char *const urls[] = {"javascript:alert(document.cookie)", "http://evil.example/",
+                                       "https://checkout.stripe.com/\"><script>"};
+    for (size_t i = 0; i < RV_ARRAY_LEN(urls); i++) {
+        char o[512];
+        snprintf(o, sizeof o,
+                 "{\"method\":\"POST\",\"path\":\"" SESSIONS "\",\"body\":{\"id\":"
+                 "\"cs_test_hostile1\",\"object\":\"checkout.session\",\"url\":\"%s\"}}",
+                 i == 2 ? "https://checkout.stripe.com/\\\"><script>" : urls[i]);
+        fake_post("/_fake/override", o);
+        th_response_t r;
+        checkout(NULL, CHECKOUT_BODY, &r);
+        assert_detail(&r, 502);
+        th_response_free(&r);
+    }
+    fake_post("/_fake/override",
+              "{\"method\":\"POST\",\"path\":\"" SESSIONS "\",\"body\":{\"id\":\"../../admin\","
+              "\"url\":\"https://checkout.stripe.com/c/pay/x\"}}");
+    th_response_t r;
+    checkout(NULL, CHECKOUT_BODY, &r);
+    assert_detail(&r, 502);
+    th_response_free(&r);
+    /* A failure's Request-Id goes to the caller only in Stripe's shape. */
+    fake_post("/_fake/override",
+              "{\"method\":\"POST\",\"path\":\"" SESSIONS "\",\"status\":400,\"times\":3,"
+              "\"headers\":{\"Request-Id\":\"<img src=x onerror=alert(1)>\"},\"body\":{\"error\":"
+              "{\"type\":\"invalid_request_error\",\"message\":\"no\"}}}");
+    checkout(NULL, CHECKOUT_BODY, &r);
+    assert_detail(&r, 502);
+    cJSON *j = body_json(&r);
+    assert_true(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(j, "request_id")));
+    cJSON_Delete(j);
+    th_response_free(&r);
+    fake_post("/_fake/override", "{\"clear\": true}");
+    /* The portal's page likewise. */
+    char sid[128], path[256];
+    checkout_ok(CHECKOUT_BODY, sid, sizeof sid);
+    snprintf(path, sizeof path, "/_fake/sessions/%s/complete", sid);
+    fake_post(path, "{\"customer\":\"cus_Portal00001\",\"email\":\"" EMAIL "\"}");
+    fake_post("/_fake/override", "{\"method\":\"POST\",\"path\":\"" PORTAL "\",\"body\":{\"id\":"
+                                 "\"bps_1\",\"url\":\"javascript:alert(1)\"}}");
+    request("POST", "/api/billing/portal", JSON_CT "Authorization: Bearer " TH_API_TOKEN "\r\n",
+            "{\"customer_id\":\"cus_Portal00001\"}", &r);
+    assert_detail(&r, 502);
+    th_response_free(&r);
+}
+
 static void assert_next_steps(const cJSON *j) {
     const cJSON *steps = cJSON_GetObjectItemCaseSensitive(j, "next_steps");
     assert_true(cJSON_IsArray(steps));
@@ -1592,6 +1642,7 @@ int main(void) {
         T(cors_configured),
         T(rate_limit),
         T(success_answer_checked),
+        T(stripe_answers_passed_on_checked),
         T(rate_limit_success_page),
         T(rate_limit_behind_proxy),
     };
