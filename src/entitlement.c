@@ -19,14 +19,22 @@
 #include "rivet/provision.h"
 
 /* Far more than doubt ever produces at once; past it, the next event asks again. */
-#define MAX_READS 1024
+#define MAX_READS      1024
+/* A read Stripe did not answer (down, rate limited: after the client's own retries) is tried
+ * again later, MAX_READ_TRIES times in all, so that a doubt is not left to the next event. */
+#define MAX_READ_TRIES 4
+static const uint64_t read_backoff_ms[MAX_READ_TRIES] = {0, 2000, 10000, 60000};
 
 typedef struct read_s {
     struct read_s *prev, *next;
     rv_app_t *app;
-    rv_stripe_call_t *call;
+    rv_stripe_call_t *call; /* NULL while waiting to be tried again */
+    uint64_t due;           /* loop time of the next try, while waiting */
+    unsigned tries;
     char sub_id[RV_PROVISION_ID_MAX + 1];
 } read_t;
+
+static int read_start(read_t *r);
 
 static void read_free(read_t *r) {
     rv_app_t *app = r->app;
@@ -76,14 +84,65 @@ static int apply_object(rv_app_t *app, const cJSON *obj, const char *as_type, in
  * tolerance: a clock further off fails signatures too). */
 #define DATE_SKEW_S 300
 
+/* Arm the timer for the earliest read waiting to be tried again. */
+static void reads_schedule(rv_app_t *app);
+
+static void on_read_timer(uv_timer_t *t) {
+    rv_app_t *app = rv_container_of(t, rv_app_t, read_timer);
+    uint64_t now = uv_now(app->loop);
+    read_t *r = app->reads;
+    while (r) {
+        read_t *next = r->next;
+        if (r->call == NULL && r->due <= now && read_start(r) != 0) read_free(r);
+        r = next;
+    }
+    reads_schedule(app);
+}
+
+static void reads_schedule(rv_app_t *app) {
+    uint64_t first = UINT64_MAX;
+    for (read_t *r = app->reads; r; r = r->next)
+        if (r->call == NULL && r->due < first) first = r->due;
+    if (first == UINT64_MAX) {
+        uv_timer_stop(&app->read_timer);
+        return;
+    }
+    uint64_t now = uv_now(app->loop);
+    uv_timer_start(&app->read_timer, on_read_timer, first > now ? first - now : 0, 0);
+}
+
+/* Try r again later, if it has tries left; else forget it. Reads of many subscriptions that
+ * failed together (a rate limit) are spread over the second half of the wait. */
+static void read_later(read_t *r) {
+    rv_app_t *app = r->app;
+    if (r->tries >= MAX_READ_TRIES || app->stopping) {
+        read_free(r);
+        return;
+    }
+    uint64_t base = read_backoff_ms[r->tries], h = 1469598103934665603ull;
+    for (const char *p = r->sub_id; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    r->call = NULL;
+    r->due = uv_now(app->loop) + base / 2 + h % (base / 2 + 1);
+    reads_schedule(app);
+}
+
 static void on_subscription(void *data, const rv_stripe_result_t *res) {
     read_t *r = data;
     rv_app_t *app = r->app;
     static rv_log_limit_t lim = {.what = "entitlement: reads of Stripe failed"};
+    r->call = NULL;
     if (res->err || res->status != 200 || !cJSON_IsObject(res->json)) {
-        rv_warn_limited(&lim, "entitlement: %s: cannot read it from Stripe: %s, HTTP %d", r->sub_id,
+        /* Stripe unreachable, rate limited or failing: later. A 4xx other than 429 (no such
+         * subscription) will not change. */
+        int again = res->err || res->status == 429 || res->status >= 500;
+        rv_warn_limited(&lim,
+                        "entitlement: %s: cannot read it from Stripe (try %u of %d): %s, HTTP %d",
+                        r->sub_id, r->tries, MAX_READ_TRIES,
                         res->err ? rv_strerror(res->err) : "answered", res->status);
-        read_free(r);
+        if (again)
+            read_later(r);
+        else
+            read_free(r);
         return;
     }
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(res->json, "id");
@@ -131,9 +190,7 @@ int rv_entitlement_ask_stripe(rv_app_t *app, const char *sub_id) {
     if (r == NULL) return RV_ENOMEM;
     r->app = app;
     snprintf(r->sub_id, sizeof r->sub_id, "%s", sub_id);
-    char path[64 + RV_PROVISION_ID_MAX];
-    snprintf(path, sizeof path, "/v1/subscriptions/%s", sub_id);
-    int rc = rv_stripe_get(app->stripe, path, on_subscription, r, &r->call);
+    int rc = read_start(r);
     if (rc) {
         free(r);
         return rc;
@@ -141,6 +198,13 @@ int rv_entitlement_ask_stripe(rv_app_t *app, const char *sub_id) {
     RV_LIST_PUSH(app->reads, r);
     app->nreads++;
     return 0;
+}
+
+static int read_start(read_t *r) {
+    char path[64 + RV_PROVISION_ID_MAX];
+    snprintf(path, sizeof path, "/v1/subscriptions/%s", r->sub_id);
+    r->tries++;
+    return rv_stripe_get(r->app->stripe, path, on_subscription, r, &r->call);
 }
 
 typedef struct fulfill_s {
@@ -204,6 +268,7 @@ int rv_entitlement_fulfill(rv_app_t *app, const cJSON *session, rv_fulfill_cb do
 }
 
 void rv_entitlement_close(rv_app_t *app) {
+    if (uv_is_active((uv_handle_t *)&app->read_timer)) uv_timer_stop(&app->read_timer);
     while (app->reads) {
         read_t *r = app->reads;
         if (r->call) rv_stripe_cancel(r->call);

@@ -253,6 +253,7 @@ static void handles_init(rv_app_t *app) {
     uv_timer_init(app->loop, &app->shutdown_timer);
     uv_timer_init(app->loop, &app->watchdog_timer);
     uv_timer_init(app->loop, &app->gauge_timer);
+    uv_timer_init(app->loop, &app->read_timer);
     app->shutdown_timer.data = app->watchdog_timer.data = app->gauge_timer.data = app;
     uv_signal_init(app->loop, &app->sig_term);
     uv_signal_init(app->loop, &app->sig_int);

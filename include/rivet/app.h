@@ -27,6 +27,7 @@ typedef struct rv_app_s {
     struct rv_reconcile_s *reconcile; /* the periodic recovery from Stripe, or NULL */
     struct rv_entcache_s *entcache;   /* cached look-ups (entitlement.c), or NULL */
     size_t nreads;
+    uv_timer_t read_timer; /* the next read of Stripe's state to try again (entitlement.c) */
     uv_signal_t sig_term;
     uv_signal_t sig_int;
     uv_signal_t sig_hup;

@@ -1527,6 +1527,33 @@ static void stripe_date_bounded(void **state) {
     cJSON_Delete(all);
 }
 
+/* A read Stripe does not answer (here: three 500s, every try of the Stripe client) is tried
+ * again a little later, so that the doubt is settled without waiting for another event. */
+static void read_tried_again(void **state) {
+    rivetd_up(&riv[0], 1, NULL);
+    char sid[128], cus[64], sub[64];
+    session_at_fake("pro", "again", sid, sizeof sid);
+    complete(sid, "paid", cus, sizeof cus, sub, sizeof sub);
+    char o[300];
+    snprintf(o, sizeof o,
+             "{\"method\":\"GET\",\"path\":\"/v1/subscriptions/%s\",\"status\":500,\"times\":3,"
+             "\"body\":{\"error\":{\"type\":\"api_error\",\"message\":\"down\"}}}",
+             sub);
+    ctl0("/_fake/override", o);
+    cJSON *all = fake_events();
+    /* The checkout comes first: the subscription is unknown, so rivetd reads it. */
+    deliver(&riv[0], nth_event(all, cus, "checkout.session.completed", 0));
+    read_seen_t w = {cus, sub, ""};
+    if (!th_eventually(state_read, &w, 15000))
+        fail_msg("the read was not tried again (%d reads)", rivetd_reads_of(sub));
+    assert_true(rivetd_reads_of(sub) >= 4);
+    ent_t rec;
+    assert_true(record_read(cus, &rec));
+    assert_string_equal(rec.tier, "pro");
+    assert_string_equal(rec.active, "true");
+    cJSON_Delete(all);
+}
+
 /* A read of one subscription answered with another (a broken or hostile Stripe): nothing is
  * applied, and the other customer keeps what it has. */
 static void stripe_answer_of_another(void **state) {
@@ -2092,6 +2119,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(hostile_event_pages, setup, teardown),
         cmocka_unit_test_setup_teardown(stripe_date_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(stripe_answer_of_another, setup, teardown),
+        cmocka_unit_test_setup_teardown(read_tried_again, setup, teardown),
         cmocka_unit_test_setup_teardown(issue_late_update_after_newer_invoice, setup, teardown),
         cmocka_unit_test_setup_teardown(issue_late_checkout_after_deletion, setup, teardown),
     };
