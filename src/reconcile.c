@@ -377,7 +377,9 @@ static void on_page(void *data, const rv_stripe_result_t *res) {
         if (++n > PAGE_LIMIT) {
             bad = "has more events than the limit asked for";
         } else if (!cJSON_IsString(id) || !rv_provision_is_id(id->valuestring) ||
-                   !cJSON_IsNumber(created)) {
+                   !cJSON_IsNumber(created) || !(created->valuedouble >= 0) ||
+                   created->valuedouble > 9007199254740992.0 ||
+                   created->valuedouble != (double)(int64_t)created->valuedouble) {
             bad = "has an element that is not an event with an id and a created";
         } else if (strcmp(id->valuestring, prev_id) == 0) {
             bad = "repeats an event (the one before it, or the one it was to start after)";

@@ -1983,6 +1983,17 @@ static void hostile_event_pages(void **state) {
     override_events("{},null,1", 0);
     reconcile_stops(conf, "not an event with an id", 1);
     ctl0("/_fake/override", "{\"clear\": true}");
+    static const char *const createds[] = {"-1e300", "1e300", "1.5", "\"1700000000\""};
+    for (size_t i = 0; i < RV_ARRAY_LEN(createds); i++) {
+        char odd[300];
+        snprintf(odd, sizeof odd,
+                 "{\"id\":\"evt_odd%zu\",\"object\":\"event\",\"type\":\"customer.created\","
+                 "\"created\":%s,\"data\":{\"object\":{}}}",
+                 i, createds[i]);
+        override_events(odd, 0);
+        reconcile_stops(conf, "not an event with an id and a created", 1);
+        ctl0("/_fake/override", "{\"clear\": true}");
+    }
     assert_int_equal(redis_ll("XLEN %s", STREAM ":dead"), dead);
 
     /* An empty page that says there is more: the run is not complete. */
