@@ -200,6 +200,12 @@ int rv_entitlement_ask_stripe(rv_app_t *app, const char *sub_id) {
     return 0;
 }
 
+size_t rv_entitlement_reads_in_flight(const rv_app_t *app) {
+    size_t n = 0;
+    for (const read_t *r = app->reads; r; r = r->next) n += r->call != NULL;
+    return n;
+}
+
 static int read_start(read_t *r) {
     char path[64 + RV_PROVISION_ID_MAX];
     snprintf(path, sizeof path, "/v1/subscriptions/%s", r->sub_id);

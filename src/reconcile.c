@@ -182,9 +182,11 @@ static void on_released(void *data, int err, const struct redisReply *reply) {
 
 /* One run (--reconcile) ends once Stripe has answered what the run asked it and Redis has what
  * Stripe said (the caller stops everything then: a read or a command still in flight would be
- * dropped). Both are bounded by their timeouts. */
+ * dropped). Both are bounded by their timeouts; a read Stripe did not answer is not waited for
+ * again (the doubt stays for the next event or run, and the log says so). */
 static void one_run_done(rv_reconcile_t *r) {
-    if ((r->app->nreads > 0 || rv_queue_pending(r->app->queue) > 0) && !r->app->stopping) {
+    if ((rv_entitlement_reads_in_flight(r->app) > 0 || rv_queue_pending(r->app->queue) > 0) &&
+        !r->app->stopping) {
         r->state = DRAINING;
         schedule(r, DRAIN_POLL_MS);
         return;

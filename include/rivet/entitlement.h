@@ -14,6 +14,9 @@
  * or Redis client, or too many reads in flight) / RV_EINVAL / RV_ENOMEM. */
 int rv_entitlement_ask_stripe(rv_app_t *app, const char *sub_id);
 
+/* Reads of Stripe whose answer is awaited now (not those waiting to be tried again). */
+size_t rv_entitlement_reads_in_flight(const rv_app_t *app);
+
 /* Provision a Checkout Session read from Stripe, if it is complete and paid (or free), unless
  * it already was: one user.provision per session, whichever of the success page, a webhook or
  * recovery comes first. done is called once, later, as rv_fulfill_cb (with the customer's deep
