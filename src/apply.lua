@@ -22,7 +22,8 @@
 -- Returns {code, entry id, ask, telegram}: code 1 an entry was appended, 2 the event was seen
 -- before (nothing written), 3 recorded without an entry (a session already provisioned, an
 -- unpaid one, or a read of Stripe that changed nothing); ask 1 when Stripe should be asked for
--- the subscription: it is not known yet, or two different states carry the same second;
+-- the subscription: it is not known yet, two different states carry the same second, or a read
+-- of it was not newer than the events applied (asked again once Stripe's second has passed);
 -- telegram, for a provisioned session: the deep link to give the customer, "linked" once a chat
 -- is linked, else "".
 --
@@ -90,9 +91,12 @@ local function apply()
         cur_state = cur:sub(bar + 1)
       end
       if state ~= '' then
-        if cur_v < version or (mode == 'state' and cur_v == version and cur_state ~= state) then
+        if cur_v < version then
           nv, same = ARGV[6] .. '|' .. state, cur_state == state and not fresh
-        elseif cur_v == version and cur_state ~= state then
+        elseif mode == 'state' or (cur_v == version and cur_state ~= state) then
+          -- A read is applied only when it is newer than every event applied: in the same
+          -- second it may have been answered before or after them, and when older, a doubt it
+          -- was to settle may still stand. Either way Stripe is asked again, later.
           ask = 1
         end
       elseif ARGV[11] ~= '' and cur_v <= 0 then

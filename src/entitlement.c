@@ -24,6 +24,12 @@
  * again later, MAX_READ_TRIES times in all, so that a doubt is not left to the next event. */
 #define MAX_READ_TRIES 4
 static const uint64_t read_backoff_ms[MAX_READ_TRIES] = {0, 2000, 10000, 60000};
+/* A read that was not newer than the subscription's events (answered in the second of the last
+ * one, or before it) is not applied: the subscription is read again once Stripe's second has
+ * passed, at most MAX_SETTLE_ROUNDS times in a row. Only a Stripe whose clock stands still needs
+ * more; the events' word stands then. */
+#define MAX_SETTLE_ROUNDS 5
+#define SETTLE_WAIT_MS    1100
 
 typedef struct read_s {
     struct read_s *prev, *next;
@@ -31,8 +37,17 @@ typedef struct read_s {
     rv_stripe_call_t *call; /* NULL while waiting to be tried again */
     uint64_t due;           /* loop time of the next try, while waiting */
     unsigned tries;
+    unsigned rounds; /* reads before this one that were not newer than the events */
+    int settling;    /* waiting for Stripe's second to pass, not for a failure */
     char sub_id[RV_PROVISION_ID_MAX + 1];
 } read_t;
+
+/* A read's answer on its way into Redis. */
+typedef struct applying_s {
+    rv_app_t *app;
+    unsigned rounds;
+    char sub_id[RV_PROVISION_ID_MAX + 1];
+} applying_t;
 
 static int read_start(read_t *r);
 
@@ -48,17 +63,24 @@ static rv_prices_t prices_of(const rv_app_t *app) {
     return p;
 }
 
+static void read_settle(rv_app_t *app, const char *sub_id, unsigned rounds);
+
 static void on_state_applied(void *data, int err, int result, const char *stream_id) {
-    char *sub_id = data;
+    applying_t *a = data;
     if (err) {
-        rv_warn("entitlement: %s: Stripe's state not stored: redis %s", sub_id, rv_strerror(err));
+        rv_warn("entitlement: %s: Stripe's state not stored: redis %s", a->sub_id,
+                rv_strerror(err));
     } else if ((result & RV_ENQ_MASK) == RV_ENQ_ADDED) {
-        rv_info("entitlement: %s: Stripe's state changed the entitlement (entry %s)", sub_id,
+        rv_info("entitlement: %s: Stripe's state changed the entitlement (entry %s)", a->sub_id,
                 stream_id);
+    } else if (result & RV_ENQ_ASK_STRIPE) {
+        rv_debug("entitlement: %s: Stripe's state is not newer than its events: read again",
+                 a->sub_id);
+        read_settle(a->app, a->sub_id, a->rounds + 1);
     } else {
-        rv_debug("entitlement: %s: Stripe's state confirms the entitlement", sub_id);
+        rv_debug("entitlement: %s: Stripe's state confirms the entitlement", a->sub_id);
     }
-    free(sub_id);
+    free(a);
 }
 
 /* Apply a Stripe object read at time version (Stripe's clock), in mode, from source. */
@@ -153,7 +175,12 @@ static void on_subscription(void *data, const rv_stripe_result_t *res) {
         read_free(r);
         return;
     }
-    char *sub_id = strdup(r->sub_id);
+    applying_t *a = calloc(1, sizeof *a);
+    if (a) {
+        a->app = app;
+        a->rounds = r->rounds;
+        memcpy(a->sub_id, r->sub_id, sizeof a->sub_id);
+    }
     char reason[128] = "";
     /* The read is as new as Stripe's clock says (its Date header), so that it compares with
      * events' created, which are Stripe's too; rivetd's own clock when there is none, or when
@@ -168,16 +195,43 @@ static void on_subscription(void *data, const rv_stripe_result_t *res) {
                         r->sub_id, (long long)version, (long long)(version - now));
         version = now;
     }
-    int rc = sub_id ? apply_object(app, res->json, "customer.subscription.updated", version,
-                                   RV_APPLY_STATE, "stripe", on_state_applied, sub_id, reason,
-                                   sizeof reason)
-                    : RV_ENOMEM;
+    int rc = a ? apply_object(app, res->json, "customer.subscription.updated", version,
+                              RV_APPLY_STATE, "stripe", on_state_applied, a, reason, sizeof reason)
+               : RV_ENOMEM;
     if (rc) {
         rv_warn("entitlement: %s: Stripe's state cannot be applied: %s", r->sub_id,
                 reason[0] ? reason : rv_strerror(rc));
-        free(sub_id);
+        free(a);
     }
     read_free(r);
+}
+
+/* A new read of sub_id, after its previous read (round rounds - 1) was not newer than its
+ * events. Asks that come meanwhile join it, as any read. */
+static void read_settle(rv_app_t *app, const char *sub_id, unsigned rounds) {
+    if (app->stopping || app->stripe == NULL) return;
+    if (rounds > MAX_SETTLE_ROUNDS) {
+        rv_warn("entitlement: %s: Stripe answered %d reads in the second of the subscription's "
+                "last event or before it; its events' state stands",
+                sub_id, MAX_SETTLE_ROUNDS + 1);
+        return;
+    }
+    for (read_t *r = app->reads; r; r = r->next)
+        if (strcmp(r->sub_id, sub_id) == 0) return; /* one is coming: it settles this too */
+    if (app->nreads >= MAX_READS) return;
+    read_t *r = calloc(1, sizeof *r);
+    if (r == NULL) return;
+    r->app = app;
+    r->rounds = rounds;
+    snprintf(r->sub_id, sizeof r->sub_id, "%s", sub_id);
+    /* Spread, so that the reads of many subscriptions settled together do not come at once. */
+    uint64_t h = 1469598103934665603ull;
+    for (const char *p = sub_id; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    r->due = uv_now(app->loop) + SETTLE_WAIT_MS + h % 300;
+    r->settling = 1;
+    RV_LIST_PUSH(app->reads, r);
+    app->nreads++;
+    reads_schedule(app);
 }
 
 int rv_entitlement_ask_stripe(rv_app_t *app, const char *sub_id) {
@@ -202,7 +256,8 @@ int rv_entitlement_ask_stripe(rv_app_t *app, const char *sub_id) {
 
 size_t rv_entitlement_reads_in_flight(const rv_app_t *app) {
     size_t n = 0;
-    for (const read_t *r = app->reads; r; r = r->next) n += r->call != NULL;
+    /* A read that waits for Stripe's second to pass is part of settling what was read. */
+    for (const read_t *r = app->reads; r; r = r->next) n += r->call != NULL || r->settling;
     return n;
 }
 
@@ -210,6 +265,7 @@ static int read_start(read_t *r) {
     char path[64 + RV_PROVISION_ID_MAX];
     snprintf(path, sizeof path, "/v1/subscriptions/%s", r->sub_id);
     r->tries++;
+    r->settling = 0;
     return rv_stripe_get(r->app->stripe, path, on_subscription, r, &r->call);
 }
 

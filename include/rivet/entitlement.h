@@ -10,11 +10,15 @@
 
 /* Read subscription sub_id from Stripe and apply what Stripe says (rv_queue_apply, mode STATE):
  * an entry "subscription.updated" with source "stripe" follows only when the entitlement
- * changed. At most one read per subscription is in flight; returns 0, or RV_EUNAVAIL (no Stripe
- * or Redis client, or too many reads in flight) / RV_EINVAL / RV_ENOMEM. */
+ * changed. What Stripe says is applied only when its Date is later than the second of every
+ * event applied to the subscription; otherwise it is read again once that second has passed.
+ * At most one read per subscription is in flight, and an ask meanwhile joins it; returns 0, or
+ * RV_EUNAVAIL (no Stripe or Redis client, or too many reads in flight) / RV_EINVAL /
+ * RV_ENOMEM. */
 int rv_entitlement_ask_stripe(rv_app_t *app, const char *sub_id);
 
-/* Reads of Stripe whose answer is awaited now (not those waiting to be tried again). */
+/* Reads of Stripe whose answer is awaited now, or that wait for Stripe's second to pass (not
+ * those waiting to be tried again after a failure). */
 size_t rv_entitlement_reads_in_flight(const rv_app_t *app);
 
 /* Provision a Checkout Session read from Stripe, if it is complete and paid (or free), unless

@@ -41,16 +41,18 @@ enum rv_enqueue_result {
     RV_ENQ_RECORDED = 3,  /* applied, no entry: its session was provisioned already, it is an
                              unpaid checkout, or a read of Stripe that changed nothing */
     RV_ENQ_MASK = 0xff,
-    RV_ENQ_ASK_STRIPE = 0x100, /* or'd in: the subscription is unknown, or two states carry the
-                                  same second; its state should be read from Stripe */
+    RV_ENQ_ASK_STRIPE = 0x100, /* or'd in: the subscription is unknown, two states carry the
+                                  same second, or a read of it was not newer than its events;
+                                  its state should be read from Stripe */
 };
 
 /* What rv_queue_apply applies. */
 enum rv_apply_mode {
     RV_APPLY_EVENT = 0,   /* a Stripe event (webhook or recovery): at most once per event id */
     RV_APPLY_FULFILL = 1, /* a paid Checkout Session read from Stripe (the success page) */
-    RV_APPLY_STATE = 2,   /* a subscription read from Stripe: an entry only when it changed the
-                             entitlement; created is the time of the read */
+    RV_APPLY_STATE = 2,   /* a subscription read from Stripe: applied only when newer than
+                             its events, an entry only when it changed the entitlement; created
+                             is the time of the read */
 };
 
 /* err is 0 (result is valid, Redis confirmed), RV_EUNAVAIL (not connected, the connection

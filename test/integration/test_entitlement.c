@@ -1527,6 +1527,138 @@ static void stripe_date_bounded(void **state) {
     cJSON_Delete(all);
 }
 
+typedef struct read_wait_s {
+    const char *sub;
+    int n;
+} read_wait_t;
+
+/* rivetd has read the subscription from Stripe at least n times. */
+static int reads_at_least(void *ud) {
+    const read_wait_t *w = ud;
+    return rivetd_reads_of(w->sub) >= w->n;
+}
+
+typedef struct sub_tier_s {
+    const char *cus, *sub, *tier;
+    long long after;
+    char field[256];
+} sub_tier_t;
+
+/* The subscription's state is of tier and newer than after. */
+static int sub_has_tier(void *ud) {
+    sub_tier_t *w = ud;
+    char want[32];
+    snprintf(want, sizeof want, "|%s|", w->tier);
+    sub_field(w->cus, w->sub, w->field, sizeof w->field);
+    return strtoll(w->field, NULL, 10) > w->after && strstr(w->field, want) != NULL;
+}
+
+/* A read answered in the same second as an event it cannot be ordered with. Three plan changes
+ * in one second (enterprise, basic, pro); Stripe answers the read the tie asks for with its state
+ * from between the second and the third change, dated that second, and slowly: the third event
+ * comes while the read is in flight, and its doubt joins that read. Applied, the read would
+ * leave basic for good; it must be read again once Stripe's second has passed, and give pro. */
+static void read_same_second_as_later_event(void **state) {
+    rivetd_up(&riv[0], 1, NULL);
+    /* Near rivetd's clock, so that Stripe's Date is believed as it is. */
+    long long t = (long long)time(NULL);
+    clock_set(t);
+    char sid[128], cus[64], sub[64];
+    session_at_fake("pro", "race", sid, sizeof sid);
+    complete(sid, "paid", cus, sizeof cus, sub, sizeof sub);
+    cJSON *all = fake_events();
+    deliver(&riv[0], nth_event(all, cus, "customer.subscription.created", 0));
+    deliver(&riv[0], nth_event(all, cus, "checkout.session.completed", 0));
+    cJSON_Delete(all);
+
+    clock_advance(1);
+    sub_do(sub, "change_plan", "{\"price\": \"" TH_PRICE_ENTERPRISE "\"}");
+    sub_do(sub, "change_plan", "{\"price\": \"" TH_PRICE_BASIC "\"}");
+    char path[160];
+    snprintf(path, sizeof path, "/v1/subscriptions/%s", sub);
+    cJSON *between = http_json(fake_p.port, "GET", path, AUTH MODEL_AGENT, NULL, 200);
+    sub_do(sub, "change_plan", "{\"price\": \"" TH_PRICE_PRO "\"}");
+
+    char date[64];
+    time_t tt = (time_t)(t + 1);
+    struct tm tm;
+    strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", gmtime_r(&tt, &tm));
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "method", "GET");
+    cJSON_AddStringToObject(o, "path", path);
+    cJSON_AddItemToObject(o, "body", between);
+    cJSON_AddStringToObject(cJSON_AddObjectToObject(o, "headers"), "Date", date);
+    char *text = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    ctl0("/_fake/override", text);
+    free(text);
+    ctl0("/_fake/config", "{\"latency_ms\": 1500}");
+
+    all = fake_events();
+    const cJSON *up[3];
+    for (int i = 0; i < 3; i++) {
+        up[i] = nth_event(all, cus, "customer.subscription.updated", i);
+        assert_int_equal(event_created(up[i]), t + 1);
+    }
+    deliver(&riv[0], up[0]);
+    deliver(&riv[0], up[1]); /* a tie: rivetd reads the subscription */
+    read_wait_t rw = {sub, 1};
+    if (!th_eventually(reads_at_least, &rw, 10000)) fail_msg("the tie asked Stripe nothing");
+    deliver(&riv[0], up[2]); /* while the read is in flight */
+    ctl0("/_fake/config", "{\"latency_ms\": 0}");
+    clock_advance(1);
+
+    sub_tier_t w = {cus, sub, "pro", t, ""};
+    if (!th_eventually(sub_has_tier, &w, 15000))
+        fail_msg("Stripe's final state (pro) never applied: the subscription stays %s after %d "
+                 "reads",
+                 w.field, rivetd_reads_of(sub));
+    stream_t s = {0};
+    stream_read(&s);
+    check_stream(&s);
+    ent_t model;
+    char why[700];
+    model_of(sub, &model);
+    assert_string_equal(model.tier, "pro");
+    if (!agrees(&s, cus, &model, why, sizeof why)) fail_msg("%s", why);
+    stream_free(&s);
+    cJSON_Delete(all);
+}
+
+/* A Stripe whose clock stands still dates every read in the second of the tie: each read is
+ * tried once that second "has passed", six in all, then rivetd says so and stops asking; the
+ * first state of the tie stands, and no entry comes from Stripe. */
+static void read_in_a_standing_second(void **state) {
+    rivetd_up(&riv[0], 1, NULL);
+    long long t = (long long)time(NULL);
+    clock_set(t);
+    char sid[128], cus[64], sub[64];
+    session_at_fake("pro", "still", sid, sizeof sid);
+    complete(sid, "paid", cus, sizeof cus, sub, sizeof sub);
+    sub_do(sub, "change_plan", "{\"price\": \"" TH_PRICE_ENTERPRISE "\"}");
+    cJSON *all = fake_events();
+    deliver(&riv[0], nth_event(all, cus, "customer.subscription.created", 0));
+    deliver(&riv[0], nth_event(all, cus, "customer.subscription.updated", 0));
+    log_probe_t lp = {&riv[0], ""};
+    snprintf(lp.needle, sizeof lp.needle,
+             "entitlement: %s: Stripe answered 6 reads in the second of the subscription's last "
+             "event or before it",
+             sub);
+    if (!th_eventually(log_says, &lp, 20000))
+        fail_msg("no line \"%s\" in the log after %d reads", lp.needle, rivetd_reads_of(sub));
+    /* The warning comes with the sixth answer: nothing is left to read. */
+    assert_int_equal(rivetd_reads_of(sub), 6);
+    sub_tier_t w = {cus, sub, "pro", t - 1, ""};
+    assert_true(sub_has_tier(&w));
+    stream_t st = {0};
+    stream_read(&st);
+    for (int i = 0; i < st.n; i++)
+        if (streq(e_str(&st.e[i], "source"), "stripe"))
+            fail_msg("entry %s came from a read of Stripe", st.e[i].id);
+    stream_free(&st);
+    cJSON_Delete(all);
+}
+
 /* A read Stripe does not answer (here: three 500s, every try of the Stripe client) is tried
  * again a little later, so that the doubt is settled without waiting for another event. */
 static void read_tried_again(void **state) {
@@ -2130,6 +2262,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(hostile_event_pages, setup, teardown),
         cmocka_unit_test_setup_teardown(stripe_date_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(stripe_answer_of_another, setup, teardown),
+        cmocka_unit_test_setup_teardown(read_same_second_as_later_event, setup, teardown),
+        cmocka_unit_test_setup_teardown(read_in_a_standing_second, setup, teardown),
         cmocka_unit_test_setup_teardown(read_tried_again, setup, teardown),
         cmocka_unit_test_setup_teardown(issue_late_update_after_newer_invoice, setup, teardown),
         cmocka_unit_test_setup_teardown(issue_late_checkout_after_deletion, setup, teardown),

@@ -1032,10 +1032,20 @@ static void test_same_second_asks_stripe(void **state) {
     s.cap = 1;
     expect_result(f, &s, RV_ENQ_ADDED | RV_ENQ_ASK_STRIPE);
     expect_hash(port, "cus_S", "cancel_at_period_end", "0");
-    /* What Stripe says, read in the same second, is applied. */
+    /* What Stripe says, read in the same second, may come from before or after the events of
+     * that second: not applied, and Stripe is asked again. */
     s.id = NULL;
     s.tier = "enterprise";
     s.cap = 0;
+    expect_result_on(f, f->q, &s, RV_APPLY_STATE, "stripe", RV_ENQ_RECORDED | RV_ENQ_ASK_STRIPE);
+    expect_hash(port, "cus_S", "tier", "pro");
+    expect_hash(port, "cus_S", "s:sub_S", "700|pro|active||0");
+    /* Even when it says what rivetd has. */
+    s.tier = "pro";
+    expect_result_on(f, f->q, &s, RV_APPLY_STATE, "stripe", RV_ENQ_RECORDED | RV_ENQ_ASK_STRIPE);
+    /* Read a second later, it is newer than every event of that second: applied. */
+    s.tier = "enterprise";
+    s.created = 701;
     r = expect_result_on(f, f->q, &s, RV_APPLY_STATE, "stripe", RV_ENQ_ADDED);
     expect_hash(port, "cus_S", "tier", "enterprise");
     expect_entry(port, r.id, "subscription.updated", "stripe", "cus_S", "enterprise", "active", 1,
@@ -1201,10 +1211,11 @@ static void test_state_from_stripe(void **state) {
     cJSON_Delete(d);
     expect_hash(port, "cus_T", "tier", "enterprise");
 
-    /* A read older than what rivetd has is not applied. */
+    /* A read older than what rivetd has is not applied; Stripe is asked again, since a doubt it
+     * was to settle may still stand. */
     sub.created = 3055;
     sub.tier = "basic";
-    expect_result_on(f, f->q, &sub, RV_APPLY_STATE, "stripe", RV_ENQ_RECORDED);
+    expect_result_on(f, f->q, &sub, RV_APPLY_STATE, "stripe", RV_ENQ_RECORDED | RV_ENQ_ASK_STRIPE);
     expect_hash(port, "cus_T", "tier", "enterprise");
     assert_int_equal(redis_int(port, "XLEN %s", STREAM), 2);
 }
