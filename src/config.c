@@ -553,6 +553,19 @@ static const cfkey_t keys[] = {
      .max = 10,
      .doc = "retries of a Stripe call after the first try",
      .note = "Retries after the first try of a Stripe call that failed in a retryable way."},
+    {.name = "STRIPE_READS_PER_SEC",
+     .kind = K_UINT,
+     FIELD(stripe_reads_per_sec),
+     .def = "10",
+     .min = 1,
+     .max = 100,
+     .doc = "subscriptions read from Stripe a second to settle doubts, per instance (its "
+            "workers share it)",
+     .note = "How many subscriptions an instance reads from Stripe a second to settle doubts "
+             "(an event of a subscription not seen yet, two states in one second), its workers "
+             "sharing it. Doubts beyond it wait their turn, so that a recovery of many events "
+             "never uses up the rate limit Stripe's other calls need (Stripe allows about 100 "
+             "calls a second in live mode, 25 in test mode, for the whole account)."},
     {.name = "WEBHOOK_TOLERANCE",
      .kind = K_UINT,
      FIELD(webhook_tolerance),

@@ -1,8 +1,11 @@
 /* Reads of Stripe's state that keep entitlements right: a subscription whose state an event left
  * in doubt (unknown to rivetd, or two states in the same second), and a Checkout Session the
  * success page found paid. Both go through the same mapping and the same Redis script as
- * webhooks. Reads in flight are kept in a list owned by the app, so that a stopping worker can
- * cancel them and free what they hold (a cancelled Stripe call never calls back). */
+ * webhooks. Reads of subscriptions, waiting or in flight, are kept in a list owned by the app, so
+ * that a stopping worker can cancel them and free what they hold (a cancelled Stripe call never
+ * calls back). They start no faster than STRIPE_READS_PER_SEC (the instance's, shared among its
+ * workers), oldest due first: a recovery that finds many doubts at once never takes the rate
+ * limit Stripe gives the whole account. */
 #include "rivet/entitlement.h"
 
 #include <hiredis/hiredis.h>
@@ -38,7 +41,6 @@ typedef struct read_s {
     uint64_t due;           /* loop time of the next try, while waiting */
     unsigned tries;
     unsigned rounds; /* reads before this one that were not newer than the events */
-    int settling;    /* waiting for Stripe's second to pass, not for a failure */
     char sub_id[RV_PROVISION_ID_MAX + 1];
 } read_t;
 
@@ -106,32 +108,49 @@ static int apply_object(rv_app_t *app, const cJSON *obj, const char *as_type, in
  * tolerance: a clock further off fails signatures too). */
 #define DATE_SKEW_S 300
 
-/* Arm the timer for the earliest read waiting to be tried again. */
-static void reads_schedule(rv_app_t *app);
-
-static void on_read_timer(uv_timer_t *t) {
-    rv_app_t *app = rv_container_of(t, rv_app_t, read_timer);
-    uint64_t now = uv_now(app->loop);
-    read_t *r = app->reads;
-    while (r) {
-        read_t *next = r->next;
-        if (r->call == NULL && r->due <= now && read_start(r) != 0) read_free(r);
-        r = next;
-    }
-    reads_schedule(app);
+/* Reads a millisecond this worker may start: its share of the instance's rate. */
+static double reads_per_ms(const rv_app_t *app) {
+    unsigned workers = app->cfg.workers ? app->cfg.workers : 1;
+    unsigned rate = app->cfg.stripe_reads_per_sec ? app->cfg.stripe_reads_per_sec : 1;
+    return (double)rate / workers / 1000.0;
 }
 
-static void reads_schedule(rv_app_t *app) {
-    uint64_t first = UINT64_MAX;
-    for (read_t *r = app->reads; r; r = r->next)
-        if (r->call == NULL && r->due < first) first = r->due;
-    if (first == UINT64_MAX) {
+static void on_read_timer(uv_timer_t *t);
+
+/* Start the reads that are due, oldest due first, while the rate allows; then arm the timer for
+ * the next one due, or for the next token when due reads wait for one. */
+static void reads_pump(rv_app_t *app) {
+    uint64_t now = uv_now(app->loop);
+    double per_ms = reads_per_ms(app), burst = per_ms * 1000.0 < 1.0 ? 1.0 : per_ms * 1000.0;
+    app->read_tokens += (double)(now - app->read_refill) * per_ms;
+    if (app->read_tokens > burst) app->read_tokens = burst;
+    app->read_refill = now;
+    uint64_t next = UINT64_MAX;
+    for (;;) {
+        read_t *first = NULL;
+        next = UINT64_MAX;
+        for (read_t *r = app->reads; r; r = r->next) {
+            if (r->call != NULL) continue;
+            if (r->due <= now && (first == NULL || r->due < first->due)) first = r;
+            if (r->due > now && r->due < next) next = r->due;
+        }
+        if (first == NULL) break;
+        if (app->read_tokens < 1.0) {
+            uint64_t wait = (uint64_t)((1.0 - app->read_tokens) / per_ms) + 1;
+            if (now + wait < next) next = now + wait;
+            break;
+        }
+        app->read_tokens -= 1.0;
+        if (read_start(first) != 0) read_free(first);
+    }
+    if (next == UINT64_MAX) {
         uv_timer_stop(&app->read_timer);
         return;
     }
-    uint64_t now = uv_now(app->loop);
-    uv_timer_start(&app->read_timer, on_read_timer, first > now ? first - now : 0, 0);
+    uv_timer_start(&app->read_timer, on_read_timer, next - now, 0);
 }
+
+static void on_read_timer(uv_timer_t *t) { reads_pump(rv_container_of(t, rv_app_t, read_timer)); }
 
 /* Try r again later, if it has tries left; else forget it. Reads of many subscriptions that
  * failed together (a rate limit) are spread over the second half of the wait. */
@@ -145,7 +164,7 @@ static void read_later(read_t *r) {
     for (const char *p = r->sub_id; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
     r->call = NULL;
     r->due = uv_now(app->loop) + base / 2 + h % (base / 2 + 1);
-    reads_schedule(app);
+    reads_pump(app);
 }
 
 static void on_subscription(void *data, const rv_stripe_result_t *res) {
@@ -228,10 +247,9 @@ static void read_settle(rv_app_t *app, const char *sub_id, unsigned rounds) {
     uint64_t h = 1469598103934665603ull;
     for (const char *p = sub_id; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
     r->due = uv_now(app->loop) + SETTLE_WAIT_MS + h % 300;
-    r->settling = 1;
     RV_LIST_PUSH(app->reads, r);
     app->nreads++;
-    reads_schedule(app);
+    reads_pump(app);
 }
 
 int rv_entitlement_ask_stripe(rv_app_t *app, const char *sub_id) {
@@ -243,21 +261,24 @@ int rv_entitlement_ask_stripe(rv_app_t *app, const char *sub_id) {
     read_t *r = calloc(1, sizeof *r);
     if (r == NULL) return RV_ENOMEM;
     r->app = app;
+    r->due = uv_now(app->loop);
     snprintf(r->sub_id, sizeof r->sub_id, "%s", sub_id);
-    int rc = read_start(r);
-    if (rc) {
-        free(r);
-        return rc;
-    }
     RV_LIST_PUSH(app->reads, r);
     app->nreads++;
+    reads_pump(app);
     return 0;
 }
 
 size_t rv_entitlement_reads_in_flight(const rv_app_t *app) {
     size_t n = 0;
-    /* A read that waits for Stripe's second to pass is part of settling what was read. */
-    for (const read_t *r = app->reads; r; r = r->next) n += r->call != NULL || r->settling;
+    /* Not tried yet: waiting for its turn, or for Stripe's second to pass. */
+    for (const read_t *r = app->reads; r; r = r->next) n += r->call != NULL || r->tries == 0;
+    return n;
+}
+
+size_t rv_entitlement_reads_waiting(const rv_app_t *app) {
+    size_t n = 0;
+    for (const read_t *r = app->reads; r; r = r->next) n += r->call == NULL && r->tries == 0;
     return n;
 }
 
@@ -265,7 +286,6 @@ static int read_start(read_t *r) {
     char path[64 + RV_PROVISION_ID_MAX];
     snprintf(path, sizeof path, "/v1/subscriptions/%s", r->sub_id);
     r->tries++;
-    r->settling = 0;
     return rv_stripe_get(r->app->stripe, path, on_subscription, r, &r->call);
 }
 

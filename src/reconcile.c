@@ -37,6 +37,9 @@
 #define PAGE_LIMIT       100
 #define MAX_PAGES        20000 /* two million events in one run: no list is that long */
 #define PAGE_GAP_MS      100   /* at most ten list calls a second */
+#define HOLD_S           10    /* no next page while the reads of Stripe waiting take longer */
+#define HOLD_MS          1000  /* how often a run that holds looks again (and renews its lock) */
+#define HOLD_MAX         500   /* nor more than this many (entitlement.c keeps at most 1024) */
 #define FIRST_RUN_MS     5000
 #define LOCK_RETRY_MS    1000
 
@@ -65,6 +68,7 @@ struct rv_reconcile_s {
     uint64_t interval_ms; /* 0: one run only */
     uint64_t lookback_s;  /* one run: its range */
     uint64_t wait_until;  /* one run: give up waiting for the lock then */
+    int holding;          /* waiting for the reads of Stripe its events asked for */
     rv_reconcile_done_cb done;
     void *done_data;
     rv_stripe_call_t *call;
@@ -431,6 +435,23 @@ static void on_renewed(void *data, int err, const struct redisReply *reply) {
         run_fail(r, "the lock was lost");
         return;
     }
+    /* The events of a page may each ask Stripe for a subscription, and those reads are paced
+     * (STRIPE_READS_PER_SEC): the run waits for them rather than pile up more than HOLD_S
+     * seconds of them, or more than HOLD_MAX. The lock is renewed meanwhile. */
+    size_t waiting = rv_entitlement_reads_waiting(r->app);
+    unsigned workers = r->app->cfg.workers ? r->app->cfg.workers : 1;
+    size_t most = (size_t)r->app->cfg.stripe_reads_per_sec * HOLD_S / workers;
+    if (most < HOLD_S) most = HOLD_S;
+    if (most > HOLD_MAX) most = HOLD_MAX;
+    if (waiting > most) {
+        if (!r->holding)
+            rv_info("reconcile: page %llu: waiting for %zu reads of Stripe before the next page",
+                    (unsigned long long)r->st.pages, waiting);
+        r->holding = 1;
+        schedule(r, HOLD_MS);
+        return;
+    }
+    r->holding = 0;
     char path[512];
     int n = snprintf(path, sizeof path,
                      "/v1/events?limit=%d&created%%5Bgte%%5D=%lld&created%%5Blte%%5D=%lld",
@@ -514,6 +535,7 @@ static void on_locked(void *data, int err, const struct redisReply *reply) {
 
 static void run_start(rv_reconcile_t *r) {
     memset(&r->st, 0, sizeof r->st);
+    r->holding = 0;
     if (r->app->queue == NULL || !rv_queue_ready(r->app->queue) || r->app->stripe == NULL) {
         if (!r->interval_ms && rv_now_ms() < r->wait_until) {
             schedule(r, LOCK_RETRY_MS);

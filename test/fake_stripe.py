@@ -50,7 +50,8 @@ Control API (JSON bodies and answers; never delayed or failed by the faults belo
                                          get this answer instead: body a JSON value, or a
                                          string sent as it is; a broken or hostile Stripe
   POST /_fake/override {"clear": true}   forget the overrides
-  GET  /_fake/requests                   the Stripe API requests received, oldest first
+  GET  /_fake/requests                   the Stripe API requests received, oldest first, each
+                                         with "at": when it arrived (real Unix time, float)
   GET  /_fake/stats                      {connections_opened, connections_open}
   GET  /_fake/clock                      {"now": t, "frozen": bool}
   POST /_fake/clock {"now": t|null} | {"advance": s}
@@ -901,6 +902,7 @@ class Fake:
         except StripeError as e:
             decode_error = e
         self.requests.append({
+            "at": time.time(),
             "method": req.method, "path": req.path, "headers": req.headers_dict(),
             "params": params, "raw_body": req.body.decode("utf-8", "replace"),
         })

@@ -23,11 +23,14 @@ typedef struct rv_app_s {
     rv_http_client_t *http;
     rv_stripe_t *stripe;
     struct rv_ratelimit_s *ratelimit;
-    struct read_s *reads;             /* reads of Stripe's state in flight (entitlement.c) */
+    struct read_s *reads;             /* reads of Stripe's state, waiting or in flight
+                                         (entitlement.c) */
     struct rv_reconcile_s *reconcile; /* the periodic recovery from Stripe, or NULL */
     struct rv_entcache_s *entcache;   /* cached look-ups (entitlement.c), or NULL */
     size_t nreads;
-    uv_timer_t read_timer; /* the next read of Stripe's state to try again (entitlement.c) */
+    uv_timer_t read_timer; /* the next read of Stripe's state due (entitlement.c) */
+    double read_tokens;    /* reads that may start now (STRIPE_READS_PER_SEC) */
+    uint64_t read_refill;  /* loop time read_tokens was last refilled (0: the first fills it) */
     uv_signal_t sig_term;
     uv_signal_t sig_int;
     uv_signal_t sig_hup;

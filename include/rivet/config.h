@@ -28,6 +28,7 @@ typedef struct rv_config_s {
     char *stripe_api_version; /* "" when unset */
     uint64_t stripe_timeout_ms;
     unsigned stripe_max_retries;
+    unsigned stripe_reads_per_sec; /* reads of Stripe's state, per instance */
     int64_t webhook_tolerance;     /* seconds */
     char *app_url;                 /* no trailing slash */
     char *api_url;                 /* no trailing slash */

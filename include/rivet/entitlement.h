@@ -17,9 +17,13 @@
  * RV_ENOMEM. */
 int rv_entitlement_ask_stripe(rv_app_t *app, const char *sub_id);
 
-/* Reads of Stripe whose answer is awaited now, or that wait for Stripe's second to pass (not
- * those waiting to be tried again after a failure). */
+/* Reads of Stripe whose answer is awaited now, or not tried yet: waiting for their turn under
+ * STRIPE_READS_PER_SEC or for Stripe's second to pass (not those waiting to be tried again
+ * after a failure). */
 size_t rv_entitlement_reads_in_flight(const rv_app_t *app);
+
+/* Reads of Stripe not tried yet (waiting for their turn, or for Stripe's second to pass). */
+size_t rv_entitlement_reads_waiting(const rv_app_t *app);
 
 /* Provision a Checkout Session read from Stripe, if it is complete and paid (or free), unless
  * it already was: one user.provision per session, whichever of the success page, a webhook or

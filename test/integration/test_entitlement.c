@@ -365,6 +365,21 @@ static int rivetd_requests(const char *method, const char *path) {
     return n;
 }
 
+/* rivetd's requests of method to a path that starts with prefix. */
+static int rivetd_requests_prefix(const char *method, const char *prefix) {
+    cJSON *log = ctl_get("/_fake/requests");
+    int n = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, log) {
+        const char *ua = str_at(e, "headers.user-agent"), *path = str_at(e, "path");
+        if (streq(str_at(e, "method"), method) && path &&
+            strncmp(path, prefix, strlen(prefix)) == 0 && ua && strncmp(ua, "rivetd/", 7) == 0)
+            n++;
+    }
+    cJSON_Delete(log);
+    return n;
+}
+
 static int rivetd_reads_of(const char *sub) {
     char path[160];
     snprintf(path, sizeof path, "/v1/subscriptions/%s", sub);
@@ -1659,6 +1674,119 @@ static void read_in_a_standing_second(void **state) {
     cJSON_Delete(all);
 }
 
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+#define PACED_SUBS 24
+#define PACED_RATE 4
+#define STR_(x)    #x
+#define STR(x)     STR_(x)
+
+typedef struct all_read_s {
+    char (*cus)[64], (*sub)[64];
+} all_read_t;
+
+static int all_states_read(void *ud) {
+    all_read_t *a = ud;
+    for (int i = 0; i < PACED_SUBS; i++) {
+        read_seen_t w = {a->cus[i], a->sub[i], ""};
+        if (!state_read(&w)) return 0;
+    }
+    return 1;
+}
+
+/* Many doubts at once (here 24 subscriptions rivetd has not seen, as after a recovery) are read
+ * from Stripe no faster than STRIPE_READS_PER_SEC, so that they never use up Stripe's rate limit
+ * that checkouts need too: in any second at most the rate, after a first burst of as many. */
+static void reads_paced(void **state) {
+    const char *env[] = {"STRIPE_READS_PER_SEC=" STR(PACED_RATE), NULL};
+    rivetd_up(&riv[0], 1, env);
+    char sid[PACED_SUBS][128], cus[PACED_SUBS][64], sub[PACED_SUBS][64];
+    for (int i = 0; i < PACED_SUBS; i++) {
+        char who[16];
+        snprintf(who, sizeof who, "paced%d", i);
+        session_at_fake("pro", who, sid[i], sizeof sid[i]);
+        complete(sid[i], "paid", cus[i], sizeof cus[i], sub[i], sizeof sub[i]);
+    }
+    cJSON *all = fake_events();
+    /* The checkouts alone: each names a subscription rivetd does not know. */
+    for (int i = 0; i < PACED_SUBS; i++)
+        deliver(&riv[0], nth_event(all, cus[i], "checkout.session.completed", 0));
+    cJSON_Delete(all);
+    all_read_t a = {cus, sub};
+    if (!th_eventually(all_states_read, &a, 60000)) fail_msg("not every subscription was read");
+
+    double at[PACED_SUBS + 8];
+    int n = 0;
+    cJSON *log = ctl_get("/_fake/requests");
+    const cJSON *e;
+    cJSON_ArrayForEach(e, log) {
+        const char *ua = str_at(e, "headers.user-agent");
+        const char *path = str_at(e, "path");
+        if (!streq(str_at(e, "method"), "GET") || !ua || strncmp(ua, "rivetd/", 7) != 0 || !path ||
+            strncmp(path, "/v1/subscriptions/", 18) != 0)
+            continue;
+        if (n == PACED_SUBS + 8) fail_msg("more reads than subscriptions");
+        at[n++] = cJSON_GetObjectItemCaseSensitive(e, "at")->valuedouble;
+    }
+    cJSON_Delete(log);
+    assert_int_equal(n, PACED_SUBS);
+    qsort(at, (size_t)n, sizeof at[0], cmp_double);
+    /* A bucket of PACED_RATE tokens refilled at PACED_RATE a second: any 2 * PACED_RATE reads in
+     * a row span at least a second (less a little for the loop's millisecond clock). */
+    for (int i = 0; i + 2 * PACED_RATE < n; i++) {
+        double span = at[i + 2 * PACED_RATE] - at[i];
+        if (span < 0.95)
+            fail_msg("reads %d to %d came within %.3f s, more than %d a second", i,
+                     i + 2 * PACED_RATE, span, PACED_RATE);
+    }
+    if (at[n - 1] - at[0] < (double)(n - PACED_RATE) / PACED_RATE - 0.05)
+        fail_msg("%d reads within %.3f s", n, at[n - 1] - at[0]);
+}
+
+#define HELD_CUSTOMERS 16
+
+/* A recovery whose events ask Stripe for more subscriptions than the paced reads can take at
+ * once (STRIPE_READS_PER_SEC=1: ten seconds' worth is ten) waits for them before its next page,
+ * instead of piling up reads or dropping doubts; every customer ends right. */
+static void recovery_waits_for_reads(void **state) {
+    const char *extra[] = {"RECONCILE_INTERVAL=2", "STRIPE_READS_PER_SEC=1", NULL};
+    rivetd_up(&riv[0], 1, extra);
+    char hook[256];
+    snprintf(hook, sizeof hook,
+             "{\"url\": \"http://127.0.0.1:%d" WEBHOOK "\", \"secret\": \"" TH_WEBHOOK_SECRET
+             "\", \"enabled\": false}",
+             riv[0].port);
+    ctl0("/_fake/webhooks", hook);
+    char sid[HELD_CUSTOMERS][128], cus[HELD_CUSTOMERS][64], sub[HELD_CUSTOMERS][64];
+    clock_set((long long)time(NULL) - 3600);
+    for (int i = 0; i < HELD_CUSTOMERS; i++) {
+        char who[16];
+        snprintf(who, sizeof who, "held%d", i);
+        session_at_fake(TIERS[i % 3], who, sid[i], sizeof sid[i]);
+        complete(sid[i], "paid", cus[i], sizeof cus[i], sub[i], sizeof sub[i]);
+        clock_advance(1);
+    }
+    clock_real();
+    cJSON *all = fake_events();
+    /* More than a page, so that there is a next page to hold back. */
+    assert_true(cJSON_GetArraySize(all) > 100);
+    landed_t w = {mapped_ids_of(all, cus, HELD_CUSTOMERS), "0"};
+    cJSON_Delete(all);
+    log_probe_t lp = {&riv[0], "reconcile: page 1: waiting for "};
+    if (!th_eventually(log_says, &lp, 30000)) fail_msg("the run never waited for its reads");
+    if (!th_eventually(all_landed, &w, 60000)) fail_msg("not every event was recovered");
+    agree_t ag = {cus, sub, HELD_CUSTOMERS, ""};
+    if (!th_eventually(customers_agree, &ag, 60000)) fail_msg("after recovery: %s", ag.why);
+    if (log_count(&riv[0], "cannot ask Stripe") > 0) fail_msg("a doubt was dropped");
+    printf("[ recovery ] %d subscription reads, %d holds\n",
+           rivetd_requests_prefix("GET", "/v1/subscriptions/"),
+           log_count(&riv[0], ": waiting for "));
+    cJSON_Delete(w.ids);
+}
+
 /* A read Stripe does not answer (here: three 500s, every try of the Stripe client) is tried
  * again a little later, so that the doubt is settled without waiting for another event. */
 static void read_tried_again(void **state) {
@@ -2264,6 +2392,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(stripe_answer_of_another, setup, teardown),
         cmocka_unit_test_setup_teardown(read_same_second_as_later_event, setup, teardown),
         cmocka_unit_test_setup_teardown(read_in_a_standing_second, setup, teardown),
+        cmocka_unit_test_setup_teardown(reads_paced, setup, teardown),
+        cmocka_unit_test_setup_teardown(recovery_waits_for_reads, setup, teardown),
         cmocka_unit_test_setup_teardown(read_tried_again, setup, teardown),
         cmocka_unit_test_setup_teardown(issue_late_update_after_newer_invoice, setup, teardown),
         cmocka_unit_test_setup_teardown(issue_late_checkout_after_deletion, setup, teardown),

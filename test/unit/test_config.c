@@ -955,6 +955,7 @@ static void test_dump_exact(void **state) {
                        "STRIPE_API_VERSION=\n"
                        "STRIPE_TIMEOUT_MS=30000\n"
                        "STRIPE_MAX_RETRIES=2\n"
+                       "STRIPE_READS_PER_SEC=10\n"
                        "WEBHOOK_TOLERANCE=600\n"
                        "APP_URL=https://rivet.io\n"
                        "API_URL=https://api.rivet.io\n"
