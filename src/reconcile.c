@@ -1,8 +1,9 @@
 /* The reconciler: missed webhooks recovered from Stripe's list of events.
  *
- * A run: take the lock (SET NX PX), read the cursor, then page through GET /v1/events from the
- * cursor (less an overlap) up to a little before now, newest first, one page at a time with a
- * pause between pages, far below Stripe's read rate limit. The events of a page are applied
+ * A run: take the lock (free, or already this reconciler's; it expires), read the cursor, then
+ * page through GET /v1/events from the cursor (less an overlap) up to a little before now, newest
+ * first, one page at a time with a pause between pages, far below Stripe's read rate limit (and
+ * waiting while the reads of Stripe its events asked for pile up). The events of a page are applied
  * together (the script is order-proof: an older event never undoes a newer one, and entries carry
  * the entitlement as it stands), and the next page is asked for once Redis has answered for all
  * of them. The lock is renewed after every page; when the run is done the cursor moves to the
@@ -43,6 +44,13 @@
 #define FIRST_RUN_MS     5000
 #define LOCK_RETRY_MS    1000
 
+/* The lock is taken when free, or when it is already this reconciler's: a run that could not
+ * release it (Redis stalled or gone at its end), or whose SET was done but not answered, leaves
+ * it to this reconciler's next run, not to two minutes of expiry. */
+static const char take_script[] = "local v = redis.call('GET', KEYS[1])\n"
+                                  "if v and v ~= ARGV[1] then return 0 end\n"
+                                  "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])\n"
+                                  "return 1\n";
 static const char renew_script[] = "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"
                                    "  return redis.call('PEXPIRE', KEYS[1], ARGV[2])\n"
                                    "end\n"
@@ -72,8 +80,9 @@ struct rv_reconcile_s {
     rv_reconcile_done_cb done;
     void *done_data;
     rv_stripe_call_t *call;
-    char token[33];
-    int applying; /* events of the page not answered yet */
+    char token[33]; /* this reconciler's, for all its runs: the lock's value while it holds it */
+    int held;       /* the lock may be held by this run: released at its end */
+    int applying;   /* events of the page not answered yet */
     int page_failed;
     char last_id[RV_PROVISION_ID_MAX + 1];
     int64_t last_created; /* of the last event listed in this run; INT64_MAX before the first */
@@ -132,6 +141,12 @@ static rv_reconcile_t *create(rv_app_t *app) {
     rv_reconcile_t *r = calloc(1, sizeof *r);
     if (r == NULL) return NULL;
     r->app = app;
+    unsigned char raw[16];
+    if (rv_random(raw, sizeof raw) != 0) {
+        free(r);
+        return NULL;
+    }
+    for (int i = 0; i < 16; i++) snprintf(r->token + 2 * i, 3, "%02x", raw[i]);
     uv_timer_init(app->loop, &r->timer);
     r->timer.data = r;
     return r;
@@ -207,7 +222,7 @@ static void one_run_done(rv_reconcile_t *r) {
 static void run_end(rv_reconcile_t *r) {
     r->state = FINISHING;
     const char *argv[] = {"EVAL", release_script, "1", LOCK_KEY, r->token};
-    if (r->token[0] && rv_queue_call(r->app->queue, 5, argv, on_released, r) == 0) {
+    if (r->held && rv_queue_call(r->app->queue, 5, argv, on_released, r) == 0) {
         r->inflight++;
         return;
     }
@@ -506,13 +521,13 @@ static void on_locked(void *data, int err, const struct redisReply *reply) {
     rv_reconcile_t *r = data;
     if (answer_arrived(r)) return;
     if (err) {
-        r->token[0] = '\0';
+        /* Perhaps taken all the same: released at the end, or taken again by the next run. */
         run_fail(r, "the lock could not be taken: redis %s", rv_strerror(err));
         return;
     }
-    if (reply == NULL || reply->type != REDIS_REPLY_STATUS) {
+    if (reply == NULL || reply->type != REDIS_REPLY_INTEGER || reply->integer != 1) {
         /* Another worker or machine runs: wait for the next interval, or (one run) retry. */
-        r->token[0] = '\0';
+        r->held = 0;
         if (!r->interval_ms && rv_now_ms() < r->wait_until) {
             r->state = IDLE;
             schedule(r, LOCK_RETRY_MS);
@@ -541,19 +556,17 @@ static void run_start(rv_reconcile_t *r) {
             schedule(r, LOCK_RETRY_MS);
             return;
         }
-        r->token[0] = '\0';
+        r->held = 0;
         snprintf(r->st.error, sizeof r->st.error, "Redis is not connected");
         r->inflight++;
         on_released(r, 0, NULL);
         return;
     }
-    unsigned char raw[16];
-    if (rv_random(raw, sizeof raw) != 0) memset(raw, 0x5a, sizeof raw);
-    for (int i = 0; i < 16; i++) snprintf(r->token + 2 * i, 3, "%02x", raw[i]);
     r->state = LOCKING;
-    const char *argv[] = {"SET", LOCK_KEY, r->token, "NX", "PX", LOCK_TTL_MS};
+    r->held = 1;
+    const char *argv[] = {"EVAL", take_script, "1", LOCK_KEY, r->token, LOCK_TTL_MS};
     if (rv_queue_call(r->app->queue, 6, argv, on_locked, r) != 0) {
-        r->token[0] = '\0';
+        r->held = 0;
         run_fail(r, "Redis is unavailable");
         return;
     }

@@ -1881,6 +1881,55 @@ static long long recovered_in_log(const th_proc_t *p) {
     return sum;
 }
 
+typedef struct lock_seen_s {
+    char token[128];
+} lock_seen_t;
+
+static int lock_held(void *ud) {
+    lock_seen_t *l = ud;
+    redisReply *r = redisCommand(rds, "GET %s", "rivet:reconcile:lock");
+    if (r == NULL) fail_msg("redis: no answer");
+    int held = r->type == REDIS_REPLY_STRING;
+    if (held) snprintf(l->token, sizeof l->token, "%s", r->str);
+    freeReplyObject(r);
+    return held;
+}
+
+typedef struct done_after_s {
+    int before;
+} done_after_t;
+
+static int another_run_done(void *ud) {
+    done_after_t *d = ud;
+    return log_count(&riv[0], "reconcile: done:") > d->before;
+}
+
+/* Redis stalls (CLIENT PAUSE, longer than REDIS_TIMEOUT_MS) in the middle of a run: the run
+ * fails and cannot release its lock, which stays in Redis for its 120 s. The same rivetd's next
+ * run takes the lock it still holds and runs, rather than finding it "taken" for two minutes. */
+static void reconcile_lock_after_redis_stall(void **state) {
+    ctl0("/_fake/config", "{\"latency_ms\": 1500}");
+    const char *extra[] = {"RECONCILE_INTERVAL=1", "REDIS_TIMEOUT_MS=300", NULL};
+    rivetd_up(&riv[0], 1, extra);
+    lock_seen_t l;
+    if (!th_eventually(lock_held, &l, 15000)) fail_msg("no run took the lock");
+    /* The run waits for its page (1.5 s) with the lock held: Redis stops answering. */
+    redisReply *r = redisCommand(rds, "CLIENT PAUSE 2000 ALL");
+    assert_non_null(r);
+    freeReplyObject(r);
+    log_probe_t lp = {&riv[0], "reconcile: run stopped:"};
+    if (!th_eventually(log_says, &lp, 10000)) fail_msg("the run did not stop");
+    ctl0("/_fake/config", "{\"latency_ms\": 0}");
+    /* Left in Redis by the stalled run (Redis answers again once the pause is over). */
+    lock_seen_t left;
+    assert_true(lock_held(&left));
+    assert_string_equal(left.token, l.token);
+    done_after_t d = {log_count(&riv[0], "reconcile: done:")};
+    if (!th_eventually(another_run_done, &d, 20000))
+        fail_msg("no run done after the stall: %d found the lock taken",
+                 log_count(&riv[0], "another reconciler is running"));
+}
+
 static void two_reconcilers(void **state) {
     /* Enough events for two pages (Stripe's limit is 100), in the range of every run. */
     clock_set((long long)time(NULL) - 120);
@@ -2394,6 +2443,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(read_in_a_standing_second, setup, teardown),
         cmocka_unit_test_setup_teardown(reads_paced, setup, teardown),
         cmocka_unit_test_setup_teardown(recovery_waits_for_reads, setup, teardown),
+        cmocka_unit_test_setup_teardown(reconcile_lock_after_redis_stall, setup, teardown),
         cmocka_unit_test_setup_teardown(read_tried_again, setup, teardown),
         cmocka_unit_test_setup_teardown(issue_late_update_after_newer_invoice, setup, teardown),
         cmocka_unit_test_setup_teardown(issue_late_checkout_after_deletion, setup, teardown),
