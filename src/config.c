@@ -564,8 +564,9 @@ static const cfkey_t keys[] = {
      .note = "How many subscriptions an instance reads from Stripe a second to settle doubts "
              "(an event of a subscription not seen yet, two states in one second), its workers "
              "sharing it. Doubts beyond it wait their turn, so that a recovery of many events "
-             "never uses up the rate limit Stripe's other calls need (Stripe allows about 100 "
-             "calls a second in live mode, 25 in test mode, for the whole account)."},
+             "never uses up the rate limit Stripe's other calls need. Stripe allows an account "
+             "25 requests a second to one endpoint, and 100 in all in live mode (25 in a "
+             "sandbox): keep the sum over all instances well below that."},
     {.name = "WEBHOOK_TOLERANCE",
      .kind = K_UINT,
      FIELD(webhook_tolerance),
