@@ -1705,7 +1705,7 @@ static void reads_paced(void **state) {
     rivetd_up(&riv[0], 1, env);
     char sid[PACED_SUBS][128], cus[PACED_SUBS][64], sub[PACED_SUBS][64];
     for (int i = 0; i < PACED_SUBS; i++) {
-        char who[16];
+        char who[32];
         snprintf(who, sizeof who, "paced%d", i);
         session_at_fake("pro", who, sid[i], sizeof sid[i]);
         complete(sid[i], "paid", cus[i], sizeof cus[i], sub[i], sizeof sub[i]);
@@ -1763,7 +1763,7 @@ static void recovery_waits_for_reads(void **state) {
     char sid[HELD_CUSTOMERS][128], cus[HELD_CUSTOMERS][64], sub[HELD_CUSTOMERS][64];
     clock_set((long long)time(NULL) - 3600);
     for (int i = 0; i < HELD_CUSTOMERS; i++) {
-        char who[16];
+        char who[32];
         snprintf(who, sizeof who, "held%d", i);
         session_at_fake(TIERS[i % 3], who, sid[i], sizeof sid[i]);
         complete(sid[i], "paid", cus[i], sizeof cus[i], sub[i], sizeof sub[i]);
