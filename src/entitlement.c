@@ -23,10 +23,11 @@
 
 /* Far more than doubt ever produces at once; past it, the next event asks again. */
 #define MAX_READS      1024
-/* A read Stripe did not answer (down, rate limited: after the client's own retries) is tried
- * again later, MAX_READ_TRIES times in all, so that a doubt is not left to the next event. */
-#define MAX_READ_TRIES 4
-static const uint64_t read_backoff_ms[MAX_READ_TRIES] = {0, 2000, 10000, 60000};
+/* A read Stripe did not answer (down, rate limited) is tried again later, MAX_READ_TRIES tries
+ * in all, each a single request paced like the first, so that a doubt is not left to the next
+ * event. */
+#define MAX_READ_TRIES 6
+static const uint64_t read_backoff_ms[MAX_READ_TRIES] = {0, 1000, 3000, 10000, 30000, 60000};
 /* A read that was not newer than the subscription's events (answered in the second of the last
  * one, or before it) is not applied: the subscription is read again once Stripe's second has
  * passed, at most MAX_SETTLE_ROUNDS times in a row. Only a Stripe whose clock stands still needs
@@ -118,12 +119,14 @@ static double reads_per_ms(const rv_app_t *app) {
 static void on_read_timer(uv_timer_t *t);
 
 /* Start the reads that are due, oldest due first, while the rate allows; then arm the timer for
- * the next one due, or for the next token when due reads wait for one. */
+ * the next one due, or for the next token when due reads wait for one. Each try of a read is
+ * one try at Stripe (rv_stripe_get_once) and takes a token; the bucket holds one, so that no
+ * second ever sees more reads than the rate, a first burst included. */
 static void reads_pump(rv_app_t *app) {
     uint64_t now = uv_now(app->loop);
-    double per_ms = reads_per_ms(app), burst = per_ms * 1000.0 < 1.0 ? 1.0 : per_ms * 1000.0;
+    double per_ms = reads_per_ms(app);
     app->read_tokens += (double)(now - app->read_refill) * per_ms;
-    if (app->read_tokens > burst) app->read_tokens = burst;
+    if (app->read_tokens > 1.0) app->read_tokens = 1.0;
     app->read_refill = now;
     uint64_t next = UINT64_MAX;
     for (;;) {
@@ -286,7 +289,7 @@ static int read_start(read_t *r) {
     char path[64 + RV_PROVISION_ID_MAX];
     snprintf(path, sizeof path, "/v1/subscriptions/%s", r->sub_id);
     r->tries++;
-    return rv_stripe_get(r->app->stripe, path, on_subscription, r, &r->call);
+    return rv_stripe_get_once(r->app->stripe, path, on_subscription, r, &r->call);
 }
 
 typedef struct fulfill_s {

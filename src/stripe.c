@@ -195,6 +195,7 @@ struct rv_stripe_call_s {
     conf_t *conf;
     int state;
     int post;
+    int once;   /* no retries: the caller paces its own tries */
     char *path; /* for the log */
     char *url;
     char *body;
@@ -389,7 +390,7 @@ static void on_http(void *data, const rv_http_response_t *res) {
     }
     log_failed_try(c, res);
     const char *hint = res->err == 0 ? rv_http_response_header(res, "Stripe-Should-Retry") : NULL;
-    if (!rv_stripe_should_retry(res->err, res->status, hint) ||
+    if (c->once || !rv_stripe_should_retry(res->err, res->status, hint) ||
         c->attempts > c->conf->max_retries) {
         finish(c, res->err);
         return;
@@ -482,17 +483,28 @@ int rv_stripe_post(rv_stripe_t *s, const char *path, const rv_form_kv_t *params,
     return call_start(s, c, cb, data, out);
 }
 
-int rv_stripe_get(rv_stripe_t *s, const char *path, rv_stripe_cb cb, void *data,
-                  rv_stripe_call_t **out) {
+static int get(rv_stripe_t *s, const char *path, int once, rv_stripe_cb cb, void *data,
+               rv_stripe_call_t **out) {
     if (s == NULL || !path_ok(path) || cb == NULL) return RV_EINVAL;
     rv_stripe_call_t *c = calloc(1, sizeof *c);
     if (c == NULL) return RV_ENOMEM;
+    c->once = once;
     c->path = strdup(path);
     if (c->path == NULL) {
         free(c);
         return RV_ENOMEM;
     }
     return call_start(s, c, cb, data, out);
+}
+
+int rv_stripe_get(rv_stripe_t *s, const char *path, rv_stripe_cb cb, void *data,
+                  rv_stripe_call_t **out) {
+    return get(s, path, 0, cb, data, out);
+}
+
+int rv_stripe_get_once(rv_stripe_t *s, const char *path, rv_stripe_cb cb, void *data,
+                       rv_stripe_call_t **out) {
+    return get(s, path, 1, cb, data, out);
 }
 
 void rv_stripe_cancel(rv_stripe_call_t *c) {

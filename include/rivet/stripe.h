@@ -80,6 +80,11 @@ int rv_stripe_post(rv_stripe_t *s, const char *path, const rv_form_kv_t *params,
 int rv_stripe_get(rv_stripe_t *s, const char *path, rv_stripe_cb cb, void *data,
                   rv_stripe_call_t **out);
 
+/* rv_stripe_get with one try only, for a caller that paces its own tries (a retry the client
+ * made on its own would not be counted against the caller's rate). */
+int rv_stripe_get_once(rv_stripe_t *s, const char *path, rv_stripe_cb cb, void *data,
+                       rv_stripe_call_t **out);
+
 /* Abort a call (its try in flight or its backoff wait); its callback is never called. */
 void rv_stripe_cancel(rv_stripe_call_t *c);
 

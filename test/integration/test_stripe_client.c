@@ -346,6 +346,30 @@ static void test_429_retried_with_callers_key(void **state) {
     cJSON_Delete(log);
 }
 
+/* A GET made once is never tried again by the client, whatever the answer: its caller paces its
+ * own tries. The same GET otherwise is. */
+static void test_get_once_not_retried(void **state) {
+    fake_config("{\"fail_next\":1,\"fail_status\":429}");
+    outcome_t once = {0};
+    assert_int_equal(
+        rv_stripe_get_once(stripe, "/v1/checkout/sessions/cs_none", on_result, &once, NULL), 0);
+    run_until(&once.called, 1);
+    assert_int_equal(once.err, 0);
+    assert_int_equal(once.status, 429);
+    assert_int_equal(once.attempts, 1);
+    cJSON *log = fake_requests();
+    assert_int_equal(cJSON_GetArraySize(log), 1);
+    cJSON_Delete(log);
+
+    fake_config("{\"fail_next\":1,\"fail_status\":429}");
+    outcome_t again = {0};
+    assert_int_equal(
+        rv_stripe_get(stripe, "/v1/checkout/sessions/cs_none", on_result, &again, NULL), 0);
+    run_until(&again.called, 1);
+    assert_int_equal(again.attempts, 2);
+    assert_int_equal(again.status, 404);
+}
+
 static void test_retries_exhausted(void **state) {
     /* Three 503s for three tries: the last answer is reported as it is. */
     fake_config("{\"fail_next\":3,\"fail_status\":503}");
@@ -656,6 +680,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_400_not_retried, setup, teardown),
         cmocka_unit_test_setup_teardown(test_should_retry_false_wins, setup, teardown),
         cmocka_unit_test_setup_teardown(test_429_retried_with_callers_key, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_get_once_not_retried, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retries_exhausted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fake_down, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hang_hits_deadline, setup, teardown),
