@@ -5,7 +5,8 @@
 --       3 the customer hash (rivet:customer:<id>; unused without a customer),
 --       4 the checkout key (rivet:checkout:<session id>; unused without a session),
 --       5 the key of a new Telegram start token (rivet:tg:start:<token>),
---       6 the customer's email index (rivet:email:<lower-case email>; unused without one).
+--       6 the customer's email index (rivet:email:<lower-case email>; unused without one),
+--       7 the subscriptions in doubt (rivet:doubts, a sorted set: id -> when first doubted).
 -- ARGV: 1 seconds to keep event and checkout keys, 2 mode: "event" (a Stripe event, from a
 --       webhook or from recovery), "fulfill" (a paid Checkout Session read by the success page),
 --       "state" (a subscription read from Stripe), 3 entry type ("" for none), 4 Stripe event id,
@@ -28,6 +29,10 @@
 -- is linked, else "".
 --
 -- The event key holds the source that first brought the event ("dead" for a dead letter).
+--
+-- A doubt (ask 1) is kept in KEYS[7] in the same step as the event that raised it, and dropped
+-- when a read of Stripe settles it: a doubt rivetd could not settle at once (Stripe down, Redis
+-- stalled, rivetd restarted) is asked again by the next recovery run, never lost.
 --
 -- Telegram: the first user.provision of a customer that has no linked chat issues the start
 -- token (kept as rivet:tg:start:<token> -> customer for ARGV[17] seconds, and as tg_token and
@@ -213,6 +218,11 @@ local function apply()
       end
     end
     if n > 0 then redis.call('HSET', KEYS[3], unpack(args)) end
+    if ask == 1 then
+      redis.call('ZADD', KEYS[7], 'NX', ARGV[18], sub)
+    elseif mode == 'state' then
+      redis.call('ZREM', KEYS[7], sub)
+    end
   end
 
   local type = ARGV[3]

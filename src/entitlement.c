@@ -61,6 +61,18 @@ static void read_free(read_t *r) {
     free(r);
 }
 
+static void on_doubt_dropped(void *data, int err, const struct redisReply *reply) {
+    if (err) rv_debug("entitlement: a doubt not dropped: redis %s", rv_strerror(err));
+}
+
+/* A doubt no read can settle (Stripe has no such subscription, or cannot give a state rivetd can
+ * use, or its clock stands still) is dropped, so that recovery does not ask again forever: the
+ * events' state stands. */
+static void doubt_drop(rv_app_t *app, const char *sub_id) {
+    const char *argv[] = {"ZREM", RV_DOUBTS_KEY, sub_id};
+    if (app->queue) rv_queue_call(app->queue, 3, argv, on_doubt_dropped, NULL);
+}
+
 static rv_prices_t prices_of(const rv_app_t *app) {
     rv_prices_t p = {app->cfg.price_basic, app->cfg.price_pro, app->cfg.price_enterprise};
     return p;
@@ -183,10 +195,12 @@ static void on_subscription(void *data, const rv_stripe_result_t *res) {
                         "entitlement: %s: cannot read it from Stripe (try %u of %d): %s, HTTP %d",
                         r->sub_id, r->tries, MAX_READ_TRIES,
                         res->err ? rv_strerror(res->err) : "answered", res->status);
-        if (again)
+        if (again) {
             read_later(r);
-        else
+        } else {
+            doubt_drop(app, r->sub_id);
             read_free(r);
+        }
         return;
     }
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(res->json, "id");
@@ -223,6 +237,7 @@ static void on_subscription(void *data, const rv_stripe_result_t *res) {
     if (rc) {
         rv_warn("entitlement: %s: Stripe's state cannot be applied: %s", r->sub_id,
                 reason[0] ? reason : rv_strerror(rc));
+        if (rc != RV_EUNAVAIL && rc != RV_ENOMEM) doubt_drop(app, r->sub_id);
         free(a);
     }
     read_free(r);
@@ -236,6 +251,7 @@ static void read_settle(rv_app_t *app, const char *sub_id, unsigned rounds) {
         rv_warn("entitlement: %s: Stripe answered %d reads in the second of the subscription's "
                 "last event or before it; its events' state stands",
                 sub_id, MAX_SETTLE_ROUNDS + 1);
+        doubt_drop(app, sub_id);
         return;
     }
     for (read_t *r = app->reads; r; r = r->next)

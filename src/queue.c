@@ -88,7 +88,7 @@ enum {
     DARGS
 };
 
-/* EVALSHA sha numkeys + 6 keys + 18 arguments, in the script's order. */
+/* EVALSHA sha numkeys + 7 keys + 18 arguments, in the script's order. */
 enum {
     ARG_CMD,
     ARG_SCRIPT,
@@ -99,6 +99,7 @@ enum {
     ARG_KEY_CHECKOUT,
     ARG_KEY_TOKEN,
     ARG_KEY_EMAIL,
+    ARG_KEY_DOUBTS,
     ARG_TTL,
     ARG_MODE,
     ARG_TYPE,
@@ -1039,7 +1040,7 @@ static int apply(rv_queue_t *q, const rv_prov_event_t *ev, int mode, const char 
     size_t off = 0;
     set_arg(c, ARG_CMD, "EVALSHA");
     set_arg(c, ARG_SCRIPT, q->sha);
-    set_arg(c, ARG_NUMKEYS, "6");
+    set_arg(c, ARG_NUMKEYS, "7");
     if (ev->event_id[0])
         put_key(c, &off, ARG_KEY_EVENT, "rivet:event:", ev->event_id);
     else
@@ -1061,6 +1062,7 @@ static int apply(rv_queue_t *q, const rv_prov_event_t *ev, int mode, const char 
         put_key(c, &off, ARG_KEY_EMAIL, "rivet:email:", email_key);
     else
         set_arg(c, ARG_KEY_EMAIL, DUMMY_KEY);
+    set_arg(c, ARG_KEY_DOUBTS, RV_DOUBTS_KEY);
     set_arg(c, ARG_TTL, q->ttl);
     set_arg(c, ARG_MODE, mode_names[mode]);
     static const int at[] = {ARG_TYPE, ARG_ID,    ARG_VERSION, ARG_CUST,  ARG_EMAIL,

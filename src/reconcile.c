@@ -41,6 +41,8 @@
 #define HOLD_S           10    /* no next page while the reads of Stripe waiting take longer */
 #define HOLD_MS          1000  /* how often a run that holds looks again (and renews its lock) */
 #define HOLD_MAX         500   /* nor more than this many (entitlement.c keeps at most 1024) */
+#define DOUBT_AGE_S      10    /* doubts younger than this are likely being settled */
+#define DOUBTS_PER_RUN   "500" /* doubts a run asks Stripe about again, the oldest first */
 #define FIRST_RUN_MS     5000
 #define LOCK_RETRY_MS    1000
 
@@ -175,10 +177,11 @@ static void report(rv_reconcile_t *r) {
     if (st->ok) {
         rv_metrics_gauge_set(r->app->worker_index, RV_G_RECONCILE_LAST_OK, (double)time(NULL));
         rv_info("reconcile: done: %llu events in %llu pages, %llu recovered, %llu delivered "
-                "before, %llu ignored, %llu dead-lettered",
+                "before, %llu ignored, %llu dead-lettered, %llu doubts asked again",
                 (unsigned long long)st->events, (unsigned long long)st->pages,
                 (unsigned long long)st->recovered, (unsigned long long)st->duplicates,
-                (unsigned long long)st->ignored, (unsigned long long)st->dead);
+                (unsigned long long)st->ignored, (unsigned long long)st->dead,
+                (unsigned long long)st->doubts);
         if (st->recovered)
             rv_warn("reconcile: %llu events had not come as webhooks: webhook deliveries are "
                     "failing or were missed; check the endpoint in the Stripe dashboard",
@@ -240,6 +243,28 @@ run_fail(rv_reconcile_t *r, const char *fmt, ...) {
     run_end(r);
 }
 
+/* Doubts an earlier event raised and nothing settled (Stripe was down, Redis stalled, rivetd
+ * restarted, too many at once): asked again, through the same paced reads. */
+static void on_doubts(void *data, int err, const struct redisReply *reply) {
+    rv_reconcile_t *r = data;
+    if (answer_arrived(r)) return;
+    if (err || reply == NULL || reply->type != REDIS_REPLY_ARRAY) {
+        rv_warn("reconcile: the subscriptions in doubt could not be read: redis %s",
+                rv_strerror(err ? err : RV_EUNAVAIL));
+    } else {
+        for (size_t i = 0; i < reply->elements; i++) {
+            const struct redisReply *e = reply->element[i];
+            if (e->type != REDIS_REPLY_STRING || !rv_provision_is_id(e->str)) continue;
+            if (rv_entitlement_ask_stripe(r->app, e->str) == 0) r->st.doubts++;
+        }
+        if (r->st.doubts)
+            rv_info("reconcile: asking Stripe again for %llu subscriptions left in doubt",
+                    (unsigned long long)r->st.doubts);
+    }
+    r->st.ok = 1;
+    run_end(r);
+}
+
 static void on_cursor_set(void *data, int err, const struct redisReply *reply) {
     rv_reconcile_t *r = data;
     if (answer_arrived(r)) return;
@@ -247,8 +272,16 @@ static void on_cursor_set(void *data, int err, const struct redisReply *reply) {
         run_fail(r, "the cursor could not be stored: redis %s", rv_strerror(err));
         return;
     }
-    r->st.ok = 1;
-    run_end(r);
+    char upto[24];
+    snprintf(upto, sizeof upto, "(%lld", (long long)time(NULL) - DOUBT_AGE_S);
+    const char *argv[] = {"ZRANGEBYSCORE", RV_DOUBTS_KEY, "-inf",        upto,
+                          "LIMIT",         "0",           DOUBTS_PER_RUN};
+    if (rv_queue_call(r->app->queue, 7, argv, on_doubts, r) != 0) {
+        r->st.ok = 1;
+        run_end(r);
+        return;
+    }
+    r->inflight++;
 }
 
 static void finish_range(rv_reconcile_t *r) {

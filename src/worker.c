@@ -371,12 +371,12 @@ int rv_worker_run(rv_app_t *app) {
 static void on_reconciled(void *data, const rv_reconcile_stats_t *st) {
     rv_app_t *app = data;
     printf("reconcile: %s: %llu events read in %llu pages (created %lld..%lld): %llu recovered, "
-           "%llu delivered before, %llu ignored, %llu dead-lettered%s%s\n",
+           "%llu delivered before, %llu ignored, %llu dead-lettered, %llu doubts asked again%s%s\n",
            st->ok ? "done" : "stopped", (unsigned long long)st->events,
            (unsigned long long)st->pages, (long long)st->from, (long long)st->upto,
            (unsigned long long)st->recovered, (unsigned long long)st->duplicates,
-           (unsigned long long)st->ignored, (unsigned long long)st->dead, st->ok ? "" : ": ",
-           st->ok ? "" : st->error);
+           (unsigned long long)st->ignored, (unsigned long long)st->dead,
+           (unsigned long long)st->doubts, st->ok ? "" : ": ", st->ok ? "" : st->error);
     fflush(stdout);
     app->exit_code = st->ok ? 0 : 1;
     finish(app);

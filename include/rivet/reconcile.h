@@ -22,6 +22,7 @@ typedef struct rv_reconcile_stats_s {
     uint64_t duplicates; /* delivered before */
     uint64_t ignored;    /* types rivetd does not provision from */
     uint64_t dead;       /* signed by Stripe but unusable: dead-lettered */
+    uint64_t doubts;     /* subscriptions left in doubt earlier, asked again of Stripe */
     int64_t from, upto;  /* the range of created covered */
     char error[160];     /* why a run stopped, when !ok and !locked */
 } rv_reconcile_stats_t;

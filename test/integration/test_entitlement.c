@@ -1802,6 +1802,49 @@ static void recovery_waits_for_reads(void **state) {
     cJSON_Delete(w.ids);
 }
 
+static int doubt_cleared(void *ud) {
+    const char *sub = ud;
+    redisReply *r = redisCommand(rds, "ZSCORE rivet:doubts %s", sub);
+    if (r == NULL) fail_msg("redis: no answer");
+    int gone = r->type == REDIS_REPLY_NIL;
+    freeReplyObject(r);
+    return gone;
+}
+
+/* A doubt outlives the rivetd that could not settle it: the read is in flight (Stripe slow) when
+ * rivetd stops, and the rivetd that comes next asks Stripe again in its first recovery run. The
+ * events are older than a first run looks back, so only the doubt can bring the read. */
+static void doubt_survives_restart(void **state) {
+    rivetd_up(&riv[0], 1, NULL);
+    clock_set((long long)time(NULL) - 4 * DAY);
+    char sid[128], cus[64], sub[64];
+    session_at_fake("pro", "restart", sid, sizeof sid);
+    complete(sid, "paid", cus, sizeof cus, sub, sizeof sub);
+    ctl0("/_fake/config", "{\"latency_ms\": 30000}");
+    cJSON *all = fake_events();
+    /* The checkout alone: the subscription is unknown, so rivetd reads it, slowly. */
+    deliver(&riv[0], nth_event(all, cus, "checkout.session.completed", 0));
+    cJSON_Delete(all);
+    read_wait_t rw = {sub, 1};
+    if (!th_eventually(reads_at_least, &rw, 10000)) fail_msg("the checkout asked Stripe nothing");
+    assert_false(doubt_cleared(sub));
+    assert_int_equal(rivetd_down(&riv[0]), 0);
+    ctl0("/_fake/config", "{\"latency_ms\": 0}");
+
+    const char *extra[] = {"RECONCILE_INTERVAL=1", NULL};
+    rivetd_up(&riv[0], 1, extra);
+    read_seen_t w = {cus, sub, ""};
+    if (!th_eventually(state_read, &w, 30000))
+        fail_msg("the doubt was not settled after the restart (%d reads, subscription %s)",
+                 rivetd_reads_of(sub), w.field);
+    if (!th_eventually(doubt_cleared, sub, 10000)) fail_msg("the settled doubt is still kept");
+    assert_int_equal(log_count(&riv[0], "reconcile: asking Stripe again for 1 subscriptions"), 1);
+    ent_t rec;
+    assert_true(record_read(cus, &rec));
+    assert_string_equal(rec.tier, "pro");
+    assert_string_equal(rec.active, "true");
+}
+
 /* A read Stripe does not answer (here: three 500s in a row) is tried again a little later, so
  * that the doubt is settled without waiting for another event. */
 static void read_tried_again(void **state) {
@@ -2461,6 +2504,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(recovery_waits_for_reads, setup, teardown),
         cmocka_unit_test_setup_teardown(reconcile_lock_after_redis_stall, setup, teardown),
         cmocka_unit_test_setup_teardown(read_tried_again, setup, teardown),
+        cmocka_unit_test_setup_teardown(doubt_survives_restart, setup, teardown),
         cmocka_unit_test_setup_teardown(issue_late_update_after_newer_invoice, setup, teardown),
         cmocka_unit_test_setup_teardown(issue_late_checkout_after_deletion, setup, teardown),
     };
