@@ -78,8 +78,9 @@ def data_head(i, cus, sub, tier, created):
 
 
 def evalsha(sha, i, cus, sub, tier, created):
-    return ['EVALSHA', sha, 6, 'rivet:event:evt_%d' % i, STREAM, 'rivet:customer:' + cus,
-            'rivet:none', 'rivet:none', 'rivet:none', 2592000, 'event', 'subscription.updated',
+    return ['EVALSHA', sha, 7, 'rivet:event:evt_%d' % i, STREAM, 'rivet:customer:' + cus,
+            'rivet:none', 'rivet:none', 'rivet:none', 'rivet:doubts', 2592000, 'event',
+            'subscription.updated',
             'evt_%d' % i, data_head(i, cus, sub, tier, created), created, cus, '', sub,
             '%s|active|1724632454|0' % tier, '', '0', '1', 'webhook', '',
             'https://t.me/RivetCEO_bot?start=', 604800, 1796035987]
@@ -134,11 +135,13 @@ def commands(base):
     # The floor's three commands as plain commands, with the repeat path's arguments.
     ent = r.call('HGET', seed[5], 'ent').decode()
     for cmd in stream('repeat', sha, base):
-        yield ['SET', cmd[3], 'webhook', 'NX', 'EX', cmd[9]]
-        yield ['HMGET', cmd[5], 'ent', 'subs', 'pd', 's:' + cmd[17], 'email', 'email_v',
+        keys = cmd[3:3 + cmd[2]]
+        argv = [None] + cmd[3 + cmd[2]:]  # 1-based, as the script reads them
+        yield ['SET', keys[0], 'webhook', 'NX', 'EX', argv[1]]
+        yield ['HMGET', keys[2], 'ent', 'subs', 'pd', 's:' + argv[9], 'email', 'email_v',
                'telegram_user_id']
-        yield ['XADD', STREAM, '*', 'type', cmd[11], 'stripe_event_id', cmd[12], 'data',
-               cmd[13] + ',"entitlement":' + ent + '}']
+        yield ['XADD', STREAM, '*', 'type', argv[3], 'stripe_event_id', argv[4], 'data',
+               argv[5] + ',"entitlement":' + ent + '}']
 
 
 def measure_commands(base):
