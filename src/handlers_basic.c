@@ -19,7 +19,9 @@ void rv_handle_ready(rv_request_t *req) {
         rv_respond_json(req, 200, body, sizeof body - 1, NULL);
         return;
     }
-    const char *why = app->stopping                                 ? "Shutting down"
+    const char *why = app->stopping ? "Shutting down"
+                      : app->queue && rv_queue_failing_over(app->queue)
+                          ? "Redis failover in progress"
                       : app->queue && rv_queue_refusing(app->queue) ? "Redis refuses writes"
                       : !redis                                      ? "Redis unavailable"
                                                                     : "Configuration not loaded";

@@ -164,7 +164,10 @@ struct rv_queue_s {
     int ready;
     int closing;
     char sha[48];
-    uint64_t refused_at; /* loop time of the last write Redis refused (0: none since a store) */
+    uint64_t refused_at;    /* loop time of the last write Redis refused (0: none since a store) */
+    uint64_t failover_at;   /* loop time a failover of our primary was announced (0: none) */
+    char failover_host[64]; /* the primary being failed over */
+    int failover_port;
 
     uv_timer_t reconnect_timer;
     uv_timer_t connect_timer; /* connect plus handshake */
@@ -417,6 +420,7 @@ static void on_role(redisAsyncContext *ac, void *r, void *privdata) {
         strcmp(reply->element[0]->str, "master") == 0)
         return;
     log_failure(q, "redis: %s is not the primary (ROLE); asking the sentinels again", q->where);
+    rv_sentinel_distrust(q->sentinel);
     conn_drop(q);
 }
 
@@ -435,6 +439,13 @@ static void on_script_load(redisAsyncContext *ac, void *r, void *privdata) {
     q->backoff_ms = BACKOFF_MIN_MS;
     q->last_err[0] = '\0';
     uv_timer_stop(&q->connect_timer);
+    /* On a primary other than the one being failed over (ROLE confirmed it): the failover is
+     * over for rivetd. */
+    if (q->failover_at &&
+        (strcmp(q->url.host, q->failover_host) != 0 || q->url.port != q->failover_port)) {
+        rv_warn("redis: on the new primary %s: webhooks are taken again", q->where);
+        q->failover_at = 0;
+    }
     if (q->readies++ == 0) {
         rv_info("redis: connected to %s", q->where);
     } else {
@@ -474,6 +485,7 @@ static void on_connect(const redisAsyncContext *cac, int status) {
         uv_timer_stop(&q->connect_timer);
         log_failure(q, "redis: cannot connect to %s: %s", q->where,
                     cac->c.errstr[0] ? cac->c.errstr : "connection failed");
+        rv_sentinel_distrust(q->sentinel);
         schedule_reconnect(q);
         return;
     }
@@ -516,6 +528,39 @@ static void on_primary(void *data, int err, const char *host, int port) {
     q->url.port = port;
     snprintf(q->where, sizeof q->where, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
     conn_open(q);
+}
+
+/* How long an announced failover holds acknowledgments at most, should neither its end nor its
+ * abort be heard (a sentinel gone in the middle of it). */
+#define FAILOVER_HOLD_MS 60000
+
+static int failover_held(const rv_queue_t *q) {
+    return q->failover_at && uv_now(q->loop) - q->failover_at < FAILOVER_HOLD_MS;
+}
+
+/* A sentinel announced that a failover of the primary at host:port starts, or stopped short.
+ * From its start no write is acknowledged until rivetd is on the primary that comes out of it:
+ * a replica promoted meanwhile would not have what the old primary still takes, and a replica
+ * that still follows the old primary (so WAIT counts it) is made to follow the new one and drops
+ * it. A webhook refused meanwhile is delivered again by Stripe. */
+static void on_failover(void *data, int started, const char *host, int port) {
+    rv_queue_t *q = data;
+    if (q->closing) return;
+    if (started) {
+        /* Only a failover of the primary this queue writes to, or may be about to. */
+        if (q->ac && (strcmp(q->url.host, host) != 0 || q->url.port != port)) return;
+        if (!failover_held(q))
+            rv_warn("redis: a failover of %s:%d started: webhooks are refused until rivetd is "
+                    "on the new primary",
+                    host, port);
+        q->failover_at = uv_now(q->loop);
+        if (q->failover_at == 0) q->failover_at = 1;
+        snprintf(q->failover_host, sizeof q->failover_host, "%s", host);
+        q->failover_port = port;
+    } else if (q->failover_at && strcmp(q->failover_host, host) == 0 && q->failover_port == port) {
+        rv_warn("redis: the failover of %s:%d stopped short: webhooks are taken again", host, port);
+        q->failover_at = 0;
+    }
 }
 
 /* A sentinel announced a failover: leave the old primary now rather than at the next failure. */
@@ -762,6 +807,10 @@ static void on_wait_reply(redisAsyncContext *ac, void *r, void *privdata) {
         cmd_finish(c, c->fail_err, 0, NULL);
         return;
     }
+    if (failover_held(q)) {
+        cmd_finish(c, RV_EUNAVAIL, 0, NULL);
+        return;
+    }
     if (reply->type != REDIS_REPLY_INTEGER || reply->integer < (long long)q->min_replicas) {
         rv_warn_limited(&lim,
                         "redis: %lld of %u replicas confirmed within %s ms: the event is not "
@@ -841,6 +890,12 @@ static void on_enqueue_reply(redisAsyncContext *ac, void *r, void *privdata) {
         return;
     }
     q->refused_at = 0;
+    if (failover_held(q)) {
+        /* Written, perhaps to a primary being replaced: not confirmed (a redelivery finds it, or
+         * writes it on the new primary). */
+        cmd_finish(c, RV_EUNAVAIL, 0, NULL);
+        return;
+    }
     int result = (int)reply->element[0]->integer;
     const char *id = result == RV_ENQ_ADDED ? reply->element[1]->str : NULL;
     if (reply->element[2]->integer) result |= RV_ENQ_ASK_STRIPE;
@@ -990,6 +1045,7 @@ static int apply(rv_queue_t *q, const rv_prov_event_t *ev, int mode, const char 
         return RV_EINVAL;
     if (mode == RV_APPLY_EVENT && !rv_provision_is_id(ev->event_id)) return RV_EINVAL;
     if (mode != RV_APPLY_EVENT && ev->event_id[0]) return RV_EINVAL;
+    if (failover_held(q)) return RV_EUNAVAIL;
     /* These become keys: the mapping checked them already, and the queue does not rely on it. */
     if (ev->customer_id[0] && !rv_provision_is_id(ev->customer_id)) return RV_EINVAL;
     if (ev->subscription_id[0] && !rv_provision_is_id(ev->subscription_id)) return RV_EINVAL;
@@ -1292,8 +1348,8 @@ int rv_queue_init(uv_loop_t *loop, const rv_queue_opts_t *opts, rv_queue_t **out
         int n = rv_sentinel_parse(opts->sentinels, addrs, RV_SENTINEL_MAX);
         uint64_t t = q->timeout_ms < 1000 ? q->timeout_ms : 1000;
         int rc = n < 1 ? RV_EINVAL
-                       : rv_sentinel_init(loop, addrs, n, opts->sentinel_master, t, on_switch, q,
-                                          &q->sentinel);
+                       : rv_sentinel_init(loop, addrs, n, opts->sentinel_master, t, on_switch,
+                                          on_failover, q, &q->sentinel);
         if (rc) {
             free(q->stream);
             free(q->dead_stream);
@@ -1317,7 +1373,11 @@ int rv_queue_init(uv_loop_t *loop, const rv_queue_opts_t *opts, rv_queue_t **out
     return 0;
 }
 
-int rv_queue_ready(const rv_queue_t *q) { return q && q->ready && !rv_queue_refusing(q); }
+int rv_queue_ready(const rv_queue_t *q) {
+    return q && q->ready && !rv_queue_refusing(q) && !failover_held(q);
+}
+
+int rv_queue_failing_over(const rv_queue_t *q) { return q && failover_held(q); }
 
 int rv_queue_refusing(const rv_queue_t *q) {
     return q && q->ready && q->refused_at && uv_now(q->loop) - q->refused_at < REFUSED_MS;

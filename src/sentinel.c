@@ -1,8 +1,10 @@
 /* Redis Sentinel client on the loop, after the Sentinel client guide: ask each sentinel in turn,
  * with a short timeout, SENTINEL get-master-addr-by-name; the first that answers is asked first
  * next time; the caller confirms the primary with ROLE and asks again at every reconnect. One
- * more connection subscribes to +switch-master on one sentinel, so that a failover is heard at
- * once rather than at the next failed command.
+ * more connection per sentinel subscribes to its failover events: the sentinel that runs a
+ * failover announces its start (+try-failover) and its end (+switch-master) first, and any of
+ * them may be the one, or may be slow or frozen. So a failover is heard as it starts, before a
+ * replica is promoted, rather than at the next failed command.
  *
  * hiredis frees a context itself after a failed connect and after a disconnect; every context's
  * data pointer is cleared before rivetd frees it, so late callbacks see a detached context and
@@ -41,12 +43,18 @@ struct rv_sentinel_s {
     rv_sentinel_found_cb found;
     void *found_data;
 
-    /* The +switch-master subscription. */
-    redisAsyncContext *w_ac;
-    uv_timer_t w_timer;
-    int w_pos;
-    int w_ok; /* the sentinel confirmed the subscription */
+    /* The subscriptions, one per sentinel (addr[i]: watch[i]). */
+    rv_sentinel_failover_cb on_failover;
+    struct watch_s {
+        rv_sentinel_t *s;
+        int idx;
+        redisAsyncContext *ac;
+        uv_timer_t timer; /* the confirmation's deadline, or the wait before trying again */
+        int ok;           /* the sentinel confirmed the subscription */
+    } watch[RV_SENTINEL_MAX];
 };
+
+typedef struct watch_s watch_t;
 
 int rv_sentinel_parse(const char *list, rv_sentinel_addr_t *out, int max) {
     int n = 0;
@@ -120,6 +128,13 @@ static redisAsyncContext *open_ctx(rv_sentinel_t *s, const rv_sentinel_addr_t *a
     return ac;
 }
 
+/* An IP address literal: a sentinel configured to announce host names would have rivetd resolve
+ * them on the loop, which blocks. */
+static int is_ip(const char *host) {
+    unsigned char tmp[16];
+    return inet_pton(AF_INET, host, tmp) == 1 || inet_pton(AF_INET6, host, tmp) == 1;
+}
+
 /* ---- finding the primary ------------------------------------------------------------------- */
 
 static void query_try(rv_sentinel_t *s);
@@ -177,6 +192,14 @@ static void on_query_reply(redisAsyncContext *ac, void *r, void *privdata) {
     char host[64];
     snprintf(host, sizeof host, "%s", reply->element[0]->str);
     int port = atoi(reply->element[1]->str);
+    if (!is_ip(host)) {
+        rv_error("redis: sentinel %s:%d names the primary of %s by a host name (%.64s); rivetd "
+                 "takes IP addresses only (sentinel announce-hostnames no)",
+                 a->host, a->port, s->master, reply->element[0]->str);
+        drop(&s->q_ac);
+        query_next_soon(s);
+        return;
+    }
     /* The guide: a sentinel that answered goes first next time. */
     int k = s->order[s->q_pos];
     memmove(&s->order[1], &s->order[0], (size_t)s->q_pos * sizeof s->order[0]);
@@ -204,6 +227,15 @@ static void query_try(rv_sentinel_t *s) {
     query_finish(s, RV_EUNAVAIL, NULL, 0);
 }
 
+void rv_sentinel_distrust(rv_sentinel_t *s) {
+    if (s == NULL || s->n < 2) return;
+    int k = s->order[0];
+    memmove(&s->order[0], &s->order[1], (size_t)(s->n - 1) * sizeof s->order[0]);
+    s->order[s->n - 1] = k;
+    rv_warn("redis: sentinel %s:%d named a primary that is not one; it is asked last from now on",
+            s->addr[k].host, s->addr[k].port);
+}
+
 int rv_sentinel_find(rv_sentinel_t *s, rv_sentinel_found_cb found, void *data) {
     if (s == NULL || s->closing || found == NULL) return RV_EINVAL;
     if (s->q_pos >= 0) return RV_EUNAVAIL;
@@ -215,97 +247,120 @@ int rv_sentinel_find(rv_sentinel_t *s, rv_sentinel_found_cb found, void *data) {
     return 0;
 }
 
-/* ---- +switch-master ------------------------------------------------------------------------ */
+/* ---- failover events ----------------------------------------------------------------------- */
 
-static void watch_start(rv_sentinel_t *s);
+/* The channels: a failover's start, its end (the new primary), and the ways it can stop short. */
+#define WATCH_CHANNELS                                                                             \
+    "SUBSCRIBE +switch-master +try-failover -failover-abort-not-elected "                          \
+    "-failover-abort-no-good-slave -failover-abort-slave-timeout +failover-end-for-timeout"
+
+static void watch_start(watch_t *w);
 
 /* Start the subscription, or give up one that was not confirmed in time: a connect that hangs
  * (a sentinel's machine gone) is reported by nothing, so without this the subscription would
- * wait on a dead first sentinel for ever. */
+ * wait on a dead sentinel for ever. */
 static void on_watch_timer(uv_timer_t *t) {
-    rv_sentinel_t *s = t->data;
+    watch_t *w = t->data;
+    rv_sentinel_t *s = w->s;
     if (s->closing) return;
-    if (s->w_ac != NULL) {
-        if (s->w_ok) return;
-        rv_debug("redis: sentinel %s:%d did not confirm the subscription in %llu ms; trying the "
-                 "next",
-                 s->addr[s->order[s->w_pos % s->n]].host, s->addr[s->order[s->w_pos % s->n]].port,
-                 (unsigned long long)s->timeout_ms);
-        drop(&s->w_ac);
-        s->w_pos++;
+    if (w->ac != NULL) {
+        if (w->ok) return;
+        rv_debug("redis: sentinel %s:%d did not confirm the subscription in %llu ms",
+                 s->addr[w->idx].host, s->addr[w->idx].port, (unsigned long long)s->timeout_ms);
+        drop(&w->ac);
     }
-    watch_start(s);
+    watch_start(w);
 }
 
-static void watch_retry(rv_sentinel_t *s) {
-    s->w_pos++;
-    s->w_ok = 0;
-    uv_timer_start(&s->w_timer, on_watch_timer, WATCH_RETRY_MS, 0);
+static void watch_retry(watch_t *w) {
+    w->ok = 0;
+    uv_timer_start(&w->timer, on_watch_timer, WATCH_RETRY_MS, 0);
 }
 
 static void on_watch_connect(const redisAsyncContext *ac, int status) {
-    rv_sentinel_t *s = ac->data;
-    if (s == NULL || status == REDIS_OK) return;
+    watch_t *w = ac->data;
+    if (w == NULL || status == REDIS_OK) return;
     ((redisAsyncContext *)ac)->data = NULL;
-    s->w_ac = NULL;
-    watch_retry(s);
+    w->ac = NULL;
+    watch_retry(w);
 }
 
 static void on_watch_disconnect(const redisAsyncContext *ac, int status) {
-    rv_sentinel_t *s = ac->data;
-    if (s == NULL) return;
+    watch_t *w = ac->data;
+    if (w == NULL) return;
     ((redisAsyncContext *)ac)->data = NULL;
-    s->w_ac = NULL;
-    watch_retry(s);
+    w->ac = NULL;
+    watch_retry(w);
 }
 
-/* "+switch-master <name> <old ip> <old port> <new ip> <new port>". */
+/* "+switch-master <name> <old ip> <old port> <new ip> <new port>"; the others, about a master:
+ * "master <name> <ip> <port>". */
 static void on_watch_message(redisAsyncContext *ac, void *r, void *privdata) {
-    rv_sentinel_t *s = privdata;
+    watch_t *w = privdata;
+    rv_sentinel_t *s = w->s;
     redisReply *reply = r;
-    if (ac->data != s || reply == NULL || reply->type != REDIS_REPLY_ARRAY ||
+    if (ac->data != w || reply == NULL || reply->type != REDIS_REPLY_ARRAY ||
         reply->elements != 3 || reply->element[0]->type != REDIS_REPLY_STRING)
         return;
     if (strcmp(reply->element[0]->str, "subscribe") == 0) {
-        s->w_ok = 1;
-        uv_timer_stop(&s->w_timer);
+        w->ok = 1;
+        uv_timer_stop(&w->timer);
         return;
     }
     if (strcmp(reply->element[0]->str, "message") != 0 ||
+        reply->element[1]->type != REDIS_REPLY_STRING ||
         reply->element[2]->type != REDIS_REPLY_STRING)
         return;
-    char name[128], old_host[64], new_host[64];
-    int old_port, new_port;
-    if (sscanf(reply->element[2]->str, "%127s %63s %d %63s %d", name, old_host, &old_port, new_host,
-               &new_port) != 5 ||
-        strcmp(name, s->master) != 0)
+    const char *channel = reply->element[1]->str, *msg = reply->element[2]->str;
+    const rv_sentinel_addr_t *from = &s->addr[w->idx];
+    char name[128], host[64], new_host[64], kind[16];
+    int port, new_port;
+    if (strcmp(channel, "+switch-master") == 0) {
+        if (sscanf(msg, "%127s %63s %d %63s %d", name, host, &port, new_host, &new_port) != 5 ||
+            strcmp(name, s->master) != 0)
+            return;
+        if (!is_ip(new_host)) {
+            rv_error("redis: sentinel %s:%d names the primary of %s by a host name (%s); rivetd "
+                     "takes IP addresses only (sentinel announce-hostnames no)",
+                     from->host, from->port, name, new_host);
+            return;
+        }
+        rv_warn("redis: sentinel %s:%d: the primary of %s moved from %s:%d to %s:%d", from->host,
+                from->port, name, host, port, new_host, new_port);
+        if (s->on_switch) s->on_switch(s->data, new_host, new_port);
         return;
-    rv_warn("redis: sentinel: the primary of %s moved from %s:%d to %s:%d", name, old_host,
-            old_port, new_host, new_port);
-    if (s->on_switch) s->on_switch(s->data, new_host, new_port);
+    }
+    if (sscanf(msg, "%15s %127s %63s %d", kind, name, host, &port) != 4 ||
+        strcmp(kind, "master") != 0 || strcmp(name, s->master) != 0)
+        return;
+    int started = strcmp(channel, "+try-failover") == 0;
+    rv_warn("redis: sentinel %s:%d: %s %s (primary %s:%d)", from->host, from->port, channel, name,
+            host, port);
+    if (s->on_failover) s->on_failover(s->data, started, host, port);
 }
 
-static void watch_start(rv_sentinel_t *s) {
-    const rv_sentinel_addr_t *a = &s->addr[s->order[s->w_pos % s->n]];
-    redisAsyncContext *ac = open_ctx(s, a, on_watch_connect, on_watch_disconnect);
-    if (ac && redisAsyncCommand(ac, on_watch_message, s, "SUBSCRIBE +switch-master") == REDIS_OK) {
-        s->w_ac = ac;
-        s->w_ok = 0;
-        uv_timer_start(&s->w_timer, on_watch_timer, s->timeout_ms, 0);
+static void watch_start(watch_t *w) {
+    rv_sentinel_t *s = w->s;
+    redisAsyncContext *ac = open_ctx(s, &s->addr[w->idx], on_watch_connect, on_watch_disconnect);
+    if (ac) ac->data = w;
+    if (ac && redisAsyncCommand(ac, on_watch_message, w, WATCH_CHANNELS) == REDIS_OK) {
+        w->ac = ac;
+        w->ok = 0;
+        uv_timer_start(&w->timer, on_watch_timer, s->timeout_ms, 0);
         return;
     }
     if (ac) {
         ac->data = NULL;
         redisAsyncFree(ac);
     }
-    watch_retry(s);
+    watch_retry(w);
 }
 
 /* ---- entry points -------------------------------------------------------------------------- */
 
 int rv_sentinel_init(uv_loop_t *loop, const rv_sentinel_addr_t *sentinels, int n,
                      const char *master, uint64_t timeout_ms, rv_sentinel_switch_cb on_switch,
-                     void *data, rv_sentinel_t **out) {
+                     rv_sentinel_failover_cb on_failover, void *data, rv_sentinel_t **out) {
     if (n < 1 || n > RV_SENTINEL_MAX || master == NULL || master[0] == '\0' ||
         strlen(master) >= 128)
         return RV_EINVAL;
@@ -318,13 +373,20 @@ int rv_sentinel_init(uv_loop_t *loop, const rv_sentinel_addr_t *sentinels, int n
     snprintf(s->master, sizeof s->master, "%s", master);
     s->timeout_ms = timeout_ms ? timeout_ms : 1000;
     s->on_switch = on_switch;
+    s->on_failover = on_failover;
     s->data = data;
     s->q_pos = -1;
     uv_timer_init(loop, &s->q_timer);
-    uv_timer_init(loop, &s->w_timer);
-    s->q_timer.data = s->w_timer.data = s;
-    s->handles = 2;
-    uv_timer_start(&s->w_timer, on_watch_timer, 0, 0);
+    s->q_timer.data = s;
+    s->handles = 1 + n;
+    for (int i = 0; i < n; i++) {
+        watch_t *w = &s->watch[i];
+        w->s = s;
+        w->idx = i;
+        uv_timer_init(loop, &w->timer);
+        w->timer.data = w;
+        uv_timer_start(&w->timer, on_watch_timer, 0, 0);
+    }
     *out = s;
     return 0;
 }
@@ -334,7 +396,10 @@ void rv_sentinel_close(rv_sentinel_t *s) {
     s->closing = 1;
     s->found = NULL;
     drop(&s->q_ac);
-    drop(&s->w_ac);
     uv_close((uv_handle_t *)&s->q_timer, on_closed);
-    uv_close((uv_handle_t *)&s->w_timer, on_closed);
+    for (int i = 0; i < s->n; i++) {
+        drop(&s->watch[i].ac);
+        s->watch[i].timer.data = s; /* on_closed's */
+        uv_close((uv_handle_t *)&s->watch[i].timer, on_closed);
+    }
 }

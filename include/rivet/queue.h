@@ -100,11 +100,16 @@ int rv_queue_init(uv_loop_t *loop, const rv_queue_opts_t *opts, rv_queue_t **out
 
 /* 1 when connected, the script is loaded and Redis takes writes: not within 5 s of a write it
  * refused (out of memory, a read-only replica, MISCONF, NOREPLICAS) unless a write was stored
- * since. */
+ * since, and not while a failover of the primary runs. */
 int rv_queue_ready(const rv_queue_t *q);
 
 /* 1 when connected but Redis refused a write within the last 5 s and took none since. */
 int rv_queue_refusing(const rv_queue_t *q);
+
+/* 1 while a sentinel's announced failover of the primary runs (from +try-failover until rivetd
+ * is on another primary, the failover stops short, or 60 s): nothing is applied or
+ * acknowledged then. */
+int rv_queue_failing_over(const rv_queue_t *q);
 
 /* Number of reconnections since start: connections that became ready after the first one. */
 uint64_t rv_queue_reconnects(const rv_queue_t *q);

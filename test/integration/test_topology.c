@@ -820,6 +820,7 @@ typedef struct sent_s {
 } sent_t;
 
 static sent_t sent_ev[MAX_SENT];
+static const char *send_tag = "fo"; /* the events' ids: evt_topo_<tag>_<pid>_<n> */
 static atomic_int next_ev, stop_send, acks;
 static atomic_llong acks_after; /* 200s answered after mark_ms */
 static atomic_llong mark_ms;
@@ -830,7 +831,7 @@ static void *sender(void *arg) {
         int n = atomic_fetch_add(&next_ev, 1);
         if (n >= MAX_SENT) break;
         char id[96];
-        char *body = make_event("fo", n, id, sizeof id);
+        char *body = make_event(send_tag, n, id, sizeof id);
         if (body == NULL) break;
         int st = post_signed(riv[n % 2].port, body, 5000);
         free(body);
@@ -875,6 +876,94 @@ static int old_primary_rejoined(void *ud) {
     return atoi(slaves) >= 1;
 }
 
+enum { SENDERS = 4 };
+
+/* SENDERS threads post distinct events with ids of tag to both instances, until load_end. */
+static void load_begin(const char *tag, pthread_t *th) {
+    send_tag = tag;
+    atomic_store(&next_ev, 0);
+    atomic_store(&stop_send, 0);
+    atomic_store(&acks, 0);
+    atomic_store(&acks_after, 0);
+    atomic_store(&mark_ms, 0);
+    memset(sent_ev, 0, sizeof sent_ev);
+    for (int k = 0; k < SENDERS; k++)
+        assert_int_equal(pthread_create(&th[k], NULL, sender, NULL), 0);
+}
+
+static void load_end(pthread_t *th) {
+    atomic_store(&stop_send, 1);
+    for (int k = 0; k < SENDERS; k++) pthread_join(th[k], NULL);
+}
+
+typedef struct outcome_s {
+    int sent, ok, refused, other, redelivered;
+    int64_t first_bad, last_bad; /* when the first and the last non-200 came */
+} outcome_t;
+
+/* After the load: what was answered; Stripe's redeliveries of whatever was not acknowledged
+ * (until 200, to the other instance); then the final primary's stream must hold every event
+ * sent exactly once, and nothing else. */
+static outcome_t settle_and_check(int final_port) {
+    int total = atomic_load(&next_ev);
+    if (total > MAX_SENT) total = MAX_SENT;
+
+    int ok = 0, refused = 0, other = 0;
+    int64_t first_bad = 0, last_bad = 0;
+    for (int n = 0; n < total; n++) {
+        if (sent_ev[n].status == 0) continue; /* taken but not sent when the load stopped */
+        if (sent_ev[n].status == 200) {
+            ok++;
+            continue;
+        }
+        if (sent_ev[n].status == 503)
+            refused++;
+        else
+            other++;
+        if (first_bad == 0 || sent_ev[n].at_ms < first_bad) first_bad = sent_ev[n].at_ms;
+        if (sent_ev[n].at_ms > last_bad) last_bad = sent_ev[n].at_ms;
+    }
+
+    /* Stripe delivers again whatever was not acknowledged: until 200 (to the other instance). */
+    int64_t deadline = th_now_ms() + 20000;
+    int redelivered = 0;
+    for (int n = 0; n < total; n++) {
+        if (sent_ev[n].status == 0 || sent_ev[n].status == 200) continue;
+        char id[96];
+        char *body = make_event(send_tag, n, id, sizeof id);
+        assert_non_null(body);
+        int st;
+        while ((st = post_signed(riv[(n + 1) % 2].port, body, 5000)) != 200 &&
+               th_now_ms() < deadline)
+            nap_ms(50);
+        free(body);
+        if (st != 200) fail_msg("event %s: redelivery answered %d", id, st);
+        redelivered++;
+    }
+
+    /* The final primary's stream: every event sent, exactly once, and nothing else. */
+    tally_t t;
+    stream_tally(final_port, &t);
+    int sent_n = 0;
+    for (int n = 0; n < total; n++) {
+        if (sent_ev[n].status == 0) continue;
+        sent_n++;
+        char id[96];
+        snprintf(id, sizeof id, "evt_topo_%s_%d_%d", send_tag, (int)getpid(), n);
+        int c = tally_of(&t, id);
+        if (c != 1)
+            fail_msg("event %s (first answered %d) is in the stream %d times", id,
+                     sent_ev[n].status, c);
+    }
+    if (t.n != sent_n || t.no_id != 0)
+        fail_msg("%d event ids (+%d entries without one) in the stream, %d events sent", t.n,
+                 t.no_id, sent_n);
+    tally_free(&t);
+
+    outcome_t o = {sent_n, ok, refused, other, redelivered, first_bad, last_bad};
+    return o;
+}
+
 static void failover(void **state) {
     (void)state;
     deploy_up();
@@ -884,16 +973,8 @@ static void failover(void **state) {
      */
     char out[64];
     redis_text(prim.port, out, sizeof out, "DEL %s", STREAM);
-    atomic_store(&next_ev, 0);
-    atomic_store(&stop_send, 0);
-    atomic_store(&acks, 0);
-    atomic_store(&acks_after, 0);
-    atomic_store(&mark_ms, 0);
-    memset(sent_ev, 0, sizeof sent_ev);
-    enum { SENDERS = 4 };
     pthread_t th[SENDERS];
-    for (int k = 0; k < SENDERS; k++)
-        assert_int_equal(pthread_create(&th[k], NULL, sender, NULL), 0);
+    load_begin("fo", th);
 
     /* Under load, the primary dies. */
     int want = 40;
@@ -927,62 +1008,11 @@ static void failover(void **state) {
     want = 40;
     if (!th_eventually(enough_acks, &want, 20000))
         fail_msg("webhooks were not acknowledged after the old primary rejoined");
-    atomic_store(&stop_send, 1);
-    for (int k = 0; k < SENDERS; k++) pthread_join(th[k], NULL);
-    int total = atomic_load(&next_ev);
-    if (total > MAX_SENT) total = MAX_SENT;
-
-    int ok = 0, refused = 0, other = 0;
-    int64_t first_bad = 0, last_bad = 0;
-    for (int n = 0; n < total; n++) {
-        if (sent_ev[n].status == 0) continue; /* taken but not sent when the load stopped */
-        if (sent_ev[n].status == 200) {
-            ok++;
-            continue;
-        }
-        if (sent_ev[n].status == 503)
-            refused++;
-        else
-            other++;
-        if (first_bad == 0 || sent_ev[n].at_ms < first_bad) first_bad = sent_ev[n].at_ms;
-        if (sent_ev[n].at_ms > last_bad) last_bad = sent_ev[n].at_ms;
-    }
-
-    /* Stripe delivers again whatever was not acknowledged: until 200 (to the other instance). */
-    int64_t deadline = th_now_ms() + 20000;
-    int redelivered = 0;
-    for (int n = 0; n < total; n++) {
-        if (sent_ev[n].status == 0 || sent_ev[n].status == 200) continue;
-        char id[96];
-        char *body = make_event("fo", n, id, sizeof id);
-        assert_non_null(body);
-        int st;
-        while ((st = post_signed(riv[(n + 1) % 2].port, body, 5000)) != 200 &&
-               th_now_ms() < deadline)
-            nap_ms(50);
-        free(body);
-        if (st != 200) fail_msg("event %s: redelivery answered %d", id, st);
-        redelivered++;
-    }
-
-    /* The final primary's stream: every event sent, exactly once, and nothing else. */
-    tally_t t;
-    stream_tally(repl.port, &t);
-    int sent_n = 0;
-    for (int n = 0; n < total; n++) {
-        if (sent_ev[n].status == 0) continue;
-        sent_n++;
-        char id[96];
-        snprintf(id, sizeof id, "evt_topo_fo_%d_%d", (int)getpid(), n);
-        int c = tally_of(&t, id);
-        if (c != 1)
-            fail_msg("event %s (first answered %d) is in the stream %d times", id,
-                     sent_ev[n].status, c);
-    }
-    if (t.n != sent_n || t.no_id != 0)
-        fail_msg("%d event ids (+%d entries without one) in the stream, %d events sent", t.n,
-                 t.no_id, sent_n);
-    tally_free(&t);
+    load_end(th);
+    outcome_t o = settle_and_check(repl.port);
+    int sent_n = o.sent, ok = o.ok, refused = o.refused, other = o.other;
+    int redelivered = o.redelivered;
+    int64_t first_bad = o.first_bad, last_bad = o.last_bad;
 
     printf("[ failover ] %d events to 2 instances: %d answered 200, %d refused (503), %d other; "
            "%d redelivered until 200; every one in the new primary's stream exactly once\n",
@@ -1006,12 +1036,63 @@ static void failover(void **state) {
     rivetd_down(&riv[1]);
 }
 
+/* A planned failover (SENTINEL FAILOVER) under load, REDIS_MIN_REPLICAS=0. The old primary stays
+ * up and takes writes until the sentinels make it a replica of the new one, which drops whatever
+ * the new primary did not have. rivetd hears the failover start from the sentinel that runs it
+ * (here the one it would ask last) and acknowledges nothing from then until it is on the new
+ * primary: every 200 is in the new primary's stream, exactly once. */
+static void planned_failover(void **state) {
+    (void)state;
+    deploy_up();
+    int old_port = sentinel_primary(0);
+    node_t *old = old_port == prim.port ? &prim : &repl, *next = old == &prim ? &repl : &prim;
+    if (old_port != prim.port && old_port != repl.port)
+        fail_msg("the sentinels name %d as the primary", old_port);
+    if (!th_eventually(replica_linked, next, 30000)) fail_msg("no replica follows the primary");
+    rivetd_sentinel_up(&riv[0], "0");
+    rivetd_sentinel_up(&riv[1], "0");
+    char out[64];
+    redis_text(old->port, out, sizeof out, "DEL %s", STREAM);
+    pthread_t th[SENDERS];
+    load_begin("pf", th);
+    int want = 40;
+    if (!th_eventually(enough_acks, &want, 15000)) fail_msg("no load before the failover");
+    int64_t t_start = th_now_ms();
+    if (th_redis(sent_port[2], out, sizeof out, "SENTINEL FAILOVER %s", MASTER) != 0 ||
+        strncmp(out, "OK", 2) != 0)
+        fail_msg("SENTINEL FAILOVER: %s", out);
+    moved_t to_next = {next->port};
+    if (!th_eventually(sentinels_moved, &to_next, 20000))
+        fail_msg("the sentinels did not promote the replica");
+    int64_t t_promoted = th_now_ms();
+    if (!th_eventually(rivetd_moved, &to_next, 15000))
+        fail_msg("the instances did not move to the new primary");
+    int64_t t_followed = th_now_ms();
+    atomic_store(&mark_ms, th_now_ms());
+    atomic_store(&acks_after, 0);
+    if (!th_eventually(enough_acks, &want, 20000))
+        fail_msg("webhooks were not acknowledged on the new primary");
+    load_end(th);
+    outcome_t o = settle_and_check(next->port);
+    int heard = log_count(&riv[0], "a failover of") + log_count(&riv[1], "a failover of");
+    printf("[ planned  ] %d events to 2 instances: %d answered 200, %d refused (503), %d other; "
+           "%d redelivered until 200; every one in the new primary's stream exactly once\n",
+           o.sent, o.ok, o.refused, o.other, o.redelivered);
+    printf("[ planned  ] SENTINEL FAILOVER -> promoted: %lld ms; -> both instances on it: %lld ms; "
+           "webhooks refused for %lld ms; %d instances heard the start\n",
+           (long long)(t_promoted - t_start), (long long)(t_followed - t_start),
+           (long long)(o.first_bad ? o.last_bad - o.first_bad : 0), heard);
+    rivetd_down(&riv[0]);
+    rivetd_down(&riv[1]);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(several_instances, teardown),
         cmocka_unit_test_teardown(discovery, teardown),
         cmocka_unit_test_teardown(duplicate_waits, teardown),
         cmocka_unit_test_teardown(failover, teardown),
+        cmocka_unit_test_teardown(planned_failover, teardown),
     };
     /* TOPO_ONLY=<pattern> runs only the matching tests. */
     if (getenv("TOPO_ONLY")) cmocka_set_test_filter(getenv("TOPO_ONLY"));
