@@ -324,6 +324,8 @@ typedef struct node_s {
 
 static node_t prim, repl;
 static th_proc_t sent[3];
+static th_proc_t fake_sent; /* test/fake_sentinel.py */
+static int fake_sent_port;
 static int sent_port[3];
 static int deployed;
 static char sentinels_env[256];
@@ -498,6 +500,7 @@ static int teardown(void **state) {
         }
     th_stop(&fake, SIGTERM, 5000);
     th_stop(&redis1, SIGTERM, 5000);
+    th_stop(&fake_sent, SIGTERM, 5000);
     return 0;
 }
 
@@ -1086,6 +1089,131 @@ static void planned_failover(void **state) {
     rivetd_down(&riv[1]);
 }
 
+/* ---- 6. sentinels that mislead ------------------------------------------------------------- */
+
+/* The fake sentinel, answering host:port for the primary; then rivetd with it first in
+ * REDIS_SENTINELS, the three real ones after it. */
+static void fake_sentinel_first(const char *host, int port) {
+    fake_sent_port = th_free_port();
+    char portarg[16], primary[96];
+    snprintf(portarg, sizeof portarg, "%d", fake_sent_port);
+    snprintf(primary, sizeof primary, "%s:%d", host, port);
+    const char *argv[] = {"python3",   "test/fake_sentinel.py",
+                          "--port",    portarg,
+                          "--master",  MASTER,
+                          "--primary", primary,
+                          NULL};
+    if (th_spawn(&fake_sent, argv, NULL) != 0) fail_msg("cannot start the fake sentinel");
+    if (th_wait_port(fake_sent_port, 10000) != 0) fail_msg("the fake sentinel did not listen");
+    char env_s[256];
+    snprintf(env_s, sizeof env_s,
+             "REDIS_SENTINELS=127.0.0.1:%d,127.0.0.1:%d,127.0.0.1:%d,127.0.0.1:%d", fake_sent_port,
+             sent_port[0], sent_port[1], sent_port[2]);
+    const char *env[] = {env_s,
+                         "REDIS_SENTINEL_MASTER=" MASTER,
+                         "REDIS_MIN_REPLICAS=0",
+                         "RECONCILE_INTERVAL=0",
+                         LOCAL_PRICES,
+                         NULL};
+    rivetd_up(&riv[0], env);
+}
+
+static int other_node(int port) { return port == prim.port ? repl.port : prim.port; }
+
+/* A stale sentinel asked first (it missed a failover) names a replica: ROLE says so, and the
+ * sentinel is asked last from then on, so rivetd reaches the primary the others name. */
+static void stale_sentinel_first(void **state) {
+    (void)state;
+    deploy_up();
+    int primary = sentinel_primary(0);
+    fake_sentinel_first("127.0.0.1", other_node(primary));
+    if (log_count(&riv[0], "is asked last from now on") < 1)
+        fail_msg("the stale sentinel was not moved to the back");
+    char where[64];
+    snprintf(where, sizeof where, "connected to 127.0.0.1:%d", primary);
+    if (log_count(&riv[0], where) < 1) fail_msg("rivetd's log does not say \"%s\"", where);
+    rivetd_down(&riv[0]);
+}
+
+/* A sentinel that names the primary by a host name would have rivetd resolve it on its loop: the
+ * answer is refused, and the next sentinel asked. */
+static void sentinel_host_name(void **state) {
+    (void)state;
+    deploy_up();
+    fake_sentinel_first("redis.invalid", sentinel_primary(0));
+    if (log_count(&riv[0], "by a host name (redis.invalid)") < 1)
+        fail_msg("the host name was not refused");
+    rivetd_down(&riv[0]);
+}
+
+typedef struct announce_s {
+    const char *channel;
+    char msg[128];
+} announce_t;
+
+/* Publish on the fake sentinel; 1 once some rivetd subscription received it. */
+static int announced(void *ud) {
+    announce_t *a = ud;
+    char out[32];
+    if (th_redis(fake_sent_port, out, sizeof out, "FAKE.PUBLISH %s %s", a->channel, a->msg) != 0)
+        return 0;
+    return atoi(out) >= 1;
+}
+
+typedef struct ready_is_s {
+    int status;
+    const char *body_has;
+} ready_is_t;
+
+static int ready_is(void *ud) {
+    ready_is_t *w = ud;
+    th_response_t r;
+    if (th_request(riv[0].port, "GET", "/ready", NULL, NULL, &r) != 0) return 0;
+    int ok = r.status == w->status && (!w->body_has || (r.body && strstr(r.body, w->body_has)));
+    th_response_free(&r);
+    return ok;
+}
+
+static int post_one(const char *tag, int n) {
+    char id[96];
+    char *body = make_event(tag, n, id, sizeof id);
+    assert_non_null(body);
+    int st = post_signed(riv[0].port, body, 10000);
+    free(body);
+    return st;
+}
+
+/* A failover of the primary announced by any sentinel (here the fake one, which runs nothing):
+ * from its start nothing is acknowledged, and /ready says why; when it stops short, webhooks are
+ * taken again. A failover of another address is not rivetd's. */
+static void failover_announced(void **state) {
+    (void)state;
+    deploy_up();
+    int primary = sentinel_primary(0);
+    fake_sentinel_first("127.0.0.1", primary);
+    assert_int_equal(post_one("ann", 0), 200);
+
+    announce_t other = {"+try-failover", ""};
+    snprintf(other.msg, sizeof other.msg, "master " MASTER " 127.0.0.1 %d", other_node(primary));
+    if (!th_eventually(announced, &other, 10000)) fail_msg("rivetd did not subscribe");
+    assert_int_equal(post_one("ann", 1), 200);
+
+    announce_t start = {"+try-failover", ""};
+    snprintf(start.msg, sizeof start.msg, "master " MASTER " 127.0.0.1 %d", primary);
+    assert_true(announced(&start));
+    ready_is_t held = {503, "Redis failover in progress"};
+    if (!th_eventually(ready_is, &held, 5000)) fail_msg("/ready does not say a failover runs");
+    assert_int_equal(post_one("ann", 2), 503);
+
+    announce_t abort_ = {"-failover-abort-not-elected", ""};
+    snprintf(abort_.msg, sizeof abort_.msg, "master " MASTER " 127.0.0.1 %d", primary);
+    assert_true(announced(&abort_));
+    ready_is_t back = {200, NULL};
+    if (!th_eventually(ready_is, &back, 5000)) fail_msg("/ready did not come back");
+    assert_int_equal(post_one("ann", 2), 200);
+    rivetd_down(&riv[0]);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(several_instances, teardown),
@@ -1093,6 +1221,9 @@ int main(void) {
         cmocka_unit_test_teardown(duplicate_waits, teardown),
         cmocka_unit_test_teardown(failover, teardown),
         cmocka_unit_test_teardown(planned_failover, teardown),
+        cmocka_unit_test_teardown(stale_sentinel_first, teardown),
+        cmocka_unit_test_teardown(sentinel_host_name, teardown),
+        cmocka_unit_test_teardown(failover_announced, teardown),
     };
     /* TOPO_ONLY=<pattern> runs only the matching tests. */
     if (getenv("TOPO_ONLY")) cmocka_set_test_filter(getenv("TOPO_ONLY"));
