@@ -119,7 +119,10 @@ void rv_handle_entitlements(rv_request_t *req) {
         if (rc == RV_ENOTFOUND) continue;
         given++;
         if (rc) {
-            rv_verr(&v, "query", names[i], rc == RV_ERANGE ? "Too long" : "Not a valid value",
+            rv_verr(&v, "query", names[i],
+                    rc == RV_ERANGE       ? "Too long"
+                    : rc == RV_EMALFORMED ? "Given more than once"
+                                          : "Not a valid value",
                     "value_error");
             continue;
         }

@@ -600,11 +600,18 @@ void rv_handle_billing_portal(rv_request_t *req) {
     }
     int qc = customer[0] ? 0 : rv_request_query(req, "customer_id", customer, sizeof customer);
     int qs = session[0] ? 0 : rv_request_query(req, "session_id", session, sizeof session);
-    if (qc == RV_ERANGE || qc == RV_EINVAL)
-        rv_verr(&v, "query", "customer_id", qc == RV_ERANGE ? "Too long" : "Not a valid value",
+    static const char *const why[] = {"Too long", "Not a valid value", "Given more than once"};
+    if (qc == RV_ERANGE || qc == RV_EINVAL || qc == RV_EMALFORMED)
+        rv_verr(&v, "query", "customer_id",
+                why[qc == RV_ERANGE   ? 0
+                    : qc == RV_EINVAL ? 1
+                                      : 2],
                 "value_error");
-    if (qs == RV_ERANGE || qs == RV_EINVAL)
-        rv_verr(&v, "query", "session_id", qs == RV_ERANGE ? "Too long" : "Not a valid value",
+    if (qs == RV_ERANGE || qs == RV_EINVAL || qs == RV_EMALFORMED)
+        rv_verr(&v, "query", "session_id",
+                why[qs == RV_ERANGE   ? 0
+                    : qs == RV_EINVAL ? 1
+                                      : 2],
                 "value_error");
     if (v.n) {
         rv_respond_verrs(req, &v);

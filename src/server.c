@@ -321,6 +321,16 @@ int rv_request_query(const rv_request_t *r, const char *name, char *out, size_t 
                 out[k++] = (char)ch;
             }
             out[k] = '\0';
+            /* Given twice, it names nothing: two values, and no rule for which one counts. */
+            for (p = *end ? end + 1 : end; *p;) {
+                const char *e2 = p + strcspn(p, "&");
+                const char *q2 = memchr(p, '=', (size_t)(e2 - p));
+                if ((size_t)((q2 ? q2 : e2) - p) == nl && memcmp(p, name, nl) == 0) {
+                    if (outlen) out[0] = '\0';
+                    return RV_EMALFORMED;
+                }
+                p = *e2 ? e2 + 1 : e2;
+            }
             return 0;
         }
         p = *end ? end + 1 : end;
@@ -558,7 +568,7 @@ static int on_headers_complete(llhttp_t *p) {
     /* A header with an empty value never saw on_header_value: its value offset is still 0. */
     r->headers = calloc(r->nheaders ? r->nheaders : 1, sizeof *r->headers);
     if (r->headers == NULL) return reject(c, 503, "Server out of memory");
-    int hosts = 0, tes = 0;
+    int hosts = 0, tes = 0, auths = 0;
     for (size_t i = 0; i < r->nheaders; i++) {
         size_t *o = &r->hoff[i * 4];
         rv_header_t *h = &r->headers[i];
@@ -572,6 +582,7 @@ static int on_headers_complete(llhttp_t *p) {
             hosts++;
             if (!host_valid(h->value, h->value_len)) return reject(c, 400, "Invalid Host header");
         }
+        if (rv_strieq(h->name, h->name_len, "authorization")) auths++;
         if (rv_strieq(h->name, h->name_len, "content-length")) r->saw_cl = 1;
         if (rv_strieq(h->name, h->name_len, "transfer-encoding")) {
             r->saw_te = 1;
@@ -591,6 +602,9 @@ static int on_headers_complete(llhttp_t *p) {
         }
     }
     if (hosts > 1) return reject(c, 400, "More than one Host header");
+    /* RFC 9110 §11.6.2: one set of credentials; with two, a proxy and rivetd could each take a
+     * different one. */
+    if (auths > 1) return reject(c, 400, "More than one Authorization header");
     if (hosts == 0 && p->http_minor == 1) return reject(c, 400, "Missing Host header");
     if (tes > 1) return reject(c, 400, "More than one Transfer-Encoding header");
     /* RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing. */

@@ -136,7 +136,8 @@ size_t rv_server_input_held(const rv_server_t *s);
 size_t rv_request_header_count(const rv_request_t *r, const char *name);
 
 /* The percent-decoded value of query parameter name into out. Returns 0, RV_ENOTFOUND,
- * RV_ERANGE (does not fit) or RV_EINVAL (decodes to a NUL byte); out is "" on an error. */
+ * RV_ERANGE (does not fit), RV_EINVAL (decodes to a NUL byte) or RV_EMALFORMED (given more than
+ * once); out is "" on an error. */
 int rv_request_query(const rv_request_t *r, const char *name, char *out, size_t outlen);
 
 /* Be told (once) when the client disconnects before the answer; cb should cancel the work and

@@ -906,6 +906,15 @@ static void lookups(void **state) {
     request("GET", q, WRONG_BEARER, NULL, &r);
     assert_detail(&r, 401, NULL, 0);
     th_response_free(&r);
+    /* Two sets of credentials, in either order: neither is taken. */
+    const char *const twice[] = {BEARER WRONG_BEARER, WRONG_BEARER BEARER};
+    for (size_t i = 0; i < RV_ARRAY_LEN(twice); i++) {
+        char detail[128];
+        request("GET", q, twice[i], NULL, &r);
+        assert_detail(&r, 400, detail, sizeof detail);
+        assert_string_equal(detail, "More than one Authorization header");
+        th_response_free(&r);
+    }
 
     /* Exactly one valid parameter. */
     static const struct {
@@ -928,6 +937,9 @@ static void lookups(void **state) {
         {"customer_id=cus_a-b", "customer_id"},
         {"email=nobody", "email"},
         {"email=", "email"},
+        /* Twice, even with the same value: no rule says which counts. */
+        {"customer_id=cus_A1&customer_id=cus_B2", "customer_id"},
+        {"email=a%40example.com&email=a%40example.com", "email"},
     };
     for (size_t i = 0; i < RV_ARRAY_LEN(bad); i++) {
         entitlements(bad[i].query, &r);
