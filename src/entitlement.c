@@ -43,6 +43,7 @@ typedef struct read_s {
     unsigned tries;
     unsigned rounds; /* reads before this one that were not newer than the events */
     char sub_id[RV_PROVISION_ID_MAX + 1];
+    char cust[RV_PROVISION_ID_MAX + 1]; /* the subscription's customer, if known ("") */
 } read_t;
 
 /* A read's answer on its way into Redis. */
@@ -211,6 +212,16 @@ static void on_subscription(void *data, const rv_stripe_result_t *res) {
         read_free(r);
         return;
     }
+    const cJSON *cust = cJSON_GetObjectItemCaseSensitive(res->json, "customer");
+    if (cJSON_IsObject(cust)) cust = cJSON_GetObjectItemCaseSensitive(cust, "id");
+    if (r->cust[0] && (!cJSON_IsString(cust) || strcmp(cust->valuestring, r->cust) != 0)) {
+        /* A subscription never changes customer: not applied to the one the answer names. */
+        static rv_log_limit_t clim = {.what = "entitlement: answers with another customer"};
+        rv_warn_limited(&clim, "entitlement: %s: Stripe answered with another customer than %s",
+                        r->sub_id, r->cust);
+        read_free(r);
+        return;
+    }
     applying_t *a = calloc(1, sizeof *a);
     if (a) {
         a->app = app;
@@ -271,17 +282,23 @@ static void read_settle(rv_app_t *app, const char *sub_id, unsigned rounds) {
     reads_pump(app);
 }
 
-int rv_entitlement_ask_stripe(rv_app_t *app, const char *sub_id) {
+int rv_entitlement_ask_stripe(rv_app_t *app, const char *sub_id, const char *customer_id) {
     if (!rv_provision_is_id(sub_id)) return RV_EINVAL;
+    if (customer_id && customer_id[0] && !rv_provision_is_id(customer_id)) return RV_EINVAL;
     if (app->stripe == NULL || app->queue == NULL || app->stopping) return RV_EUNAVAIL;
-    for (read_t *r = app->reads; r; r = r->next)
-        if (strcmp(r->sub_id, sub_id) == 0) return 0; /* its answer will do for both */
+    for (read_t *r = app->reads; r; r = r->next) {
+        if (strcmp(r->sub_id, sub_id) != 0) continue;
+        /* Its answer will do for both. */
+        if (!r->cust[0] && customer_id) snprintf(r->cust, sizeof r->cust, "%s", customer_id);
+        return 0;
+    }
     if (app->nreads >= MAX_READS) return RV_EUNAVAIL;
     read_t *r = calloc(1, sizeof *r);
     if (r == NULL) return RV_ENOMEM;
     r->app = app;
     r->due = uv_now(app->loop);
     snprintf(r->sub_id, sizeof r->sub_id, "%s", sub_id);
+    snprintf(r->cust, sizeof r->cust, "%s", customer_id ? customer_id : "");
     RV_LIST_PUSH(app->reads, r);
     app->nreads++;
     reads_pump(app);
@@ -313,6 +330,7 @@ typedef struct fulfill_s {
     void *data;
     char session_id[RV_PROVISION_ID_MAX + 1];
     char sub_id[RV_PROVISION_ID_MAX + 1];
+    char cust[RV_PROVISION_ID_MAX + 1];
     rv_app_t *app;
 } fulfill_t;
 
@@ -325,7 +343,7 @@ static void on_fulfilled(void *data, int err, int result, const char *telegram) 
         rv_info("entitlement: %s provisioned from the success page", f->session_id);
     }
     if (!err && (result & RV_ENQ_ASK_STRIPE) && f->sub_id[0])
-        rv_entitlement_ask_stripe(f->app, f->sub_id);
+        rv_entitlement_ask_stripe(f->app, f->sub_id, f->cust);
     f->done(f->data, err, err ? 0 : result & RV_ENQ_MASK, telegram);
     free(f);
 }
@@ -348,6 +366,10 @@ int rv_entitlement_fulfill(rv_app_t *app, const cJSON *session, rv_fulfill_cb do
     if (cJSON_IsString(id)) snprintf(f->session_id, sizeof f->session_id, "%s", id->valuestring);
     if (cJSON_IsString(sub) && rv_provision_is_id(sub->valuestring))
         snprintf(f->sub_id, sizeof f->sub_id, "%s", sub->valuestring);
+    const cJSON *cus = cJSON_GetObjectItemCaseSensitive(session, "customer");
+    if (cJSON_IsObject(cus)) cus = cJSON_GetObjectItemCaseSensitive(cus, "id");
+    if (cJSON_IsString(cus) && rv_provision_is_id(cus->valuestring))
+        snprintf(f->cust, sizeof f->cust, "%s", cus->valuestring);
     char *text = cJSON_PrintUnformatted(session);
     if (text == NULL) {
         free(f);

@@ -20,6 +20,7 @@ typedef struct webhook_ctx_s {
     char event_type[128];
     char reason[128];
     char sub_id[256];
+    char cust_id[256];
 } webhook_ctx_t;
 
 static void answer_ok(rv_request_t *req, const char *event_type) {
@@ -117,7 +118,7 @@ static void on_enqueued(void *data, int err, int result, const char *stream_id) 
         answer_ok(req, ctx->event_type);
         /* The answer is out: Stripe never waits on Stripe. */
         if ((result & RV_ENQ_ASK_STRIPE) && ctx->sub_id[0]) {
-            int rc = rv_entitlement_ask_stripe(app, ctx->sub_id);
+            int rc = rv_entitlement_ask_stripe(app, ctx->sub_id, ctx->cust_id);
             if (rc)
                 rv_warn("webhook: %s: cannot ask Stripe for %s: %s", ctx->event_id, ctx->sub_id,
                         rv_strerror(rc));
@@ -179,6 +180,7 @@ void rv_handle_webhook(rv_request_t *req) {
     memcpy(ctx->event_id, ev.event_id, sizeof ctx->event_id);
     memcpy(ctx->event_type, ev.stripe_type, sizeof ctx->event_type);
     memcpy(ctx->sub_id, ev.subscription_id, sizeof ctx->sub_id);
+    memcpy(ctx->cust_id, ev.customer_id, sizeof ctx->cust_id);
     rc = app->queue ? rv_queue_enqueue(app->queue, &ev, on_enqueued, ctx) : RV_EUNAVAIL;
     rv_prov_event_free(&ev);
     if (rc != 0) {

@@ -255,7 +255,7 @@ static void on_doubts(void *data, int err, const struct redisReply *reply) {
         for (size_t i = 0; i < reply->elements; i++) {
             const struct redisReply *e = reply->element[i];
             if (e->type != REDIS_REPLY_STRING || !rv_provision_is_id(e->str)) continue;
-            if (rv_entitlement_ask_stripe(r->app, e->str) == 0) r->st.doubts++;
+            if (rv_entitlement_ask_stripe(r->app, e->str, NULL) == 0) r->st.doubts++;
         }
         if (r->st.doubts)
             rv_info("reconcile: asking Stripe again for %llu subscriptions left in doubt",
@@ -314,6 +314,7 @@ static void page_done(rv_reconcile_t *r) {
 typedef struct applied_s {
     rv_reconcile_t *r;
     char sub_id[RV_PROVISION_ID_MAX + 1];
+    char cust_id[RV_PROVISION_ID_MAX + 1];
 } applied_t;
 
 static void on_event_applied(void *data, int err, int result, const char *stream_id) {
@@ -326,7 +327,7 @@ static void on_event_applied(void *data, int err, int result, const char *stream
     /* As for a webhook: a subscription not known yet, or a state that ties with one a webhook
      * brought in the same second, is settled by asking Stripe. */
     if (!err && (result & RV_ENQ_ASK_STRIPE) && a->sub_id[0]) {
-        int rc = rv_entitlement_ask_stripe(r->app, a->sub_id);
+        int rc = rv_entitlement_ask_stripe(r->app, a->sub_id, a->cust_id);
         if (rc) rv_warn("reconcile: cannot ask Stripe for %s: %s", a->sub_id, rv_strerror(rc));
     }
     free(a);
@@ -384,6 +385,7 @@ static void apply_event(rv_reconcile_t *r, const cJSON *event) {
         if (a) {
             a->r = r;
             snprintf(a->sub_id, sizeof a->sub_id, "%s", ev.subscription_id);
+            snprintf(a->cust_id, sizeof a->cust_id, "%s", ev.customer_id);
         }
         if (a &&
             rv_queue_apply(app->queue, &ev, RV_APPLY_EVENT, "recovery", on_event_applied, a) == 0) {

@@ -12,10 +12,12 @@
  * an entry "subscription.updated" with source "stripe" follows only when the entitlement
  * changed. What Stripe says is applied only when its Date is later than the second of every
  * event applied to the subscription; otherwise it is read again once that second has passed.
- * At most one read per subscription is in flight, and an ask meanwhile joins it; returns 0, or
- * RV_EUNAVAIL (no Stripe or Redis client, or too many reads in flight) / RV_EINVAL /
- * RV_ENOMEM. */
-int rv_entitlement_ask_stripe(rv_app_t *app, const char *sub_id);
+ * customer_id, when the asker knows it (else NULL or ""), is the customer the subscription must
+ * belong to: an answer about another customer's is not applied (a subscription never changes
+ * customer). At most one read per subscription is in flight, and an ask meanwhile joins it.
+ * Returns 0, or RV_EUNAVAIL (no Stripe or Redis client, or too many reads in flight) /
+ * RV_EINVAL / RV_ENOMEM. */
+int rv_entitlement_ask_stripe(rv_app_t *app, const char *sub_id, const char *customer_id);
 
 /* Reads of Stripe whose answer is awaited now, or not tried yet: waiting for their turn under
  * STRIPE_READS_PER_SEC or for Stripe's second to pass (not those waiting to be tried again

@@ -1909,6 +1909,36 @@ static void stripe_answer_of_another(void **state) {
     assert_true(record_read(cus[0], &rec));
     assert_string_equal(rec.status, "active");
     assert_string_equal(rec.active, "true");
+
+    /* A third customer's own subscription, but named as the victim's (with a status that would
+     * take its access): never applied to the customer the answer names. */
+    char sid3[128], cus3[64], sub3[64], path3[160];
+    session_at_fake("pro", "third", sid3, sizeof sid3);
+    complete(sid3, "paid", cus3, sizeof cus3, sub3, sizeof sub3);
+    snprintf(path3, sizeof path3, "/v1/subscriptions/%s", sub3);
+    cJSON *mine = http_json(fake_p.port, "GET", path3, AUTH MODEL_AGENT, NULL, 200);
+    cJSON_ReplaceItemInObjectCaseSensitive(mine, "customer", cJSON_CreateString(cus[0]));
+    cJSON_ReplaceItemInObjectCaseSensitive(mine, "status", cJSON_CreateString("canceled"));
+    o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "method", "GET");
+    cJSON_AddStringToObject(o, "path", path3);
+    cJSON_AddItemToObject(o, "body", mine);
+    text = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    ctl0("/_fake/override", text);
+    free(text);
+    cJSON_Delete(all);
+    all = fake_events();
+    deliver(&riv[0], nth_event(all, cus3, "checkout.session.completed", 0));
+    snprintf(lp.needle, sizeof lp.needle,
+             "entitlement: %s: Stripe answered with another customer than %s", sub3, cus3);
+    if (!th_eventually(log_says, &lp, 10000)) fail_msg("no line \"%s\" in the log", lp.needle);
+    char field[256];
+    sub_field(cus[0], sub3, field, sizeof field);
+    if (field[0]) fail_msg("the victim's record holds the other subscription: %s", field);
+    assert_true(record_read(cus[0], &rec));
+    assert_string_equal(rec.status, "active");
+    assert_string_equal(rec.active, "true");
     cJSON_Delete(all);
 }
 
