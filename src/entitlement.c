@@ -118,9 +118,13 @@ static int apply_object(rv_app_t *app, const cJSON *obj, const char *as_type, in
     return rc;
 }
 
-/* How far Stripe's Date may be from this clock and still be believed (the webhook signature's
- * tolerance: a clock further off fails signatures too). */
-#define DATE_SKEW_S 300
+/* How far Stripe's Date may be behind this clock and still be believed (the webhook signature's
+ * tolerance: a clock further off fails signatures too), and how far ahead. Ahead is what does
+ * harm: a read counted as newer than it is outranks the subscription's events until then, and a
+ * cancellation among them would be taken as older news. Stripe's clock and a machine kept by NTP
+ * agree to well within a second; a Date further ahead than this is not Stripe's clock. */
+#define DATE_SKEW_S  300
+#define DATE_AHEAD_S 10
 
 /* Reads a millisecond this worker may start: its share of the instance's rate. */
 static double reads_per_ms(const rv_app_t *app) {
@@ -231,10 +235,9 @@ static void on_subscription(void *data, const rv_stripe_result_t *res) {
     char reason[128] = "";
     /* The read is as new as Stripe's clock says (its Date header), so that it compares with
      * events' created, which are Stripe's too; rivetd's own clock when there is none, or when
-     * the two differ by more than a signature's tolerance: a Date far ahead would outrank
-     * every later event of the subscription for good. */
+     * the two differ by more than a signature's tolerance behind or DATE_AHEAD_S ahead. */
     int64_t now = (int64_t)time(NULL), version = res->date ? res->date : now;
-    if (version > now + DATE_SKEW_S || version < now - DATE_SKEW_S) {
+    if (version > now + DATE_AHEAD_S || version < now - DATE_SKEW_S) {
         static rv_log_limit_t dlim = {.what = "entitlement: Stripe's Date far from the clock"};
         rv_warn_limited(&dlim,
                         "entitlement: %s: Stripe's Date (%lld) is %lld s from this clock; the read "
