@@ -19,12 +19,13 @@ void rv_handle_ready(rv_request_t *req) {
         rv_respond_json(req, 200, body, sizeof body - 1, NULL);
         return;
     }
-    const char *why = app->stopping ? "Shutting down"
-                      : app->queue && rv_queue_failing_over(app->queue)
-                          ? "Redis failover in progress"
-                      : app->queue && rv_queue_refusing(app->queue) ? "Redis refuses writes"
-                      : !redis                                      ? "Redis unavailable"
-                                                                    : "Configuration not loaded";
+    const char *why =
+        app->stopping                                     ? "Shutting down"
+        : app->queue && rv_queue_failing_over(app->queue) ? "Redis failover in progress"
+        : app->queue && rv_queue_refusing(app->queue)     ? "Redis refuses writes"
+        : app->queue && rv_queue_unconfirmed(app->queue)  ? "Redis replicas do not confirm writes"
+        : !redis                                          ? "Redis unavailable"
+                                                          : "Configuration not loaded";
     rv_respond_error(req, 503, why, "Retry-After: 1\r\n");
 }
 

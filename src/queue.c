@@ -164,9 +164,10 @@ struct rv_queue_s {
     int ready;
     int closing;
     char sha[48];
-    uint64_t refused_at;    /* loop time of the last write Redis refused (0: none since a store) */
-    uint64_t failover_at;   /* loop time a failover of our primary was announced (0: none) */
-    char failover_host[64]; /* the primary being failed over */
+    uint64_t refused_at;     /* loop time of the last write Redis refused (0: none since a store) */
+    uint64_t unconfirmed_at; /* loop time WAIT last fell short (0: none since one that did not) */
+    uint64_t failover_at;    /* loop time a failover of our primary was announced (0: none) */
+    char failover_host[64];  /* the primary being failed over */
     int failover_port;
 
     uv_timer_t reconnect_timer;
@@ -812,6 +813,8 @@ static void on_wait_reply(redisAsyncContext *ac, void *r, void *privdata) {
         return;
     }
     if (reply->type != REDIS_REPLY_INTEGER || reply->integer < (long long)q->min_replicas) {
+        q->unconfirmed_at = uv_now(q->loop);
+        if (q->unconfirmed_at == 0) q->unconfirmed_at = 1;
         rv_warn_limited(&lim,
                         "redis: %lld of %u replicas confirmed within %s ms: the event is not "
                         "acknowledged",
@@ -820,6 +823,7 @@ static void on_wait_reply(redisAsyncContext *ac, void *r, void *privdata) {
         cmd_finish(c, RV_EUNAVAIL, 0, NULL);
         return;
     }
+    q->unconfirmed_at = 0;
     if (c->fulfill_cb && !q->closing) {
         c->fulfill_cb(c->data, 0, c->result, c->telegram);
         free(c);
@@ -1374,7 +1378,11 @@ int rv_queue_init(uv_loop_t *loop, const rv_queue_opts_t *opts, rv_queue_t **out
 }
 
 int rv_queue_ready(const rv_queue_t *q) {
-    return q && q->ready && !rv_queue_refusing(q) && !failover_held(q);
+    return q && q->ready && !rv_queue_refusing(q) && !rv_queue_unconfirmed(q) && !failover_held(q);
+}
+
+int rv_queue_unconfirmed(const rv_queue_t *q) {
+    return q && q->ready && q->unconfirmed_at && uv_now(q->loop) - q->unconfirmed_at < REFUSED_MS;
 }
 
 int rv_queue_failing_over(const rv_queue_t *q) { return q && failover_held(q); }

@@ -99,12 +99,16 @@ int rv_queue_watching(const rv_queue_t *q);
 int rv_queue_init(uv_loop_t *loop, const rv_queue_opts_t *opts, rv_queue_t **out);
 
 /* 1 when connected, the script is loaded and Redis takes writes: not within 5 s of a write it
- * refused (out of memory, a read-only replica, MISCONF, NOREPLICAS) unless a write was stored
- * since, and not while a failover of the primary runs. */
+ * refused (out of memory, a read-only replica, MISCONF, NOREPLICAS) or replicas did not confirm
+ * unless a write was stored (confirmed) since, and not while a failover of the primary runs. */
 int rv_queue_ready(const rv_queue_t *q);
 
 /* 1 when connected but Redis refused a write within the last 5 s and took none since. */
 int rv_queue_refusing(const rv_queue_t *q);
+
+/* 1 when connected, with REDIS_MIN_REPLICAS, but WAIT fell short within the last 5 s and no
+ * write was confirmed since. */
+int rv_queue_unconfirmed(const rv_queue_t *q);
 
 /* 1 while a sentinel's announced failover of the primary runs (from +try-failover until rivetd
  * is on another primary, the failover stops short, or 60 s): nothing is applied or

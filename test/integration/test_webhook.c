@@ -1188,6 +1188,53 @@ static void test_ready_when_redis_refuses_writes(void **state) {
     rivetd_stop_clean(&W.xrivetd);
 }
 
+typedef struct linked_s {
+    int replica_port;
+} linked_t;
+
+static int replica_up(void *ud) {
+    const linked_t *l = ud;
+    char out[4096];
+    if (th_redis(l->replica_port, out, sizeof out, "INFO %s", "replication") != 0) return 0;
+    return strstr(out, "master_link_status:up") != NULL;
+}
+
+/* With REDIS_MIN_REPLICAS and no replica to confirm, every webhook is refused: /ready says so,
+ * so that the edge stops routing webhooks to an instance that cannot take them; a replica that
+ * comes makes the next webhook confirmed and the instance ready again. */
+static void test_ready_when_replicas_do_not_confirm(void **state) {
+    RV_UNUSED(state);
+    assert_int_equal(th_redis_start(&W.xredis), 0);
+    int port = W.xredis.port;
+    const char *extra[] = {"REDIS_MIN_REPLICAS=1", "REDIS_TIMEOUT_MS=400", NULL};
+    assert_int_equal(rivetd_start(&W.xrivetd, port, extra), 0);
+    wait_ready(&W.xrivetd, 200);
+    char id[64];
+    fresh_id(id, sizeof id, "unconfirmed");
+    cJSON *ev = load_event("customer.subscription.created", id, -1);
+    char *body = event_text(ev);
+    th_response_t r;
+    post_signed(W.xrivetd.port, TH_WEBHOOK_SECRET, body, &r);
+    expect_detail(&r, 503, "Provisioning queue unavailable; retry later");
+    th_request(W.xrivetd.port, "GET", "/ready", NULL, NULL, &r);
+    expect_detail(&r, 503, "Redis replicas do not confirm writes");
+
+    th_proc_t replica = {0};
+    assert_int_equal(th_redis_start(&replica), 0);
+    char out[256];
+    assert_int_equal(th_redis(replica.port, out, sizeof out, "REPLICAOF 127.0.0.1 %d", port), 0);
+    linked_t l = {replica.port};
+    if (!th_eventually(replica_up, &l, 10000)) fail_msg("the replica did not sync");
+    post_signed(W.xrivetd.port, TH_WEBHOOK_SECRET, body, &r);
+    expect_ok(&r, "customer.subscription.created");
+    th_request(W.xrivetd.port, "GET", "/ready", NULL, NULL, &r);
+    assert_int_equal(r.status, 200);
+    th_response_free(&r);
+    free(body);
+    rivetd_stop_clean(&W.xrivetd);
+    th_stop(&replica, SIGTERM, STOP_MS);
+}
+
 /* The sample key's value in the admin listener's /metrics, 0 when absent. */
 static double metric_value(int admin_port, const char *key) {
     th_response_t r;
@@ -1617,6 +1664,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_signed_non_event_dead_lettered, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dead_letter_redis_down, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ready_when_redis_refuses_writes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ready_when_replicas_do_not_confirm, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dead_letter_metric, setup, teardown),
         cmocka_unit_test_setup_teardown(test_redis_down_then_back, setup, teardown),
         cmocka_unit_test_setup_teardown(test_redis_slower_than_timeout, setup, teardown),
