@@ -1085,6 +1085,9 @@ static void planned_failover(void **state) {
            "webhooks refused for %lld ms; %d instances heard the start\n",
            (long long)(t_promoted - t_start), (long long)(t_followed - t_start),
            (long long)(o.first_bad ? o.last_bad - o.first_bad : 0), heard);
+    /* The old primary, alive all along, is made a replica of the new one. */
+    if (!th_eventually(replica_linked, old, 30000))
+        fail_msg("the old primary did not become a replica");
     rivetd_down(&riv[0]);
     rivetd_down(&riv[1]);
 }
@@ -1126,6 +1129,10 @@ static void stale_sentinel_first(void **state) {
     (void)state;
     deploy_up();
     int primary = sentinel_primary(0);
+    /* The other node is a replica by now (after a failover, the sentinels convert the old
+     * primary a few seconds later). */
+    node_t *other = other_node(primary) == prim.port ? &prim : &repl;
+    if (!th_eventually(replica_linked, other, 30000)) fail_msg("the other node is no replica");
     fake_sentinel_first("127.0.0.1", other_node(primary));
     if (log_count(&riv[0], "is asked last from now on") < 1)
         fail_msg("the stale sentinel was not moved to the back");
