@@ -447,6 +447,7 @@ static void on_script_load(redisAsyncContext *ac, void *r, void *privdata) {
         rv_warn("redis: on the new primary %s: webhooks are taken again", q->where);
         q->failover_at = 0;
     }
+    q->watch_off = 0; /* another connection, perhaps another server: it may watch */
     if (q->readies++ == 0) {
         rv_info("redis: connected to %s", q->where);
     } else {
@@ -656,12 +657,27 @@ static void watch_drop(rv_queue_t *q) {
     }
 }
 
-/* The watch cannot work on this Redis: say why once, and look everything up in Redis. */
+/* The watch was refused. For a while (Redis busy with a script, loading its data, a replica
+ * cut off from its primary): try again later. For good (a Redis too old to track keys, a user
+ * not allowed to): say why once, and look everything up in Redis until the next connection. */
 static void watch_refused(rv_queue_t *q, redisAsyncContext *ac, const char *what,
                           const redisReply *reply) {
+    static const char *const passing[] = {"BUSY", "LOADING", "TRYAGAIN", "MASTERDOWN"};
     if (ac->data != q) return;
+    const char *err = reply && reply->type == REDIS_REPLY_ERROR ? reply->str : NULL;
+    for (size_t i = 0; err && i < RV_ARRAY_LEN(passing); i++) {
+        size_t n = strlen(passing[i]);
+        if (strncmp(err, passing[i], n) == 0 && (err[n] == ' ' || err[n] == '\0')) {
+            rv_info("redis: look-ups are not cached for now: %s refused by %s: %.200s; trying "
+                    "again",
+                    what, q->where, err);
+            watch_drop(q);
+            watch_retry(q);
+            return;
+        }
+    }
     rv_info("redis: look-ups are not cached: %s refused by %s: %.200s", what, q->where,
-            reply && reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected answer");
+            err ? err : "unexpected answer");
     q->watch_off = 1;
     watch_drop(q);
 }

@@ -1084,6 +1084,43 @@ static void lookup_cache(void **state) {
     expect_answer("customer_id=cus_C1", 404, NULL, 2000);
 }
 
+static int gone(void *ud) { return !th_alive(ud); }
+
+/* Redis busy with a long script (BUSY to everything else) when the listening connection comes
+ * back: a refusal that passes, not a Redis that cannot listen. Look-ups are answered from
+ * memory again once Redis is free. */
+static void lookup_cache_after_busy(void **state) {
+    const char *one = "{\"customer_id\":\"cus_B1\",\"n\":1}";
+    redis_do("HSET rivet:customer:%s ent %s", "cus_B1", one, NULL);
+    start_rivetd(NULL);
+    const char *q = "customer_id=cus_B1";
+    expect_answer(q, 200, one, TO);
+    if (!th_eventually(cached_now, (void *)q, TO)) fail_msg("look-ups are never cached");
+    redis_do("CONFIG SET busy-reply-threshold %s", "100", NULL, NULL);
+    redis_do("CLIENT KILL TYPE %s", "pubsub", NULL, NULL);
+    /* Busy for 3 s: the watch is tried again a second after it was lost. */
+    char port[16];
+    snprintf(port, sizeof port, "%d", redis.port);
+    const char *argv[] = {"redis-cli",
+                          "-p",
+                          port,
+                          "EVAL",
+                          "local s = tonumber(redis.call('TIME')[1]) "
+                          "while tonumber(redis.call('TIME')[1]) - s < 3 do end return 1",
+                          "0",
+                          NULL};
+    th_proc_t busy = {0};
+    if (th_spawn(&busy, argv, NULL) != 0) fail_msg("cannot start redis-cli");
+    if (!th_eventually(gone, &busy, 10000)) fail_msg("the busy script did not end");
+    th_stop(&busy, SIGKILL, 1000);
+    redis_do("CONFIG SET busy-reply-threshold %s", "5000", NULL, NULL);
+    if (!th_eventually(cached_now, (void *)q, 5000))
+        fail_msg("look-ups are not cached again after Redis was busy");
+    const char *two = "{\"customer_id\":\"cus_B1\",\"n\":2}";
+    redis_do("HSET rivet:customer:%s ent %s", "cus_B1", two, NULL);
+    expect_answer(q, 200, two, 2000);
+}
+
 /* ENTITLEMENT_CACHE=0: every look-up asks Redis. */
 static void lookup_cache_off(void **state) {
     redis_do("HSET rivet:customer:%s ent %s", "cus_C1", "{\"n\":1}", NULL);
@@ -1285,6 +1322,7 @@ int main(void) {
         T(lookups),
         T(acl_user),
         T(lookup_cache),
+        T(lookup_cache_after_busy),
         T(lookup_cache_off),
         T(portal_by_telegram_user),
         T(checkout_link_max_age),
