@@ -195,6 +195,26 @@ static void clock_advance(long long s) {
     ctl0("/_fake/clock", b);
 }
 
+/* The next read of path at the fake is answered with body (taken), dated at Unix time date
+ * (0: the fake's clock), as a broken or hostile Stripe might. */
+static void answer_next_read(const char *path, cJSON *body, long long date) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "method", "GET");
+    cJSON_AddStringToObject(o, "path", path);
+    cJSON_AddItemToObject(o, "body", body);
+    if (date) {
+        char d[64];
+        time_t tt = (time_t)date;
+        struct tm tm;
+        strftime(d, sizeof d, "%a, %d %b %Y %H:%M:%S GMT", gmtime_r(&tt, &tm));
+        cJSON_AddStringToObject(cJSON_AddObjectToObject(o, "headers"), "Date", d);
+    }
+    char *text = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    ctl0("/_fake/override", text);
+    free(text);
+}
+
 static const char *const TIERS[3] = {"basic", "pro", "enterprise"};
 
 static const char *price_of(const char *tier) {
@@ -1507,23 +1527,10 @@ static void stripe_date_bounded(void **state) {
     complete(sid, "paid", cus, sizeof cus, sub, sizeof sub);
     char path[160];
     snprintf(path, sizeof path, "/v1/subscriptions/%s", sub);
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "method", "GET");
-    cJSON_AddStringToObject(o, "path", path);
-    cJSON_AddItemToObject(o, "body",
-                          http_json(fake_p.port, "GET", path, AUTH MODEL_AGENT, NULL, 200));
     /* Four minutes ahead: within a signature's tolerance, far more than clocks kept by NTP
      * differ. */
-    char date[64];
-    time_t ahead = time(NULL) + 240;
-    struct tm tm;
-    strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", gmtime_r(&ahead, &tm));
-    cJSON *h = cJSON_AddObjectToObject(o, "headers");
-    cJSON_AddStringToObject(h, "Date", date);
-    char *text = cJSON_PrintUnformatted(o);
-    cJSON_Delete(o);
-    ctl0("/_fake/override", text);
-    free(text);
+    answer_next_read(path, http_json(fake_p.port, "GET", path, AUTH MODEL_AGENT, NULL, 200),
+                     (long long)time(NULL) + 240);
 
     /* The checkout comes first: the subscription is unknown, so rivetd reads it. */
     cJSON *all = fake_events();
@@ -1607,19 +1614,7 @@ static void read_same_second_as_later_event(void **state) {
     cJSON *between = http_json(fake_p.port, "GET", path, AUTH MODEL_AGENT, NULL, 200);
     sub_do(sub, "change_plan", "{\"price\": \"" TH_PRICE_PRO "\"}");
 
-    char date[64];
-    time_t tt = (time_t)(t + 1);
-    struct tm tm;
-    strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", gmtime_r(&tt, &tm));
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "method", "GET");
-    cJSON_AddStringToObject(o, "path", path);
-    cJSON_AddItemToObject(o, "body", between);
-    cJSON_AddStringToObject(cJSON_AddObjectToObject(o, "headers"), "Date", date);
-    char *text = cJSON_PrintUnformatted(o);
-    cJSON_Delete(o);
-    ctl0("/_fake/override", text);
-    free(text);
+    answer_next_read(path, between, t + 1);
     ctl0("/_fake/config", "{\"latency_ms\": 1500}");
 
     all = fake_events();
@@ -1900,14 +1895,7 @@ static void stripe_answer_of_another(void **state) {
     for (int i = 0; i < 2; i++) snprintf(path[i], sizeof path[i], "/v1/subscriptions/%s", sub[i]);
     cJSON *victim = http_json(fake_p.port, "GET", path[0], AUTH MODEL_AGENT, NULL, 200);
     cJSON_ReplaceItemInObjectCaseSensitive(victim, "status", cJSON_CreateString("canceled"));
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "method", "GET");
-    cJSON_AddStringToObject(o, "path", path[1]);
-    cJSON_AddItemToObject(o, "body", victim);
-    char *text = cJSON_PrintUnformatted(o);
-    cJSON_Delete(o);
-    ctl0("/_fake/override", text);
-    free(text);
+    answer_next_read(path[1], victim, 0);
     deliver(&riv[0], nth_event(all, cus[1], "checkout.session.completed", 0));
     log_probe_t lp = {&riv[0], ""};
     snprintf(lp.needle, sizeof lp.needle,
@@ -1926,14 +1914,7 @@ static void stripe_answer_of_another(void **state) {
     cJSON *mine = http_json(fake_p.port, "GET", path3, AUTH MODEL_AGENT, NULL, 200);
     cJSON_ReplaceItemInObjectCaseSensitive(mine, "customer", cJSON_CreateString(cus[0]));
     cJSON_ReplaceItemInObjectCaseSensitive(mine, "status", cJSON_CreateString("canceled"));
-    o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "method", "GET");
-    cJSON_AddStringToObject(o, "path", path3);
-    cJSON_AddItemToObject(o, "body", mine);
-    text = cJSON_PrintUnformatted(o);
-    cJSON_Delete(o);
-    ctl0("/_fake/override", text);
-    free(text);
+    answer_next_read(path3, mine, 0);
     cJSON_Delete(all);
     all = fake_events();
     deliver(&riv[0], nth_event(all, cus3, "checkout.session.completed", 0));
