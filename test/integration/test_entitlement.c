@@ -838,6 +838,7 @@ static cJSON *fixed_op(life_t *l, cJSON *snap, const char *op, const char *body)
 static const stream_t *conv_stream;
 static life_t *conv_lives;
 static char conv_why[700];
+static unsigned conv_must_ask; /* lives whose tie must have been read from Stripe */
 
 static int all_agree(void *ud) {
     const cJSON *mapped_ids = ud; /* per life: an array of the mapped event ids delivered */
@@ -858,6 +859,14 @@ static int all_agree(void *ud) {
     }
     stream_free(&s);
     conv_stream = NULL;
+    /* Reads of Stripe are paced: the ties are settled once each was read. */
+    for (int i = 0; i < LIVES && ok; i++) {
+        if ((conv_must_ask >> i & 1) && rivetd_reads_of(conv_lives[i].sub) == 0) {
+            snprintf(conv_why, sizeof conv_why, "%s: its tie was not read from Stripe",
+                     conv_lives[i].cus);
+            ok = 0;
+        }
+    }
     return ok;
 }
 
@@ -987,6 +996,7 @@ static void model_lifecycles(void **state) {
     free(plan);
 
     conv_lives = lives;
+    conv_must_ask = must_ask;
     if (!th_eventually(all_agree, mapped_ids, 15000)) {
         dump_lives(lives);
         fail_msg("seed %llu: not converged: %s", seed, conv_why);
