@@ -189,7 +189,10 @@ struct rv_queue_s {
     redisAsyncContext *wac; /* the watch connection, or NULL */
     int watching;           /* subscribed: every change to a watched key will be told */
     int watch_off;          /* this Redis cannot watch (too old, or not allowed): stop trying */
-    uv_timer_t watch_timer; /* the next try of the watch connection */
+    uv_timer_t watch_timer; /* the next try of the watch connection, or the next probe */
+    char probe_key[48];     /* rivet:watch:<the watch connection's id> */
+    uint64_t probe_sent;    /* loop time of the probe not told of yet (0: none) */
+    unsigned probe_seq;
 
     void (*done)(void *data);
     void *done_data;
@@ -628,10 +631,43 @@ retry:
 /* ---- the watch ------------------------------------------------------------------------- */
 
 #define WATCH_RETRY_MS 1000
+/* A connection that only listens can die without a word (a NAT or a firewall that forgets it):
+ * every WATCH_PROBE_MS the queue writes a key of the watch's own, which the watch must tell of
+ * within a command's timeout; one that does not is connected again, and the cache emptied. The
+ * probe also keeps the connection from looking idle to whatever is in between. */
+#define WATCH_PROBE_MS 2000
+
+static void watch_silent(rv_queue_t *q);
+
+/* A probe Redis refused (an ACL without the key, out of memory) says nothing of the watch. */
+static void on_probe_reply(redisAsyncContext *ac, void *r, void *privdata) {
+    rv_queue_t *q = privdata;
+    redisReply *reply = r;
+    if (ac->data != q || reply == NULL || reply->type != REDIS_REPLY_ERROR) return;
+    static rv_log_limit_t lim = {.what = "redis: probes of the watch refused"};
+    rv_warn_limited(&lim, "redis: the probe of the watch (SET %s) was refused: %.200s",
+                    q->probe_key, reply->str);
+    q->probe_sent = 0;
+}
 
 static void on_watch_timer(uv_timer_t *t) {
     rv_queue_t *q = t->data;
-    watch_start(q);
+    if (!q->wac || !q->watching) {
+        watch_start(q);
+        return;
+    }
+    uint64_t now = uv_now(q->loop);
+    if (q->probe_sent) {
+        if (now - q->probe_sent >= q->timeout_ms + WATCH_PROBE_MS) {
+            watch_silent(q);
+            return;
+        }
+    } else if (q->ready && q->ac &&
+               redisAsyncCommand(q->ac, on_probe_reply, q, "SET %s %u PX 60000", q->probe_key,
+                                 ++q->probe_seq) == REDIS_OK) {
+        q->probe_sent = now ? now : 1;
+    }
+    uv_timer_start(&q->watch_timer, on_watch_timer, WATCH_PROBE_MS, 0);
 }
 
 static void watch_retry(rv_queue_t *q) {
@@ -682,6 +718,18 @@ static void watch_refused(rv_queue_t *q, redisAsyncContext *ac, const char *what
     watch_drop(q);
 }
 
+/* The watch told nothing of the last probe in time: connected again, and the cache emptied
+ * meanwhile (watch_drop). */
+static void watch_silent(rv_queue_t *q) {
+    static rv_log_limit_t lim = {.what = "redis: the watch of look-ups went silent"};
+    rv_warn_limited(&lim,
+                    "redis: the connection that listens to %s told nothing of a write in %llu ms; "
+                    "connecting it again",
+                    q->where, (unsigned long long)(uv_now(q->loop) - q->probe_sent));
+    watch_drop(q);
+    watch_retry(q);
+}
+
 static void on_watch_message(redisAsyncContext *ac, void *r, void *privdata) {
     rv_queue_t *q = privdata;
     redisReply *reply = r;
@@ -693,16 +741,23 @@ static void on_watch_message(redisAsyncContext *ac, void *r, void *privdata) {
     }
     if (strcmp(reply->element[0]->str, "subscribe") == 0) {
         q->watching = 1;
+        q->probe_sent = 0;
         if (q->inval_cb) q->inval_cb(q->inval_data, NULL, 0);
         rv_debug("redis: watching the look-ups' keys on %s", q->where);
+        uv_timer_start(&q->watch_timer, on_watch_timer, WATCH_PROBE_MS, 0);
         return;
     }
     if (strcmp(reply->element[0]->str, "message") != 0 || !q->inval_cb) return;
     const redisReply *keys = reply->element[2];
     if (keys->type == REDIS_REPLY_ARRAY) {
-        for (size_t i = 0; i < keys->elements; i++)
-            if (keys->element[i]->type == REDIS_REPLY_STRING)
-                q->inval_cb(q->inval_data, keys->element[i]->str, keys->element[i]->len);
+        for (size_t i = 0; i < keys->elements; i++) {
+            const redisReply *k = keys->element[i];
+            if (k->type != REDIS_REPLY_STRING) continue;
+            if (strcmp(k->str, q->probe_key) == 0)
+                q->probe_sent = 0; /* told: the watch works */
+            else
+                q->inval_cb(q->inval_data, k->str, k->len);
+        }
     } else {
         /* nil: the database was flushed. */
         q->inval_cb(q->inval_data, NULL, 0);
@@ -729,11 +784,12 @@ static void on_watch_id(redisAsyncContext *ac, void *r, void *privdata) {
         watch_refused(q, ac, "CLIENT ID", reply);
         return;
     }
+    snprintf(q->probe_key, sizeof q->probe_key, "rivet:watch:%lld", reply->integer);
     /* Broadcast mode: every change to keys under these prefixes is told, read or not, so that
      * nothing depends on which connection read what. */
     if (redisAsyncCommand(ac, on_watch_tracking, q,
                           "CLIENT TRACKING ON REDIRECT %lld BCAST PREFIX rivet:customer: "
-                          "PREFIX rivet:tg:user: PREFIX rivet:email:",
+                          "PREFIX rivet:tg:user: PREFIX rivet:email: PREFIX rivet:watch:",
                           reply->integer) != REDIS_OK)
         watch_refused(q, ac, "CLIENT TRACKING", NULL);
 }

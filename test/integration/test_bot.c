@@ -19,6 +19,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
@@ -44,6 +45,7 @@
 static th_proc_t fake;
 static th_proc_t redis;
 static th_proc_t rivetd;
+static th_proc_t proxy; /* test/tcp_proxy.py */
 static char api_base_env[64];
 static char redis_url_env[64];
 
@@ -199,6 +201,7 @@ static int setup(void **state) {
 /* Per test: rivetd stops on SIGTERM with status 0 (a sanitizer report makes it non-zero); its
  * log holds neither the API token nor a start token (a one-time credential). */
 static int teardown(void **state) {
+    if (proxy.pid > 0) th_stop(&proxy, SIGTERM, 5000);
     if (rivetd.pid <= 0) return 0;
     int st = th_stop(&rivetd, SIGTERM, 10000);
     char *log = slurp(rivetd.log_path);
@@ -1121,6 +1124,58 @@ static void lookup_cache_after_busy(void **state) {
     expect_answer(q, 200, two, 2000);
 }
 
+/* One line to the proxy's control port; its one-line answer into out. */
+static void proxy_say(int port, const char *line, char *out, size_t n) {
+    int fd = th_connect(port);
+    if (fd < 0 || th_send_str(fd, line) != 0) fail_msg("the proxy's control port: no answer");
+    ssize_t k = recv(fd, out, n - 1, 0);
+    close(fd);
+    if (k <= 0) fail_msg("the proxy said nothing to %s", line);
+    out[k] = '\0';
+    out[strcspn(out, "\n")] = '\0';
+}
+
+/* The connection that listens goes silent (a NAT or a firewall that forgot it: nothing passes,
+ * nothing is closed). rivetd writes a key of its own every 2 s and the watch must tell of it; a
+ * watch that does not is connected again and the cache emptied, so a change shows within
+ * seconds, not the minute a cached answer may live. */
+static void lookup_cache_silent_watch(void **state) {
+    const char *one = "{\"customer_id\":\"cus_S1\",\"n\":1}";
+    redis_do("HSET rivet:customer:%s ent %s", "cus_S1", one, NULL);
+    int pport = th_free_port(), cport = th_free_port();
+    char listen[16], to[32], control[16];
+    snprintf(listen, sizeof listen, "%d", pport);
+    snprintf(to, sizeof to, "127.0.0.1:%d", redis.port);
+    snprintf(control, sizeof control, "%d", cport);
+    const char *argv[] = {"python3", "test/tcp_proxy.py", "--listen", listen, "--to",
+                          to,        "--control",         control,    NULL};
+    if (th_spawn(&proxy, argv, NULL) != 0) fail_msg("cannot start the proxy");
+    /* The control port opens after the forwarding one (a probe of the latter would count as a
+     * connection). */
+    if (th_wait_port(cport, 10000) != 0) fail_msg("the proxy did not listen");
+    char url[96];
+    snprintf(url, sizeof url, "REDIS_URL=redis://127.0.0.1:%d/0", pport);
+    const char *env[] = {url, "RECONCILE_INTERVAL=0", NULL};
+    start_rivetd(env);
+    const char *q = "customer_id=cus_S1";
+    expect_answer(q, 200, one, TO);
+    if (!th_eventually(cached_now, (void *)q, TO)) fail_msg("look-ups are never cached");
+    char out[64];
+    proxy_say(cport, "COUNT\n", out, sizeof out);
+    if (strcmp(out, "2") != 0) fail_msg("%s connections through the proxy, not 2", out);
+    /* The second, opened once the first was ready, is the one that listens. */
+    proxy_say(cport, "SILENCE 2\n", out, sizeof out);
+    assert_string_equal(out, "OK");
+    const char *two = "{\"customer_id\":\"cus_S1\",\"n\":2}";
+    redis_do("HSET rivet:customer:%s ent %s", "cus_S1", two, NULL);
+    expect_answer(q, 200, two, 10000);
+    /* Listening again, through a new connection. */
+    if (!th_eventually(cached_now, (void *)q, 10000)) fail_msg("not cached again");
+    const char *three = "{\"customer_id\":\"cus_S1\",\"n\":3}";
+    redis_do("HSET rivet:customer:%s ent %s", "cus_S1", three, NULL);
+    expect_answer(q, 200, three, 2000);
+}
+
 /* ENTITLEMENT_CACHE=0: every look-up asks Redis. */
 static void lookup_cache_off(void **state) {
     redis_do("HSET rivet:customer:%s ent %s", "cus_C1", "{\"n\":1}", NULL);
@@ -1323,9 +1378,12 @@ int main(void) {
         T(acl_user),
         T(lookup_cache),
         T(lookup_cache_after_busy),
+        T(lookup_cache_silent_watch),
         T(lookup_cache_off),
         T(portal_by_telegram_user),
         T(checkout_link_max_age),
     };
+    /* BOT_ONLY=<pattern> runs only the matching tests. */
+    if (getenv("BOT_ONLY")) cmocka_set_test_filter(getenv("BOT_ONLY"));
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
