@@ -104,11 +104,24 @@ static void route_read(rv_request_t *r) {
     const char *host = rv_request_header(r, "host", &n);
     size_t hosts = rv_request_header_count(r, "host");
     FUZZ_CHECK((host == NULL) == (hosts == 0));
+    /* One set of credentials at most: two are refused before any handler. */
+    FUZZ_CHECK(rv_request_header_count(r, "authorization") <= 1);
     char a[64], sid[300];
     int qa = rv_request_query(r, "a", a, sizeof a);
-    FUZZ_CHECK(qa == 0 || qa == RV_ENOTFOUND || qa == RV_ERANGE || qa == RV_EINVAL);
+    FUZZ_CHECK(qa == 0 || qa == RV_ENOTFOUND || qa == RV_ERANGE || qa == RV_EINVAL ||
+               qa == RV_EMALFORMED);
     if (qa == 0) FUZZ_CHECK(strlen(a) < sizeof a);
-    if (qa == RV_ERANGE || qa == RV_EINVAL) FUZZ_CHECK(a[0] == '\0');
+    if (qa != 0) FUZZ_CHECK(a[0] == '\0' || qa == RV_ENOTFOUND);
+    /* How many times "a" is given, counted here from the raw query. */
+    int given = 0;
+    for (const char *p = r->query; *p;) {
+        size_t part = strcspn(p, "&"), key = strcspn(p, "=&");
+        given += key == 1 && p[0] == 'a';
+        p += part + (p[part] == '&');
+    }
+    if (given == 0) FUZZ_CHECK(qa == RV_ENOTFOUND);
+    if (given == 1) FUZZ_CHECK(qa != RV_ENOTFOUND && qa != RV_EMALFORMED);
+    if (given > 1) FUZZ_CHECK(qa == RV_EMALFORMED || qa == RV_ERANGE || qa == RV_EINVAL);
     int valid = rv_request_query(r, "session_id", sid, sizeof sid) == 0 && rv_valid_session_id(sid);
 
     rv_buf_t b = RV_BUF_INIT;
