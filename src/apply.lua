@@ -6,7 +6,8 @@
 --       4 the checkout key (rivet:checkout:<session id>; unused without a session),
 --       5 the key of a new Telegram start token (rivet:tg:start:<token>),
 --       6 the customer's email index (rivet:email:<lower-case email>; unused without one),
---       7 the subscriptions in doubt (rivet:doubts, a sorted set: id -> when first doubted).
+--       7 the subscriptions in doubt (rivet:doubts, a sorted set: "<subscription id> <customer
+--       id>" -> when first doubted).
 -- ARGV: 1 seconds to keep event and checkout keys, 2 mode: "event" (a Stripe event, from a
 --       webhook or from recovery), "fulfill" (a paid Checkout Session read by the success page),
 --       "state" (a subscription read from Stripe), 3 entry type ("" for none), 4 Stripe event id,
@@ -218,10 +219,11 @@ local function apply()
       end
     end
     if n > 0 then redis.call('HSET', KEYS[3], unpack(args)) end
+    -- A doubt is "<subscription> <customer>": recovery asks again knowing whose it is.
     if ask == 1 then
-      redis.call('ZADD', KEYS[7], 'NX', ARGV[18], sub)
+      redis.call('ZADD', KEYS[7], 'NX', ARGV[18], sub .. ' ' .. cust)
     elseif mode == 'state' then
-      redis.call('ZREM', KEYS[7], sub)
+      redis.call('ZREM', KEYS[7], sub .. ' ' .. cust)
     end
   end
 

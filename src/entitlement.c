@@ -51,6 +51,7 @@ typedef struct applying_s {
     rv_app_t *app;
     unsigned rounds;
     char sub_id[RV_PROVISION_ID_MAX + 1];
+    char cust[RV_PROVISION_ID_MAX + 1];
 } applying_t;
 
 static int read_start(read_t *r);
@@ -69,9 +70,11 @@ static void on_doubt_dropped(void *data, int err, const struct redisReply *reply
 /* A doubt no read can settle (Stripe has no such subscription, or cannot give a state rivetd can
  * use, or its clock stands still) is dropped, so that recovery does not ask again forever: the
  * events' state stands. */
-static void doubt_drop(rv_app_t *app, const char *sub_id) {
-    const char *argv[] = {"ZREM", RV_DOUBTS_KEY, sub_id};
-    if (app->queue) rv_queue_call(app->queue, 3, argv, on_doubt_dropped, NULL);
+static void doubt_drop(rv_app_t *app, const char *sub_id, const char *cust) {
+    char member[2 * RV_PROVISION_ID_MAX + 2];
+    snprintf(member, sizeof member, "%s %s", sub_id, cust);
+    const char *argv[] = {"ZREM", RV_DOUBTS_KEY, member};
+    if (app->queue && cust[0]) rv_queue_call(app->queue, 3, argv, on_doubt_dropped, NULL);
 }
 
 static rv_prices_t prices_of(const rv_app_t *app) {
@@ -79,7 +82,7 @@ static rv_prices_t prices_of(const rv_app_t *app) {
     return p;
 }
 
-static void read_settle(rv_app_t *app, const char *sub_id, unsigned rounds);
+static void read_settle(rv_app_t *app, const char *sub_id, const char *cust, unsigned rounds);
 
 static void on_state_applied(void *data, int err, int result, const char *stream_id) {
     applying_t *a = data;
@@ -92,7 +95,7 @@ static void on_state_applied(void *data, int err, int result, const char *stream
     } else if (result & RV_ENQ_ASK_STRIPE) {
         rv_debug("entitlement: %s: Stripe's state is not newer than its events: read again",
                  a->sub_id);
-        read_settle(a->app, a->sub_id, a->rounds + 1);
+        read_settle(a->app, a->sub_id, a->cust, a->rounds + 1);
     } else {
         rv_debug("entitlement: %s: Stripe's state confirms the entitlement", a->sub_id);
     }
@@ -203,7 +206,7 @@ static void on_subscription(void *data, const rv_stripe_result_t *res) {
         if (again) {
             read_later(r);
         } else {
-            doubt_drop(app, r->sub_id);
+            doubt_drop(app, r->sub_id, r->cust);
             read_free(r);
         }
         return;
@@ -213,6 +216,7 @@ static void on_subscription(void *data, const rv_stripe_result_t *res) {
         /* Never applied as this subscription's state, nor as the one it names. */
         rv_warn_limited(&lim, "entitlement: %s: Stripe answered about another subscription",
                         r->sub_id);
+        doubt_drop(app, r->sub_id, r->cust);
         read_free(r);
         return;
     }
@@ -223,6 +227,7 @@ static void on_subscription(void *data, const rv_stripe_result_t *res) {
         static rv_log_limit_t clim = {.what = "entitlement: answers with another customer"};
         rv_warn_limited(&clim, "entitlement: %s: Stripe answered with another customer than %s",
                         r->sub_id, r->cust);
+        doubt_drop(app, r->sub_id, r->cust);
         read_free(r);
         return;
     }
@@ -231,6 +236,7 @@ static void on_subscription(void *data, const rv_stripe_result_t *res) {
         a->app = app;
         a->rounds = r->rounds;
         memcpy(a->sub_id, r->sub_id, sizeof a->sub_id);
+        memcpy(a->cust, r->cust, sizeof a->cust);
     }
     char reason[128] = "";
     /* The read is as new as Stripe's clock says (its Date header), so that it compares with
@@ -251,7 +257,7 @@ static void on_subscription(void *data, const rv_stripe_result_t *res) {
     if (rc) {
         rv_warn("entitlement: %s: Stripe's state cannot be applied: %s", r->sub_id,
                 reason[0] ? reason : rv_strerror(rc));
-        if (rc != RV_EUNAVAIL && rc != RV_ENOMEM) doubt_drop(app, r->sub_id);
+        if (rc != RV_EUNAVAIL && rc != RV_ENOMEM) doubt_drop(app, r->sub_id, r->cust);
         free(a);
     }
     read_free(r);
@@ -259,13 +265,13 @@ static void on_subscription(void *data, const rv_stripe_result_t *res) {
 
 /* A new read of sub_id, after its previous read (round rounds - 1) was not newer than its
  * events. Asks that come meanwhile join it, as any read. */
-static void read_settle(rv_app_t *app, const char *sub_id, unsigned rounds) {
+static void read_settle(rv_app_t *app, const char *sub_id, const char *cust, unsigned rounds) {
     if (app->stopping || app->stripe == NULL) return;
     if (rounds > MAX_SETTLE_ROUNDS) {
         rv_warn("entitlement: %s: Stripe answered %d reads in the second of the subscription's "
                 "last event or before it; its events' state stands",
                 sub_id, MAX_SETTLE_ROUNDS + 1);
-        doubt_drop(app, sub_id);
+        doubt_drop(app, sub_id, cust);
         return;
     }
     for (read_t *r = app->reads; r; r = r->next)
@@ -276,6 +282,7 @@ static void read_settle(rv_app_t *app, const char *sub_id, unsigned rounds) {
     r->app = app;
     r->rounds = rounds;
     snprintf(r->sub_id, sizeof r->sub_id, "%s", sub_id);
+    snprintf(r->cust, sizeof r->cust, "%s", cust);
     /* Spread, so that the reads of many subscriptions settled together do not come at once. */
     uint64_t h = 1469598103934665603ull;
     for (const char *p = sub_id; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;

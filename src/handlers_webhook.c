@@ -120,8 +120,8 @@ static void on_enqueued(void *data, int err, int result, const char *stream_id) 
         if ((result & RV_ENQ_ASK_STRIPE) && ctx->sub_id[0]) {
             int rc = rv_entitlement_ask_stripe(app, ctx->sub_id, ctx->cust_id);
             if (rc)
-                rv_warn("webhook: %s: cannot ask Stripe for %s: %s", ctx->event_id, ctx->sub_id,
-                        rv_strerror(rc));
+                rv_info("webhook: %s: Stripe not asked for %s now (%s); recovery asks again",
+                        ctx->event_id, ctx->sub_id, rv_strerror(rc));
         }
     }
     free(ctx);

@@ -253,9 +253,17 @@ static void on_doubts(void *data, int err, const struct redisReply *reply) {
                 rv_strerror(err ? err : RV_EUNAVAIL));
     } else {
         for (size_t i = 0; i < reply->elements; i++) {
+            /* "<subscription> <customer>": the read must name that customer. */
             const struct redisReply *e = reply->element[i];
-            if (e->type != REDIS_REPLY_STRING || !rv_provision_is_id(e->str)) continue;
-            if (rv_entitlement_ask_stripe(r->app, e->str, NULL) == 0) r->st.doubts++;
+            char sub[RV_PROVISION_ID_MAX + 1], cust[RV_PROVISION_ID_MAX + 1];
+            const char *sp = e->type == REDIS_REPLY_STRING ? strchr(e->str, ' ') : NULL;
+            if (sp == NULL || (size_t)(sp - e->str) >= sizeof sub || strlen(sp + 1) >= sizeof cust)
+                continue;
+            memcpy(sub, e->str, (size_t)(sp - e->str));
+            sub[sp - e->str] = '\0';
+            snprintf(cust, sizeof cust, "%s", sp + 1);
+            if (!rv_provision_is_id(sub) || !rv_provision_is_id(cust)) continue;
+            if (rv_entitlement_ask_stripe(r->app, sub, cust) == 0) r->st.doubts++;
         }
         if (r->st.doubts)
             rv_info("reconcile: asking Stripe again for %llu subscriptions left in doubt",
@@ -328,7 +336,9 @@ static void on_event_applied(void *data, int err, int result, const char *stream
      * brought in the same second, is settled by asking Stripe. */
     if (!err && (result & RV_ENQ_ASK_STRIPE) && a->sub_id[0]) {
         int rc = rv_entitlement_ask_stripe(r->app, a->sub_id, a->cust_id);
-        if (rc) rv_warn("reconcile: cannot ask Stripe for %s: %s", a->sub_id, rv_strerror(rc));
+        if (rc)
+            rv_info("reconcile: Stripe not asked for %s now (%s); the next run asks again",
+                    a->sub_id, rv_strerror(rc));
     }
     free(a);
     if (err) {

@@ -36,8 +36,8 @@ typedef struct rv_queue_opts_s {
 #define RV_QUEUE_DEAD_MAX 10000
 
 /* The subscriptions whose state an event left in doubt, until a read of Stripe settles it: a
- * sorted set, id -> when first doubted (Unix seconds). The apply script adds and removes; a
- * recovery run asks Stripe again for those left over. */
+ * sorted set, "<subscription id> <customer id>" -> when first doubted (Unix seconds). The apply
+ * script adds and removes; a recovery run asks Stripe again for those left over. */
 #define RV_DOUBTS_KEY "rivet:doubts"
 
 enum rv_enqueue_result {

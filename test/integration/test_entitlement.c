@@ -1807,16 +1807,17 @@ static void recovery_waits_for_reads(void **state) {
     if (!th_eventually(all_landed, &w, 60000)) fail_msg("not every event was recovered");
     agree_t ag = {cus, sub, HELD_CUSTOMERS, ""};
     if (!th_eventually(customers_agree, &ag, 60000)) fail_msg("after recovery: %s", ag.why);
-    if (log_count(&riv[0], "cannot ask Stripe") > 0) fail_msg("a doubt was dropped");
+    if (log_count(&riv[0], "Stripe not asked for") > 0) fail_msg("a doubt was not asked at once");
     printf("[ recovery ] %d subscription reads, %d holds\n",
            rivetd_requests_prefix("GET", "/v1/subscriptions/"),
            log_count(&riv[0], ": waiting for "));
     cJSON_Delete(w.ids);
 }
 
+/* Whether the doubt "<subscription> <customer>" is gone from rivet:doubts. */
 static int doubt_cleared(void *ud) {
-    const char *sub = ud;
-    redisReply *r = redisCommand(rds, "ZSCORE rivet:doubts %s", sub);
+    const char *member = ud;
+    redisReply *r = redisCommand(rds, "ZSCORE rivet:doubts %s", member);
     if (r == NULL) fail_msg("redis: no answer");
     int gone = r->type == REDIS_REPLY_NIL;
     freeReplyObject(r);
@@ -1839,7 +1840,9 @@ static void doubt_survives_restart(void **state) {
     cJSON_Delete(all);
     read_wait_t rw = {sub, 1};
     if (!th_eventually(reads_at_least, &rw, 10000)) fail_msg("the checkout asked Stripe nothing");
-    assert_false(doubt_cleared(sub));
+    char member[160];
+    snprintf(member, sizeof member, "%s %s", sub, cus);
+    assert_false(doubt_cleared(member));
     assert_int_equal(rivetd_down(&riv[0]), 0);
     ctl0("/_fake/config", "{\"latency_ms\": 0}");
 
@@ -1849,12 +1852,43 @@ static void doubt_survives_restart(void **state) {
     if (!th_eventually(state_read, &w, 30000))
         fail_msg("the doubt was not settled after the restart (%d reads, subscription %s)",
                  rivetd_reads_of(sub), w.field);
-    if (!th_eventually(doubt_cleared, sub, 10000)) fail_msg("the settled doubt is still kept");
+    if (!th_eventually(doubt_cleared, member, 10000)) fail_msg("the settled doubt is still kept");
     assert_int_equal(log_count(&riv[0], "reconcile: asking Stripe again for 1 subscriptions"), 1);
     ent_t rec;
     assert_true(record_read(cus, &rec));
     assert_string_equal(rec.tier, "pro");
     assert_string_equal(rec.active, "true");
+}
+
+/* A doubt left for recovery carries its customer: the read recovery asks for is applied only if
+ * Stripe's answer names that customer, as for the read the event asked at once. Here the doubt
+ * is put in Redis as an earlier rivetd left it, and Stripe names another customer: nothing is
+ * applied to that one, and the doubt, which no read can settle, is dropped. */
+static void recovery_read_checks_customer(void **state) {
+    char sid[128], cus[64], sub[64];
+    session_at_fake("pro", "recheck", sid, sizeof sid);
+    complete(sid, "paid", cus, sizeof cus, sub, sizeof sub);
+    char path[160], member[160];
+    snprintf(path, sizeof path, "/v1/subscriptions/%s", sub);
+    snprintf(member, sizeof member, "%s %s", sub, cus);
+    cJSON *other = http_json(fake_p.port, "GET", path, AUTH MODEL_AGENT, NULL, 200);
+    cJSON_ReplaceItemInObjectCaseSensitive(other, "customer", cJSON_CreateString("cus_Victim0001"));
+    answer_next_read(path, other, 0);
+    redisReply *r =
+        redisCommand(rds, "ZADD rivet:doubts %lld %s", (long long)time(NULL) - 60, member);
+    assert_non_null(r);
+    freeReplyObject(r);
+
+    const char *extra[] = {"RECONCILE_INTERVAL=1", NULL};
+    rivetd_up(&riv[0], 1, extra);
+    log_probe_t lp = {&riv[0], ""};
+    snprintf(lp.needle, sizeof lp.needle,
+             "entitlement: %s: Stripe answered with another customer than %s", sub, cus);
+    if (!th_eventually(log_says, &lp, 20000)) fail_msg("no line \"%s\" in the log", lp.needle);
+    if (!th_eventually(doubt_cleared, member, 10000)) fail_msg("the doubt was not dropped");
+    ent_t rec;
+    if (record_read("cus_Victim0001", &rec)) fail_msg("the other customer got a record");
+    assert_int_equal(rivetd_reads_of(sub), 1);
 }
 
 /* A read Stripe does not answer (here: three 500s in a row) is tried again a little later, so
@@ -2533,6 +2567,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(reconcile_lock_after_redis_stall, setup, teardown),
         cmocka_unit_test_setup_teardown(read_tried_again, setup, teardown),
         cmocka_unit_test_setup_teardown(doubt_survives_restart, setup, teardown),
+        cmocka_unit_test_setup_teardown(recovery_read_checks_customer, setup, teardown),
         cmocka_unit_test_setup_teardown(issue_late_update_after_newer_invoice, setup, teardown),
         cmocka_unit_test_setup_teardown(issue_late_checkout_after_deletion, setup, teardown),
     };

@@ -1004,10 +1004,10 @@ static void test_late_checkout_after_deletion(void **state) {
     expect_hash(port, "cus_L", "s:sub_L", "1750000100|pro|canceled|1750001000|0");
 }
 
-/* Whether sub is in the set of subscriptions in doubt. */
-static int in_doubt(int port, const char *sub) {
+/* Whether "<subscription> <customer>" is in the set of subscriptions in doubt. */
+static int in_doubt(int port, const char *member) {
     char out[64];
-    redis_str(port, out, sizeof out, "ZSCORE rivet:doubts %s", sub);
+    redis_str(port, out, sizeof out, "ZSCORE rivet:doubts %s", member);
     return strcmp(out, "(nil)") != 0;
 }
 
@@ -1028,10 +1028,10 @@ static void test_same_second_asks_stripe(void **state) {
     expect_result(f, &s, RV_ENQ_ADDED);
     s.id = "evt_s2";
     s.tier = "enterprise";
-    assert_false(in_doubt(port, "sub_S"));
+    assert_false(in_doubt(port, "sub_S cus_S"));
     result_t r = expect_result(f, &s, RV_ENQ_ADDED | RV_ENQ_ASK_STRIPE);
     /* The doubt is kept with the event that raised it, until a read settles it. */
-    assert_true(in_doubt(port, "sub_S"));
+    assert_true(in_doubt(port, "sub_S cus_S"));
     /* Nothing is guessed meanwhile: the first state stands until Stripe says. */
     expect_hash(port, "cus_S", "tier", "pro");
     expect_entry(port, r.id, "subscription.updated", "webhook", "cus_S", "pro", "active", 1,
@@ -1053,13 +1053,13 @@ static void test_same_second_asks_stripe(void **state) {
     /* Even when it says what rivetd has. */
     s.tier = "pro";
     expect_result_on(f, f->q, &s, RV_APPLY_STATE, "stripe", RV_ENQ_RECORDED | RV_ENQ_ASK_STRIPE);
-    assert_true(in_doubt(port, "sub_S"));
+    assert_true(in_doubt(port, "sub_S cus_S"));
     /* Read a second later, it is newer than every event of that second: applied, settled. */
     s.tier = "enterprise";
     s.created = 701;
     r = expect_result_on(f, f->q, &s, RV_APPLY_STATE, "stripe", RV_ENQ_ADDED);
     expect_hash(port, "cus_S", "tier", "enterprise");
-    assert_false(in_doubt(port, "sub_S"));
+    assert_false(in_doubt(port, "sub_S cus_S"));
     expect_entry(port, r.id, "subscription.updated", "stripe", "cus_S", "enterprise", "active", 1,
                  "sub_S");
 }
@@ -1089,7 +1089,7 @@ static void test_unknown_subscription_asks_stripe(void **state) {
     expect_hash(port, "cus_I", "email", "i@example.com");
     expect_hash(port, "cus_I", "tier", "(nil)");
     expect_hash(port, "cus_I", "s:sub_I", "(nil)");
-    assert_true(in_doubt(port, "sub_I"));
+    assert_true(in_doubt(port, "sub_I cus_I"));
 
     /* Once the subscription is known an invoice needs nothing more. */
     expect_added(f, &(evspec_t){.id = "evt_i2",
@@ -1103,7 +1103,7 @@ static void test_unknown_subscription_asks_stripe(void **state) {
     in.id = "evt_i3";
     expect_result(f, &in, RV_ENQ_ADDED);
     /* Only a read of Stripe settles a doubt (recovery asks again for those left). */
-    assert_true(in_doubt(port, "sub_I"));
+    assert_true(in_doubt(port, "sub_I cus_I"));
     /* An invoice without a subscription has nothing to ask about. */
     in.id = "evt_i4";
     in.sub = NULL;
