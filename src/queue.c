@@ -638,6 +638,7 @@ retry:
 #define WATCH_PROBE_MS 2000
 
 static void watch_silent(rv_queue_t *q);
+static void watch_retry(rv_queue_t *q);
 
 /* A probe Redis refused (an ACL without the key, out of memory) says nothing of the watch. */
 static void on_probe_reply(redisAsyncContext *ac, void *r, void *privdata) {
@@ -652,8 +653,20 @@ static void on_probe_reply(redisAsyncContext *ac, void *r, void *privdata) {
 
 static void on_watch_timer(uv_timer_t *t) {
     rv_queue_t *q = t->data;
-    if (!q->wac || !q->watching) {
+    if (!q->wac) {
         watch_start(q);
+        return;
+    }
+    if (!q->watching) {
+        /* Connected, perhaps, but the setup never finished (a connection that went silent on
+         * the way, a Redis stalled): a setup has a deadline like any command. */
+        static rv_log_limit_t lim = {.what = "redis: the watch's setup did not finish"};
+        rv_warn_limited(&lim,
+                        "redis: the connection that listens to %s was not set up within %llu ms; "
+                        "connecting it again",
+                        q->where, (unsigned long long)(q->timeout_ms + WATCH_PROBE_MS));
+        watch_drop(q);
+        watch_retry(q);
         return;
     }
     uint64_t now = uv_now(q->loop);
@@ -844,6 +857,8 @@ static void watch_start(rv_queue_t *q) {
     q->wac = ac;
     redisAsyncSetConnectCallback(ac, on_watch_connect);
     redisAsyncSetDisconnectCallback(ac, on_watch_disconnect);
+    /* The setup's deadline; the subscription's confirmation sets the first probe instead. */
+    uv_timer_start(&q->watch_timer, on_watch_timer, q->timeout_ms + WATCH_PROBE_MS, 0);
 }
 
 void rv_queue_watch(rv_queue_t *q, rv_invalidate_cb cb, void *data) {

@@ -7,6 +7,8 @@ Usage: tcp_proxy.py --listen P --to HOST:PORT --control C
 Each connection to 127.0.0.1:P is forwarded to HOST:PORT. On 127.0.0.1:C, one command a line:
   COUNT          the number of connections accepted so far
   SILENCE N      from now on, connection N (1 for the first accepted) passes nothing
+  SILENCE NEW    every connection accepted from now on passes nothing from its start
+  PASS NEW       connections accepted from now on pass again (silenced ones stay so)
 Each is answered with one line ("OK", a number, or "ERR ...").
 
 Standard library only.
@@ -20,6 +22,7 @@ class Proxy:
     def __init__(self, host, port):
         self.host, self.port = host, port
         self.conns = []  # per accepted connection: {"silent": bool}
+        self.silence_new = False
 
     async def pipe(self, reader, writer, state):
         try:
@@ -38,7 +41,7 @@ class Proxy:
                 writer.close()
 
     async def serve(self, reader, writer):
-        state = {"silent": False}
+        state = {"silent": self.silence_new}
         self.conns.append(state)
         try:
             ur, uw = await asyncio.open_connection(self.host, self.port)
@@ -55,6 +58,9 @@ class Proxy:
             words = line.decode(errors="replace").split()
             if words == ["COUNT"]:
                 answer = str(len(self.conns))
+            elif words in (["SILENCE", "NEW"], ["PASS", "NEW"]):
+                self.silence_new = words[0] == "SILENCE"
+                answer = "OK"
             elif len(words) == 2 and words[0] == "SILENCE" and words[1].isdigit() and \
                     1 <= int(words[1]) <= len(self.conns):
                 self.conns[int(words[1]) - 1]["silent"] = True

@@ -1135,13 +1135,8 @@ static void proxy_say(int port, const char *line, char *out, size_t n) {
     out[strcspn(out, "\n")] = '\0';
 }
 
-/* The connection that listens goes silent (a NAT or a firewall that forgot it: nothing passes,
- * nothing is closed). rivetd writes a key of its own every 2 s and the watch must tell of it; a
- * watch that does not is connected again and the cache emptied, so a change shows within
- * seconds, not the minute a cached answer may live. */
-static void lookup_cache_silent_watch(void **state) {
-    const char *one = "{\"customer_id\":\"cus_S1\",\"n\":1}";
-    redis_do("HSET rivet:customer:%s ent %s", "cus_S1", one, NULL);
+/* The proxy in front of the group's Redis, and rivetd through it; returns the control port. */
+static int proxy_start(void) {
     int pport = th_free_port(), cport = th_free_port();
     char listen[16], to[32], control[16];
     snprintf(listen, sizeof listen, "%d", pport);
@@ -1157,6 +1152,17 @@ static void lookup_cache_silent_watch(void **state) {
     snprintf(url, sizeof url, "REDIS_URL=redis://127.0.0.1:%d/0", pport);
     const char *env[] = {url, "RECONCILE_INTERVAL=0", NULL};
     start_rivetd(env);
+    return cport;
+}
+
+/* The connection that listens goes silent (a NAT or a firewall that forgot it: nothing passes,
+ * nothing is closed). rivetd writes a key of its own every 2 s and the watch must tell of it; a
+ * watch that does not is connected again and the cache emptied, so a change shows within
+ * seconds, not the minute a cached answer may live. */
+static void lookup_cache_silent_watch(void **state) {
+    const char *one = "{\"customer_id\":\"cus_S1\",\"n\":1}";
+    redis_do("HSET rivet:customer:%s ent %s", "cus_S1", one, NULL);
+    int cport = proxy_start();
     const char *q = "customer_id=cus_S1";
     expect_answer(q, 200, one, TO);
     if (!th_eventually(cached_now, (void *)q, TO)) fail_msg("look-ups are never cached");
@@ -1174,6 +1180,42 @@ static void lookup_cache_silent_watch(void **state) {
     const char *three = "{\"customer_id\":\"cus_S1\",\"n\":3}";
     redis_do("HSET rivet:customer:%s ent %s", "cus_S1", three, NULL);
     expect_answer(q, 200, three, 2000);
+}
+
+typedef struct proxy_count_s {
+    int port, at_least;
+} proxy_count_t;
+
+static int proxy_count_reached(void *ud) {
+    proxy_count_t *c = ud;
+    char out[32];
+    proxy_say(c->port, "COUNT\n", out, sizeof out);
+    return atoi(out) >= c->at_least;
+}
+
+/* The listening connection goes silent, and so does every new one from its start: the setup of
+ * the next watch never finishes. It has a deadline, like a command: rivetd connects again until
+ * one is set up, and look-ups are answered from memory again. */
+static void lookup_cache_watch_setup_stalls(void **state) {
+    const char *one = "{\"customer_id\":\"cus_W1\",\"n\":1}";
+    redis_do("HSET rivet:customer:%s ent %s", "cus_W1", one, NULL);
+    int cport = proxy_start();
+    const char *q = "customer_id=cus_W1";
+    expect_answer(q, 200, one, TO);
+    if (!th_eventually(cached_now, (void *)q, TO)) fail_msg("look-ups are never cached");
+    char out[64];
+    proxy_say(cport, "SILENCE NEW\n", out, sizeof out);
+    proxy_say(cport, "SILENCE 2\n", out, sizeof out);
+    assert_string_equal(out, "OK");
+    /* The silent watch is found (connection 3), whose setup stalls and is given up (4). */
+    proxy_count_t c = {cport, 4};
+    if (!th_eventually(proxy_count_reached, &c, 30000))
+        fail_msg("a watch whose setup stalled was never tried again");
+    proxy_say(cport, "PASS NEW\n", out, sizeof out);
+    if (!th_eventually(cached_now, (void *)q, 20000)) fail_msg("not cached again");
+    const char *two = "{\"customer_id\":\"cus_W1\",\"n\":2}";
+    redis_do("HSET rivet:customer:%s ent %s", "cus_W1", two, NULL);
+    expect_answer(q, 200, two, 2000);
 }
 
 /* ENTITLEMENT_CACHE=0: every look-up asks Redis. */
@@ -1379,6 +1421,7 @@ int main(void) {
         T(lookup_cache),
         T(lookup_cache_after_busy),
         T(lookup_cache_silent_watch),
+        T(lookup_cache_watch_setup_stalls),
         T(lookup_cache_off),
         T(portal_by_telegram_user),
         T(checkout_link_max_age),
